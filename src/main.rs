@@ -1,1 +1,57 @@
-fn main(){}
+//! The `ragscope` binary: parse the configuration, start, serve until SIGTERM/SIGINT, drain.
+#![forbid(unsafe_code)]
+
+use std::process::ExitCode;
+
+use ragscope::{Config, Env, Server};
+
+fn main() -> ExitCode {
+    let config = match Config::from_source(&Env) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ragscope: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let _log_guard = ragscope::telemetry::logging::init(&config);
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
+    // Multi-thread on purpose: the OTLP exporters' flush deadlocks on a current-thread runtime.
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("ragscope: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let server = match Server::start(config).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!("{e}");
+                eprintln!("ragscope: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        wait_for_signal().await;
+        tracing::info!("shutdown signal received");
+        server.shutdown();
+        server.wait().await;
+        tracing::info!("stopped");
+        ExitCode::SUCCESS
+    })
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        // Without signal handlers we can still be stopped by ctrl-c's default path.
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

@@ -1,0 +1,386 @@
+#!/usr/bin/env bash
+# Side-by-side load benchmark: the same wrk load against
+#   direct   - the fast upstream (benches/bench_upstream.rs) with nothing in front,
+#   nginx    - nginx as a keep-alive reverse proxy in front of it (access log on),
+#   ragscope - ragscope in front of it, telemetry on, exporting OTLP to rotel-agent.
+# Prints req/s, p50 and p99 per target and the ragscope/nginx ratios.
+# See benches/README.md.
+#
+# Env: DURATION (measured seconds, default 10), WARMUP (seconds, default 2),
+#      CONNECTIONS (default 64), THREADS (wrk threads, default 2),
+#      TARGETS (default "direct nginx ragscope"),
+#      REQUEST (post = POST /v1/chat/completions with a small JSON body, the
+#               default; get = GET /v1/chat/completions),
+#      KEEP_TMP=1 keeps the temporary directory (logs, configs) for inspection.
+# Everything listens on and talks to 127.0.0.1 only.
+set -euo pipefail
+
+DURATION=${DURATION:-10}
+WARMUP=${WARMUP:-2}
+CONNECTIONS=${CONNECTIONS:-64}
+THREADS=${THREADS:-2}
+TARGETS=${TARGETS:-direct nginx ragscope}
+REQUEST=${REQUEST:-post}
+ROTEL_PKG="rotel==0.0.1a15"
+REQ_PATH=/v1/chat/completions
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$HERE/.." && pwd)
+
+log() { printf '[load.sh] %s\n' "$*" >&2; }
+die() { printf '[load.sh] ERROR: %s\n' "$*" >&2; exit 1; }
+
+for v in DURATION WARMUP CONNECTIONS THREADS; do
+  [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive integer (got '${!v}')"
+done
+case $REQUEST in post|get) ;; *) die "REQUEST must be post or get (got '$REQUEST')";; esac
+want() { [[ " $TARGETS " == *" $1 "* ]]; }
+for t in $TARGETS; do
+  case $t in direct|nginx|ragscope) ;; *) die "unknown target '$t' in TARGETS (use direct, nginx, ragscope)";; esac
+done
+
+# --------------------------------------------------------------- cleanup
+TMP=""
+PIDS=()        # every process this script started (in start order)
+cleanup() {
+  local rc=$?
+  trap - EXIT INT TERM
+  local pid kids=()
+  # nginx workers are children of the nginx master: collect them first.
+  for pid in "${PIDS[@]}"; do
+    kids+=($(pgrep -P "$pid" 2>/dev/null || true))
+  done
+  for pid in "${PIDS[@]}" "${kids[@]}"; do
+    kill -TERM "$pid" 2>/dev/null || true
+  done
+  # Give them up to ~3 s to go, then SIGKILL whatever is left.
+  local i alive
+  for i in $(seq 30); do
+    alive=0
+    for pid in "${PIDS[@]}" "${kids[@]}"; do
+      kill -0 "$pid" 2>/dev/null && alive=1
+    done
+    ((alive)) || break
+    sleep 0.1
+  done
+  for pid in "${PIDS[@]}" "${kids[@]}"; do
+    kill -KILL "$pid" 2>/dev/null || true
+  done
+  wait 2>/dev/null || true
+  if [[ -n $TMP && -d $TMP ]]; then
+    if [[ ${KEEP_TMP:-0} == 1 ]]; then
+      log "kept temporary directory $TMP"
+    else
+      rm -rf "$TMP"
+    fi
+  fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# --------------------------------------------------------------- tools
+SUDO=()
+[[ $(id -u) == 0 ]] || SUDO=(sudo)
+APT_UPDATED=0
+apt_install() {
+  command -v apt-get >/dev/null || die "apt-get not found: install $* by hand"
+  if ((APT_UPDATED == 0)); then
+    log "apt-get update"
+    "${SUDO[@]}" apt-get update -qq
+    APT_UPDATED=1
+  fi
+  log "apt-get install $*"
+  DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get install -y -qq "$@" >/dev/null
+}
+
+command -v wrk >/dev/null || apt_install wrk
+command -v curl >/dev/null || apt_install curl
+NGINX=""
+if want nginx; then
+  NGINX=$(command -v nginx || true)
+  [[ -z $NGINX && -x /usr/sbin/nginx ]] && NGINX=/usr/sbin/nginx
+  if [[ -z $NGINX ]]; then
+    apt_install nginx-light 2>/dev/null || apt_install nginx
+    NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+  fi
+  [[ -x $NGINX ]] || die "nginx not found after install"
+fi
+
+find_rotel() {
+  local p
+  p=$(command -v rotel-agent 2>/dev/null || true)
+  if [[ -z $p ]]; then
+    # The rotel wheel ships the binary inside the python package, not in bin/.
+    local py
+    for py in "$REPO/target/bench-tools/venv/bin/python" python3 python; do
+      command -v "$py" >/dev/null 2>&1 || continue
+      p=$("$py" - <<'EOF' 2>/dev/null || true
+import os, sysconfig
+try:
+    import rotel
+    c = os.path.join(os.path.dirname(rotel.__file__), "rotel-agent")
+    if os.access(c, os.X_OK):
+        print(c)
+        raise SystemExit
+except ImportError:
+    pass
+c = os.path.join(sysconfig.get_path("scripts"), "rotel-agent")
+if os.access(c, os.X_OK):
+    print(c)
+EOF
+)
+      [[ -n $p ]] && break
+    done
+  fi
+  printf '%s' "$p"
+}
+ROTEL=""
+if want ragscope; then
+  ROTEL=$(find_rotel)
+  if [[ -z $ROTEL ]]; then
+    log "installing $ROTEL_PKG (provides rotel-agent, the OTLP sink)"
+    if ! python3 -m pip install -q "$ROTEL_PKG" >&2; then
+      # e.g. an externally-managed system python: use a private venv instead.
+      log "pip install failed; using a venv in target/bench-tools/venv"
+      python3 -m venv "$REPO/target/bench-tools/venv" \
+        || { apt_install python3-venv && python3 -m venv "$REPO/target/bench-tools/venv"; }
+      "$REPO/target/bench-tools/venv/bin/python" -m pip install -q "$ROTEL_PKG" >&2
+    fi
+    ROTEL=$(find_rotel)
+  fi
+  [[ -n $ROTEL ]] || die "rotel-agent not found after 'pip install $ROTEL_PKG'"
+fi
+
+# --------------------------------------------------------------- build
+cd "$REPO"
+BUILD=(cargo build --release --example bench_upstream)
+want ragscope && BUILD+=(--bin ragscope)
+log "${BUILD[*]}"
+"${BUILD[@]}" >&2 || die "build failed: ${BUILD[*]}"
+TARGET_DIR=${CARGO_TARGET_DIR:-$REPO/target}
+UPSTREAM_BIN=$TARGET_DIR/release/examples/bench_upstream
+RAGSCOPE_BIN=$TARGET_DIR/release/ragscope
+[[ -x $UPSTREAM_BIN ]] || die "missing $UPSTREAM_BIN"
+if want ragscope; then [[ -x $RAGSCOPE_BIN ]] || die "missing $RAGSCOPE_BIN"; fi
+
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/ragscope-bench.XXXXXX")
+chmod 755 "$TMP"
+
+# --------------------------------------------------------------- ports
+# Pick free loopback ports below the ephemeral range, so that the proxies'
+# and wrk's outgoing connections can never take them.
+read -r EPH_LO _ < /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || EPH_LO=32768
+PORT_LO=20000
+((EPH_LO - 2000 > PORT_LO)) || PORT_LO=1100
+USED_PORTS=" "
+port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+free_port() {
+  local p i
+  for i in $(seq 200); do
+    p=$((PORT_LO + RANDOM % (EPH_LO - PORT_LO - 1)))
+    [[ $USED_PORTS == *" $p "* ]] && continue
+    port_busy "$p" && continue
+    USED_PORTS+="$p "
+    echo "$p"
+    return 0
+  done
+  die "no free loopback port found"
+}
+# Note: free_port runs in a subshell via $(...), so record ports here too.
+UP_PORT=$(free_port);    USED_PORTS+="$UP_PORT "
+NGINX_PORT=$(free_port); USED_PORTS+="$NGINX_PORT "
+RS_PORT=$(free_port);    USED_PORTS+="$RS_PORT "
+OTLP_GRPC=$(free_port);  USED_PORTS+="$OTLP_GRPC "
+OTLP_HTTP=$(free_port);  USED_PORTS+="$OTLP_HTTP "
+
+# wait_port NAME PID PORT LOGFILE: bounded wait until PORT accepts.
+wait_port() {
+  local name=$1 pid=$2 port=$3 logf=$4 i
+  for i in $(seq 150); do   # 150 x 0.1 s = 15 s
+    if ! kill -0 "$pid" 2>/dev/null; then
+      log "$name exited before listening on 127.0.0.1:$port; last lines of $logf:"
+      tail -n 20 "$logf" >&2 || true
+      die "$name failed to start"
+    fi
+    port_busy "$port" && return 0
+    sleep 0.1
+  done
+  log "$name did not accept on 127.0.0.1:$port within 15 s; last lines of $logf:"
+  tail -n 20 "$logf" >&2 || true
+  die "$name failed to start"
+}
+
+# --------------------------------------------------------------- start
+"$UPSTREAM_BIN" "127.0.0.1:$UP_PORT" >"$TMP/upstream.log" 2>&1 &
+PIDS+=($!); UP_PID=$!
+wait_port upstream "$UP_PID" "$UP_PORT" "$TMP/upstream.log"
+log "upstream  pid $UP_PID on 127.0.0.1:$UP_PORT"
+
+if want nginx; then
+  NGX_USER=""
+  [[ $(id -u) == 0 ]] && NGX_USER="user root;"
+  mkdir -p "$TMP/nginx"
+  cat >"$TMP/nginx/nginx.conf" <<EOF
+$NGX_USER
+worker_processes auto;
+worker_rlimit_nofile 65536;
+pid $TMP/nginx/nginx.pid;
+error_log $TMP/nginx/error.log warn;
+events {
+    worker_connections 16384;
+}
+http {
+    client_body_temp_path $TMP/nginx/client_body;
+    proxy_temp_path $TMP/nginx/proxy;
+    fastcgi_temp_path $TMP/nginx/fastcgi;
+    uwsgi_temp_path $TMP/nginx/uwsgi;
+    scgi_temp_path $TMP/nginx/scgi;
+    access_log $TMP/nginx/access.log combined buffer=64k flush=1s;
+    keepalive_timeout 75s;
+    keepalive_requests 1000000;
+    upstream bench_upstream {
+        server 127.0.0.1:$UP_PORT;
+        keepalive 64;
+        keepalive_requests 1000000;
+    }
+    server {
+        listen 127.0.0.1:$NGINX_PORT;
+        location / {
+            proxy_pass http://bench_upstream;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+}
+EOF
+  "$NGINX" -p "$TMP/nginx" -e "$TMP/nginx/error.log" -c "$TMP/nginx/nginx.conf" \
+    -g 'daemon off;' >"$TMP/nginx/stdout.log" 2>&1 &
+  PIDS+=($!); NGINX_PID=$!
+  wait_port nginx "$NGINX_PID" "$NGINX_PORT" "$TMP/nginx/error.log"
+  log "nginx     pid $NGINX_PID on 127.0.0.1:$NGINX_PORT ($("$NGINX" -v 2>&1 | sed 's/.*: //'))"
+fi
+
+RS_PID=""
+if want ragscope; then
+  "$ROTEL" start --exporter blackhole \
+    --otlp-grpc-endpoint "127.0.0.1:$OTLP_GRPC" \
+    --otlp-http-endpoint "127.0.0.1:$OTLP_HTTP" \
+    --pid-file "$TMP/rotel.pid" --log-file "$TMP/rotel.log" \
+    >"$TMP/rotel.stdout" 2>&1 &
+  PIDS+=($!); ROTEL_PID=$!
+  wait_port rotel-agent "$ROTEL_PID" "$OTLP_HTTP" "$TMP/rotel.stdout"
+  log "rotel     pid $ROTEL_PID on 127.0.0.1:$OTLP_HTTP (OTLP/HTTP, blackhole exporter)"
+
+  RAGSCOPE_LISTEN="127.0.0.1:$RS_PORT" \
+  RAGSCOPE_UPSTREAM="http://127.0.0.1:$UP_PORT" \
+  RAGSCOPE_ADMIN_LISTEN=off \
+  RAGSCOPE_LOG=info \
+  OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$OTLP_HTTP" \
+  OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf \
+  OTEL_METRIC_EXPORT_INTERVAL=5000 \
+    "$RAGSCOPE_BIN" >"$TMP/ragscope.stdout" 2>"$TMP/ragscope.stderr" &
+  PIDS+=($!); RS_PID=$!
+  wait_port ragscope "$RS_PID" "$RS_PORT" "$TMP/ragscope.stderr"
+  log "ragscope  pid $RS_PID on 127.0.0.1:$RS_PORT"
+fi
+
+# --------------------------------------------------------------- load
+WRK_SCRIPT=$TMP/request.lua
+if [[ $REQUEST == post ]]; then
+  cat >"$WRK_SCRIPT" <<'EOF'
+wrk.method = "POST"
+wrk.body = '{"model":"bench","messages":[{"role":"user","content":"What is RAG?"}]}'
+wrk.headers["Content-Type"] = "application/json"
+EOF
+else
+  echo 'wrk.method = "GET"' >"$WRK_SCRIPT"
+fi
+
+port_of() {
+  case $1 in direct) echo "$UP_PORT";; nginx) echo "$NGINX_PORT";; ragscope) echo "$RS_PORT";; esac
+}
+rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo "?"; }
+
+# to_ms VALUE: wrk latency (e.g. 539.00us, 1.05ms, 2.01s, 3.00m) -> milliseconds
+to_ms() {
+  awk -v v="$1" 'BEGIN {
+    n = v; sub(/[a-z]+$/, "", n); u = v; sub(/^[0-9.]+/, "", u)
+    if (u == "us") m = n / 1000; else if (u == "ms") m = n + 0
+    else if (u == "s") m = n * 1000; else if (u == "m") m = n * 60000
+    else if (u == "h") m = n * 3600000; else m = -1
+    printf "%.3f", m }'
+}
+
+# run_wrk SECONDS URL OUTFILE: one bounded wrk run. It runs in the background
+# and is waited for, so that Ctrl-C / SIGTERM reach the cleanup trap at once.
+run_wrk() {
+  timeout $(($1 + 30)) "${WRK[@]}" "-d$1s" "$2" >"$3" 2>&1 &
+  local pid=$!
+  PIDS+=("$pid")
+  local rc=0
+  wait "$pid" || rc=$?
+  unset 'PIDS[${#PIDS[@]}-1]'
+  return "$rc"
+}
+
+declare -A RPS P50 P99 ERRS
+RSS_BEFORE="" RSS_AFTER=""
+WRK=(wrk "-t$THREADS" "-c$CONNECTIONS" --latency -s "$WRK_SCRIPT")
+for t in direct nginx ragscope; do
+  want "$t" || continue
+  url="http://127.0.0.1:$(port_of "$t")$REQ_PATH"
+  # One request first: the target must answer 200 before being measured.
+  code=$(curl -s -o "$TMP/$t.probe" -w '%{http_code}' --max-time 5 \
+         -H 'content-type: application/json' -d '{"model":"bench"}' "$url" || true)
+  [[ $code == 200 ]] || die "$t: probe request to $url answered '${code:-nothing}' (want 200)"
+  [[ $t == ragscope ]] && RSS_BEFORE=$(rss_kb "$RS_PID")
+  log "$t: warm-up ${WARMUP}s"
+  run_wrk "$WARMUP" "$url" "$TMP/$t.warmup.txt" || die "$t: wrk warm-up failed: $(cat "$TMP/$t.warmup.txt")"
+  log "$t: measuring ${DURATION}s: ${WRK[*]} -d${DURATION}s $url"
+  run_wrk "$DURATION" "$url" "$TMP/$t.wrk.txt" || die "$t: wrk failed: $(cat "$TMP/$t.wrk.txt")"
+  [[ $t == ragscope ]] && RSS_AFTER=$(rss_kb "$RS_PID")
+  out=$TMP/$t.wrk.txt
+  RPS[$t]=$(awk '/^Requests\/sec:/ {printf "%.0f", $2}' "$out")
+  P50[$t]=$(to_ms "$(awk '$1 == "50%" {print $2}' "$out")")
+  P99[$t]=$(to_ms "$(awk '$1 == "99%" {print $2}' "$out")")
+  # Non-2xx answers and socket errors: a proxy that fails fast must not look fast.
+  ERRS[$t]=$(awk '/Non-2xx or 3xx responses:/ {e += $NF}
+                  /Socket errors:/ {gsub(/,/, ""); e += $4 + $6 + $8 + $10}
+                  END {print e + 0}' "$out")
+  [[ -n ${RPS[$t]} && ${P50[$t]} != -* && ${P99[$t]} != -* ]] \
+    || die "$t: could not parse wrk output: $(cat "$out")"
+done
+
+# --------------------------------------------------------------- report
+echo
+echo "ragscope load benchmark: $(nproc) CPUs, wrk -t$THREADS -c$CONNECTIONS, ${WARMUP}s warm-up + ${DURATION}s measured, $(tr a-z A-Z <<<"$REQUEST") $REQ_PATH"
+printf '%-10s %12s %10s %10s %8s\n' target "req/s" "p50 ms" "p99 ms" errors
+for t in direct nginx ragscope; do
+  want "$t" || continue
+  printf '%-10s %12s %10s %10s %8s\n' "$t" "${RPS[$t]}" "${P50[$t]}" "${P99[$t]}" "${ERRS[$t]}"
+done
+echo
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
+if want ragscope && want nginx; then
+  printf '%-34s %6sx   (goal >= 1.20)\n' "ragscope/nginx throughput" "$(ratio "${RPS[ragscope]}" "${RPS[nginx]}")"
+  printf '%-34s %6sx   (goal <= 1.00)\n' "ragscope p99 / nginx p99" "$(ratio "${P99[ragscope]}" "${P99[nginx]}")"
+fi
+if want direct; then
+  want nginx && printf '%-34s %6sx\n' "nginx/direct throughput" "$(ratio "${RPS[nginx]}" "${RPS[direct]}")"
+  want ragscope && printf '%-34s %6sx\n' "ragscope/direct throughput" "$(ratio "${RPS[ragscope]}" "${RPS[direct]}")"
+fi
+if want ragscope; then
+  echo
+  echo "ragscope RSS: before load ${RSS_BEFORE} kB, after load ${RSS_AFTER} kB"
+  echo "ragscope access-log lines: $(wc -l <"$TMP/ragscope.stdout")"
+  if ! kill -0 "$RS_PID" 2>/dev/null; then
+    echo "WARNING: ragscope exited during the run; stderr tail:"
+    tail -n 20 "$TMP/ragscope.stderr"
+  fi
+fi
+if want nginx; then
+  sleep 1.2   # let nginx flush its buffered access log (flush=1s)
+  echo "nginx access-log lines:    $(wc -l <"$TMP/nginx/access.log")"
+fi

@@ -1,0 +1,823 @@
+//! Typed configuration: every `RAGSCOPE_*` and `OTEL_*` variable, parsed once at start-up.
+//!
+//! Values are read through [`Source`] so tests hand in a map and never touch the process
+//! environment. `RAGSCOPE_*` variables are ours: a bad value stops start-up with a
+//! [`ConfigError`] naming the variable, the value and the accepted form. `OTEL_*` variables
+//! follow the OpenTelemetry specification instead: an invalid value is warned about and ignored
+//! (the warnings are returned in [`Config::warnings`] so they can be logged once logging is up).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http::Uri;
+
+/// Where configuration values come from.
+pub trait Source {
+    /// The raw value of `name`, or `None` when it is not set.
+    fn get(&self, name: &str) -> Option<String>;
+}
+
+/// The process environment.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Env;
+
+impl Source for Env {
+    fn get(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+}
+
+impl Source for HashMap<String, String> {
+    fn get(&self, name: &str) -> Option<String> {
+        HashMap::get(self, name).cloned()
+    }
+}
+
+impl Source for [(&str, &str)] {
+    fn get(&self, name: &str) -> Option<String> {
+        self.iter()
+            .rev()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| (*v).to_owned())
+    }
+}
+
+/// A `RAGSCOPE_*` variable that does not parse. Its message is the one line printed at start-up.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {var}={value:?}: expected {expected}")]
+pub struct ConfigError {
+    /// The variable's name.
+    pub var: &'static str,
+    /// The value that was given.
+    pub value: String,
+    /// The accepted form, written for a person.
+    pub expected: String,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One JSON object per line (the default: what log pipelines ingest).
+    Json,
+    /// Human-readable text.
+    Text,
+}
+
+/// Everything ragscope needs to run.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `RAGSCOPE_LISTEN`: the proxy listener.
+    pub listen: SocketAddr,
+    /// `RAGSCOPE_UPSTREAM`: the server we sit beside.
+    pub upstream: Upstream,
+    /// `RAGSCOPE_ADMIN_LISTEN`: the admin listener, `None` when `off`.
+    pub admin_listen: Option<SocketAddr>,
+    /// `RAGSCOPE_LOG`: tracing `EnvFilter` directives.
+    pub log: String,
+    /// `RAGSCOPE_LOG_FORMAT`.
+    pub log_format: LogFormat,
+    /// `RAGSCOPE_CONNECT_TIMEOUT`: TCP (and TLS) connect to the upstream.
+    pub connect_timeout: Duration,
+    /// `RAGSCOPE_RESPONSE_TIMEOUT`: from sending the request to the upstream's response headers.
+    pub response_timeout: Duration,
+    /// `RAGSCOPE_IDLE_TIMEOUT`: the longest silence allowed inside a streaming body.
+    pub idle_timeout: Duration,
+    /// `RAGSCOPE_MAX_REQUEST_BODY`: bytes; a larger request body gets 413.
+    pub max_request_body: u64,
+    /// `RAGSCOPE_DRAIN_TIMEOUT`: how long in-flight requests may run on after SIGTERM.
+    pub drain_timeout: Duration,
+    /// `RAGSCOPE_HEADER_READ_TIMEOUT`: a client must send its request headers within this.
+    pub header_read_timeout: Duration,
+    /// `RAGSCOPE_MAX_CONNECTIONS`: open client connections; past it, accepting pauses.
+    pub max_connections: usize,
+    /// `RAGSCOPE_MAX_HEADER_BYTES`: request header block size; larger gets 431.
+    pub max_header_bytes: usize,
+    /// `RAGSCOPE_MAX_HEADERS`: request header count; more gets 431.
+    pub max_headers: usize,
+    /// `RAGSCOPE_H2_MAX_CONCURRENT_STREAMS`: per HTTP/2 connection.
+    pub h2_max_concurrent_streams: u32,
+    /// Telemetry settings from the `OTEL_*` variables.
+    pub telemetry: TelemetryConfig,
+    /// `OTEL_*` values that were invalid and ignored, per the OpenTelemetry specification.
+    pub warnings: Vec<String>,
+}
+
+/// The upstream server, from `RAGSCOPE_UPSTREAM`.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    /// `http` or `https`.
+    pub scheme: http::uri::Scheme,
+    /// `host:port` as given.
+    pub authority: http::uri::Authority,
+    /// The host name or address.
+    pub host: String,
+    /// The port, defaulted from the scheme.
+    pub port: u16,
+}
+
+impl Upstream {
+    /// The upstream URL for a request's path and query.
+    pub fn uri_for(&self, path_and_query: Option<&http::uri::PathAndQuery>) -> Result<Uri, http::Error> {
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(self.scheme.clone());
+        parts.authority = Some(self.authority.clone());
+        parts.path_and_query = Some(
+            path_and_query
+                .cloned()
+                .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+        );
+        Ok(Uri::from_parts(parts)?)
+    }
+}
+
+/// Which exporter a signal uses (`OTEL_TRACES_EXPORTER`, `OTEL_METRICS_EXPORTER`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExporterKind {
+    /// OTLP to a collector (the default).
+    Otlp,
+    /// Human-readable lines on stdout, for debugging.
+    Console,
+    /// Nothing is exported.
+    None,
+}
+
+/// OTLP transport (`OTEL_EXPORTER_OTLP_PROTOCOL`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OtlpProtocol {
+    /// OTLP/gRPC, port 4317.
+    Grpc,
+    /// OTLP/HTTP with protobuf bodies, port 4318 (the specification's default).
+    HttpProtobuf,
+}
+
+/// One signal's OTLP export settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OtlpSignal {
+    /// Transport.
+    pub protocol: OtlpProtocol,
+    /// Full URL the exporter posts to (for HTTP, including `/v1/traces` or `/v1/metrics`).
+    pub endpoint: String,
+    /// Export timeout.
+    pub timeout: Duration,
+    /// Extra request headers (`OTEL_EXPORTER_OTLP_HEADERS`): never logged, they hold credentials.
+    pub headers: Vec<(String, String)>,
+}
+
+/// Sampler (`OTEL_TRACES_SAMPLER` and `OTEL_TRACES_SAMPLER_ARG`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum SamplerConfig {
+    /// Record every trace.
+    AlwaysOn,
+    /// Record none.
+    AlwaysOff,
+    /// Record this fraction of traces, by trace id.
+    TraceIdRatio(f64),
+    /// Follow the caller's sampled flag; for new traces use the inner sampler.
+    ParentBased(ParentRoot),
+}
+
+/// The root sampler under `parentbased_*`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ParentRoot {
+    /// `parentbased_always_on` (the specification's default).
+    AlwaysOn,
+    /// `parentbased_always_off`.
+    AlwaysOff,
+    /// `parentbased_traceidratio`.
+    TraceIdRatio(f64),
+}
+
+/// Context propagation formats (`OTEL_PROPAGATORS`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Propagators {
+    /// W3C `traceparent`/`tracestate`.
+    pub trace_context: bool,
+    /// W3C `baggage`.
+    pub baggage: bool,
+}
+
+/// Telemetry settings.
+#[derive(Debug, Clone)]
+pub struct TelemetryConfig {
+    /// `OTEL_SDK_DISABLED=true`: no spans, no metrics, no propagation of our own.
+    pub sdk_disabled: bool,
+    /// `OTEL_TRACES_EXPORTER`.
+    pub traces_exporter: ExporterKind,
+    /// `OTEL_METRICS_EXPORTER`.
+    pub metrics_exporter: ExporterKind,
+    /// Trace export.
+    pub traces: OtlpSignal,
+    /// Metric export.
+    pub metrics: OtlpSignal,
+    /// `OTEL_SERVICE_NAME` (default `ragscope`).
+    pub service_name: String,
+    /// `OTEL_RESOURCE_ATTRIBUTES`.
+    pub resource_attributes: Vec<(String, String)>,
+    /// Sampler.
+    pub sampler: SamplerConfig,
+    /// Propagation formats.
+    pub propagators: Propagators,
+    /// `OTEL_BSP_MAX_QUEUE_SIZE`: spans waiting for export; past it they are dropped and counted.
+    pub bsp_max_queue_size: usize,
+    /// `OTEL_BSP_SCHEDULE_DELAY`.
+    pub bsp_schedule_delay: Duration,
+    /// `OTEL_BSP_MAX_EXPORT_BATCH_SIZE`.
+    pub bsp_max_export_batch_size: usize,
+    /// `OTEL_METRIC_EXPORT_INTERVAL`.
+    pub metric_export_interval: Duration,
+    /// `OTEL_METRIC_EXPORT_TIMEOUT`.
+    pub metric_export_timeout: Duration,
+}
+
+impl Config {
+    /// Parses the whole configuration from `source`.
+    pub fn from_source(source: &(impl Source + ?Sized)) -> Result<Config, ConfigError> {
+        let r = Reader { source };
+        let mut warnings = Vec::new();
+        let telemetry = TelemetryConfig::from_source(source, &mut warnings);
+        Ok(Config {
+            listen: r.parse("RAGSCOPE_LISTEN", "0.0.0.0:8080", SOCKET_FORM, parse_socket_addr)?,
+            upstream: r.parse(
+                "RAGSCOPE_UPSTREAM",
+                "http://127.0.0.1:8000",
+                "an http:// or https:// URL with a host and optional port and no path, like http://127.0.0.1:8000",
+                parse_upstream,
+            )?,
+            admin_listen: r.parse(
+                "RAGSCOPE_ADMIN_LISTEN",
+                "127.0.0.1:9901",
+                "an address like 127.0.0.1:9901, or off",
+                |v| {
+                    if v.eq_ignore_ascii_case("off") {
+                        Some(None)
+                    } else {
+                        parse_socket_addr(v).map(Some)
+                    }
+                },
+            )?,
+            log: r.parse("RAGSCOPE_LOG", "info", "a log filter like info or ragscope=debug,warn", |v| {
+                tracing_subscriber::EnvFilter::builder()
+                    .parse(v)
+                    .ok()
+                    .map(|_| v.to_owned())
+            })?,
+            log_format: r.parse("RAGSCOPE_LOG_FORMAT", "json", "json or text", |v| {
+                match v.to_ascii_lowercase().as_str() {
+                    "json" => Some(LogFormat::Json),
+                    "text" => Some(LogFormat::Text),
+                    _ => None,
+                }
+            })?,
+            connect_timeout: r.parse("RAGSCOPE_CONNECT_TIMEOUT", "5s", DURATION_FORM, parse_duration)?,
+            response_timeout: r.parse("RAGSCOPE_RESPONSE_TIMEOUT", "60s", DURATION_FORM, parse_duration)?,
+            idle_timeout: r.parse("RAGSCOPE_IDLE_TIMEOUT", "60s", DURATION_FORM, parse_duration)?,
+            max_request_body: r.parse("RAGSCOPE_MAX_REQUEST_BODY", "16MiB", SIZE_FORM, parse_size)?,
+            drain_timeout: r.parse("RAGSCOPE_DRAIN_TIMEOUT", "30s", DURATION_FORM, parse_duration)?,
+            header_read_timeout: r.parse(
+                "RAGSCOPE_HEADER_READ_TIMEOUT",
+                "10s",
+                DURATION_FORM,
+                parse_duration,
+            )?,
+            max_connections: r.parse(
+                "RAGSCOPE_MAX_CONNECTIONS",
+                "10000",
+                "a whole number of connections, at least 1",
+                |v| v.parse::<usize>().ok().filter(|n| *n >= 1),
+            )?,
+            max_header_bytes: r.parse(
+                "RAGSCOPE_MAX_HEADER_BYTES",
+                "64KiB",
+                "a size between 8KiB and 1MiB, like 64KiB",
+                |v| {
+                    parse_size(v)
+                        .filter(|n| (8192..=1 << 20).contains(n))
+                        .map(|n| n as usize)
+                },
+            )?,
+            max_headers: r.parse(
+                "RAGSCOPE_MAX_HEADERS",
+                "100",
+                "a whole number of headers between 1 and 1000",
+                |v| v.parse::<usize>().ok().filter(|n| (1..=1000).contains(n)),
+            )?,
+            h2_max_concurrent_streams: r.parse(
+                "RAGSCOPE_H2_MAX_CONCURRENT_STREAMS",
+                "100",
+                "a whole number of streams, at least 1",
+                |v| v.parse::<u32>().ok().filter(|n| *n >= 1),
+            )?,
+            telemetry,
+            warnings,
+        })
+    }
+}
+
+const SOCKET_FORM: &str = "an IP address and port like 0.0.0.0:8080 or [::]:8080";
+const DURATION_FORM: &str = "a duration like 250ms, 5s, 2m or 1h";
+const SIZE_FORM: &str = "a size in bytes like 1048576, 512KiB, 16MiB or 1GiB";
+
+/// Reads one `RAGSCOPE_*` variable: unset or empty means the default.
+struct Reader<'a, S: Source + ?Sized> {
+    source: &'a S,
+}
+
+impl<S: Source + ?Sized> Reader<'_, S> {
+    fn parse<T>(
+        &self,
+        var: &'static str,
+        default: &str,
+        expected: &str,
+        parse: impl Fn(&str) -> Option<T>,
+    ) -> Result<T, ConfigError> {
+        let given = non_empty(self.source.get(var));
+        let raw = given.as_deref().unwrap_or(default);
+        parse(raw.trim()).ok_or_else(|| ConfigError {
+            var,
+            value: raw.to_owned(),
+            expected: expected.to_owned(),
+        })
+    }
+}
+
+fn non_empty(v: Option<String>) -> Option<String> {
+    v.filter(|s| !s.trim().is_empty())
+}
+
+/// `0.0.0.0:8080`, `[::]:8080`, `localhost:8080`.
+fn parse_socket_addr(v: &str) -> Option<SocketAddr> {
+    if let Ok(addr) = v.parse() {
+        return Some(addr);
+    }
+    let (host, port) = v.rsplit_once(':')?;
+    let port: u16 = port.parse().ok()?;
+    if host.eq_ignore_ascii_case("localhost") {
+        return Some(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    None
+}
+
+fn parse_upstream(v: &str) -> Option<Upstream> {
+    let uri: Uri = v.parse().ok()?;
+    let scheme = uri.scheme()?.clone();
+    let default_port = match scheme.as_str() {
+        "http" => 80,
+        "https" => 443,
+        _ => return None,
+    };
+    let authority = uri.authority()?.clone();
+    if authority.as_str().contains('@') {
+        return None;
+    }
+    if uri.path_and_query().is_some_and(|p| p.as_str() != "/") {
+        return None;
+    }
+    let host = authority.host().trim_start_matches('[').trim_end_matches(']').to_owned();
+    if host.is_empty() {
+        return None;
+    }
+    Some(Upstream {
+        port: authority.port_u16().unwrap_or(default_port),
+        scheme,
+        authority,
+        host,
+    })
+}
+
+/// `250ms`, `5s`, `2m`, `1h`; a bare number is seconds.
+pub fn parse_duration(v: &str) -> Option<Duration> {
+    let v = v.trim();
+    let split = v.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(v.len());
+    let (num, unit) = v.split_at(split);
+    let n: f64 = num.parse().ok()?;
+    if !n.is_finite() || n < 0.0 {
+        return None;
+    }
+    let secs = match unit.trim() {
+        "ms" => n / 1000.0,
+        "" | "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return None,
+    };
+    Duration::try_from_secs_f64(secs).ok()
+}
+
+/// `1048576`, `512KiB`, `16MiB`, `1GiB`, also `KB`/`MB`/`GB` (decimal) and `k`/`M`/`G` (binary).
+pub fn parse_size(v: &str) -> Option<u64> {
+    let v = v.trim();
+    let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
+    let (num, unit) = v.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" | "k" | "K" | "Ki" => 1 << 10,
+        "MiB" | "M" | "Mi" => 1 << 20,
+        "GiB" | "G" | "Gi" => 1 << 30,
+        "KB" | "kB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
+impl TelemetryConfig {
+    fn from_source(source: &(impl Source + ?Sized), warnings: &mut Vec<String>) -> TelemetryConfig {
+        let otel = OtelReader { source };
+        let mut warn = |var: &str, value: &str, expected: &str| {
+            warnings.push(format!("ignoring invalid {var}={value:?}: expected {expected}"));
+        };
+
+        let sdk_disabled = otel.get("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true"));
+
+        let exporter = |var: &str, warn: &mut dyn FnMut(&str, &str, &str)| match otel.get(var) {
+            None => ExporterKind::Otlp,
+            Some(v) => {
+                // The variable is a list; a single exporter per signal is what we support,
+                // and "none" anywhere in the list wins as the specification says.
+                let items: Vec<String> = v.split(',').map(|s| s.trim().to_ascii_lowercase()).collect();
+                if items.iter().any(|s| s == "none") {
+                    ExporterKind::None
+                } else if items.iter().any(|s| s == "otlp") {
+                    ExporterKind::Otlp
+                } else if items.iter().any(|s| s == "console") {
+                    ExporterKind::Console
+                } else {
+                    warn(var, &v, "otlp, console or none");
+                    ExporterKind::Otlp
+                }
+            }
+        };
+        let traces_exporter = exporter("OTEL_TRACES_EXPORTER", &mut warn);
+        let metrics_exporter = exporter("OTEL_METRICS_EXPORTER", &mut warn);
+
+        let traces = otel.signal("TRACES", "/v1/traces", &mut warn);
+        let metrics = otel.signal("METRICS", "/v1/metrics", &mut warn);
+
+        let service_name = otel.get("OTEL_SERVICE_NAME").unwrap_or_else(|| "ragscope".to_owned());
+        let resource_attributes = otel
+            .get("OTEL_RESOURCE_ATTRIBUTES")
+            .map(|v| parse_key_values(&v))
+            .unwrap_or_default();
+
+        let ratio = |warn: &mut dyn FnMut(&str, &str, &str)| match otel.get("OTEL_TRACES_SAMPLER_ARG") {
+            None => 1.0,
+            Some(v) => match v.parse::<f64>() {
+                Ok(r) if (0.0..=1.0).contains(&r) => r,
+                _ => {
+                    warn("OTEL_TRACES_SAMPLER_ARG", &v, "a ratio between 0 and 1");
+                    1.0
+                }
+            },
+        };
+        let sampler = match otel.get("OTEL_TRACES_SAMPLER").map(|v| v.to_ascii_lowercase()) {
+            None => SamplerConfig::ParentBased(ParentRoot::AlwaysOn),
+            Some(v) => match v.as_str() {
+                "always_on" => SamplerConfig::AlwaysOn,
+                "always_off" => SamplerConfig::AlwaysOff,
+                "traceidratio" => SamplerConfig::TraceIdRatio(ratio(&mut warn)),
+                "parentbased_always_on" => SamplerConfig::ParentBased(ParentRoot::AlwaysOn),
+                "parentbased_always_off" => SamplerConfig::ParentBased(ParentRoot::AlwaysOff),
+                "parentbased_traceidratio" => {
+                    SamplerConfig::ParentBased(ParentRoot::TraceIdRatio(ratio(&mut warn)))
+                }
+                _ => {
+                    warn(
+                        "OTEL_TRACES_SAMPLER",
+                        &v,
+                        "always_on, always_off, traceidratio, parentbased_always_on, parentbased_always_off or parentbased_traceidratio",
+                    );
+                    SamplerConfig::ParentBased(ParentRoot::AlwaysOn)
+                }
+            },
+        };
+
+        let propagators = match otel.get("OTEL_PROPAGATORS") {
+            None => Propagators { trace_context: true, baggage: true },
+            Some(v) => {
+                let mut p = Propagators::default();
+                for item in v.split(',').map(|s| s.trim().to_ascii_lowercase()) {
+                    match item.as_str() {
+                        "tracecontext" => p.trace_context = true,
+                        "baggage" => p.baggage = true,
+                        "none" => {}
+                        other => warn("OTEL_PROPAGATORS", other, "tracecontext, baggage or none"),
+                    }
+                }
+                p
+            }
+        };
+
+        let mut number = |var: &str, default: usize| match otel.get(var) {
+            None => default,
+            Some(v) => match v.parse::<usize>() {
+                Ok(n) if n > 0 => n,
+                _ => {
+                    warn(var, &v, "a positive whole number");
+                    default
+                }
+            },
+        };
+        let bsp_max_queue_size = number("OTEL_BSP_MAX_QUEUE_SIZE", 2048);
+        let bsp_max_export_batch_size = number("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512).min(bsp_max_queue_size);
+        let bsp_schedule_delay = Duration::from_millis(number("OTEL_BSP_SCHEDULE_DELAY", 5000) as u64);
+        let metric_export_interval = Duration::from_millis(number("OTEL_METRIC_EXPORT_INTERVAL", 60_000) as u64);
+        let metric_export_timeout = Duration::from_millis(number("OTEL_METRIC_EXPORT_TIMEOUT", 30_000) as u64);
+
+        TelemetryConfig {
+            sdk_disabled,
+            traces_exporter,
+            metrics_exporter,
+            traces,
+            metrics,
+            service_name,
+            resource_attributes,
+            sampler,
+            propagators,
+            bsp_max_queue_size,
+            bsp_schedule_delay,
+            bsp_max_export_batch_size,
+            metric_export_interval,
+            metric_export_timeout,
+        }
+    }
+}
+
+/// Reads `OTEL_*` variables: empty means unset, per the specification.
+struct OtelReader<'a, S: Source + ?Sized> {
+    source: &'a S,
+}
+
+impl<S: Source + ?Sized> OtelReader<'_, S> {
+    fn get(&self, var: &str) -> Option<String> {
+        non_empty(self.source.get(var)).map(|v| v.trim().to_owned())
+    }
+
+    /// The per-signal variable if set, else the generic one.
+    fn get_signal(&self, signal: &str, suffix: &str) -> Option<(String, String)> {
+        let specific = format!("OTEL_EXPORTER_OTLP_{signal}_{suffix}");
+        if let Some(v) = self.get(&specific) {
+            return Some((specific, v));
+        }
+        let generic = format!("OTEL_EXPORTER_OTLP_{suffix}");
+        self.get(&generic).map(|v| (generic, v))
+    }
+
+    fn signal(&self, signal: &str, path: &str, warn: &mut dyn FnMut(&str, &str, &str)) -> OtlpSignal {
+        let protocol = match self.get_signal(signal, "PROTOCOL") {
+            None => OtlpProtocol::HttpProtobuf,
+            Some((var, v)) => match v.as_str() {
+                "grpc" => OtlpProtocol::Grpc,
+                "http/protobuf" => OtlpProtocol::HttpProtobuf,
+                _ => {
+                    warn(&var, &v, "grpc or http/protobuf");
+                    OtlpProtocol::HttpProtobuf
+                }
+            },
+        };
+        let specific = format!("OTEL_EXPORTER_OTLP_{signal}_ENDPOINT");
+        let endpoint = if let Some(v) = self.get(&specific) {
+            // A per-signal endpoint is used as it is.
+            v
+        } else {
+            let base = self.get("OTEL_EXPORTER_OTLP_ENDPOINT").unwrap_or_else(|| match protocol {
+                OtlpProtocol::Grpc => "http://localhost:4317".to_owned(),
+                OtlpProtocol::HttpProtobuf => "http://localhost:4318".to_owned(),
+            });
+            match protocol {
+                OtlpProtocol::Grpc => base,
+                // With the generic endpoint, the signal's path is appended.
+                OtlpProtocol::HttpProtobuf => format!("{}{path}", base.trim_end_matches('/')),
+            }
+        };
+        let timeout = match self.get_signal(signal, "TIMEOUT") {
+            None => Duration::from_secs(10),
+            Some((var, v)) => match v.parse::<u64>() {
+                Ok(ms) => Duration::from_millis(ms),
+                Err(_) => {
+                    warn(&var, &v, "a timeout in milliseconds");
+                    Duration::from_secs(10)
+                }
+            },
+        };
+        let headers = self
+            .get_signal(signal, "HEADERS")
+            .map(|(_, v)| parse_key_values(&v))
+            .unwrap_or_default();
+        OtlpSignal {
+            protocol,
+            endpoint,
+            timeout,
+            headers,
+        }
+    }
+}
+
+/// `k1=v1,k2=v2` with percent-encoded values, as `OTEL_RESOURCE_ATTRIBUTES` and
+/// `OTEL_EXPORTER_OTLP_HEADERS` use. Malformed members are skipped.
+fn parse_key_values(v: &str) -> Vec<(String, String)> {
+    v.split(',')
+        .filter_map(|member| {
+            let (k, v) = member.split_once('=')?;
+            let k = k.trim();
+            (!k.is_empty()).then(|| (k.to_owned(), percent_decode(v.trim())))
+        })
+        .collect()
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let Some(b) = std::str::from_utf8(&bytes[i + 1..i + 3])
+                .ok()
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        {
+            out.push(b);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        Config::from_source(vars)
+    }
+
+    #[test]
+    fn defaults() {
+        let c = parse(&[]).expect("defaults parse");
+        assert_eq!(c.listen, "0.0.0.0:8080".parse().expect("addr"));
+        assert_eq!(c.upstream.authority.as_str(), "127.0.0.1:8000");
+        assert_eq!(c.admin_listen, Some("127.0.0.1:9901".parse().expect("addr")));
+        assert_eq!(c.connect_timeout, Duration::from_secs(5));
+        assert_eq!(c.response_timeout, Duration::from_secs(60));
+        assert_eq!(c.idle_timeout, Duration::from_secs(60));
+        assert_eq!(c.drain_timeout, Duration::from_secs(30));
+        assert_eq!(c.max_request_body, 16 << 20);
+        assert_eq!(c.log_format, LogFormat::Json);
+        let t = &c.telemetry;
+        assert!(!t.sdk_disabled);
+        assert_eq!(t.traces.protocol, OtlpProtocol::HttpProtobuf);
+        assert_eq!(t.traces.endpoint, "http://localhost:4318/v1/traces");
+        assert_eq!(t.metrics.endpoint, "http://localhost:4318/v1/metrics");
+        assert_eq!(t.sampler, SamplerConfig::ParentBased(ParentRoot::AlwaysOn));
+        assert_eq!(t.propagators, Propagators { trace_context: true, baggage: true });
+        assert!(c.warnings.is_empty());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_duration("5s"), Some(Duration::from_secs(5)));
+        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1h"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("1.5s"), Some(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("7"), Some(Duration::from_secs(7)));
+        for bad in ["", "s", "5x", "-1s", "5 parsecs", "ms5", "1e9999s"] {
+            assert_eq!(parse_duration(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("1024"), Some(1024));
+        assert_eq!(parse_size("512KiB"), Some(512 << 10));
+        assert_eq!(parse_size("16MiB"), Some(16 << 20));
+        assert_eq!(parse_size("1GiB"), Some(1 << 30));
+        assert_eq!(parse_size("10MB"), Some(10_000_000));
+        for bad in ["", "MiB", "1.5MiB", "-3", "16 parsecs", "99999999999999999999GiB"] {
+            assert_eq!(parse_size(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn bad_value_names_variable_value_and_form() {
+        let err = parse(&[("RAGSCOPE_CONNECT_TIMEOUT", "5x")]).expect_err("must fail");
+        assert_eq!(err.var, "RAGSCOPE_CONNECT_TIMEOUT");
+        let line = err.to_string();
+        assert!(line.contains("RAGSCOPE_CONNECT_TIMEOUT"), "{line}");
+        assert!(line.contains("\"5x\""), "{line}");
+        assert!(line.contains("250ms"), "{line}");
+        for (var, bad) in [
+            ("RAGSCOPE_LISTEN", "8080"),
+            ("RAGSCOPE_UPSTREAM", "ftp://x"),
+            ("RAGSCOPE_UPSTREAM", "http://x/prefix"),
+            ("RAGSCOPE_UPSTREAM", "127.0.0.1:8000"),
+            ("RAGSCOPE_ADMIN_LISTEN", "nope"),
+            ("RAGSCOPE_LOG_FORMAT", "xml"),
+            ("RAGSCOPE_LOG", "=="),
+            ("RAGSCOPE_MAX_REQUEST_BODY", "lots"),
+            ("RAGSCOPE_RESPONSE_TIMEOUT", "soon"),
+            ("RAGSCOPE_IDLE_TIMEOUT", "-1s"),
+            ("RAGSCOPE_DRAIN_TIMEOUT", "30 s s"),
+            ("RAGSCOPE_MAX_CONNECTIONS", "0"),
+        ] {
+            let err = parse(&[(var, bad)]).expect_err(var);
+            assert_eq!(err.var, var);
+            assert_eq!(err.value, bad);
+        }
+    }
+
+    #[test]
+    fn empty_means_default() {
+        let c = parse(&[("RAGSCOPE_LISTEN", ""), ("OTEL_SERVICE_NAME", "")]).expect("parse");
+        assert_eq!(c.listen.port(), 8080);
+        assert_eq!(c.telemetry.service_name, "ragscope");
+    }
+
+    #[test]
+    fn upstream_forms() {
+        let c = parse(&[("RAGSCOPE_UPSTREAM", "https://rag.internal")]).expect("parse");
+        assert_eq!(c.upstream.port, 443);
+        assert_eq!(c.upstream.host, "rag.internal");
+        let c = parse(&[("RAGSCOPE_UPSTREAM", "http://[::1]:9000/")]).expect("parse");
+        assert_eq!(c.upstream.port, 9000);
+        assert_eq!(c.upstream.host, "::1");
+        let c = parse(&[("RAGSCOPE_ADMIN_LISTEN", "off")]).expect("parse");
+        assert_eq!(c.admin_listen, None);
+    }
+
+    #[test]
+    fn otlp_endpoints_follow_the_spec() {
+        let c = parse(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318/"),
+            ("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "http://m:9999/custom"),
+        ])
+        .expect("parse");
+        assert_eq!(c.telemetry.traces.endpoint, "http://collector:4318/v1/traces");
+        assert_eq!(c.telemetry.metrics.endpoint, "http://m:9999/custom");
+
+        let c = parse(&[("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")]).expect("parse");
+        assert_eq!(c.telemetry.traces.protocol, OtlpProtocol::Grpc);
+        assert_eq!(c.telemetry.traces.endpoint, "http://localhost:4317");
+
+        let c = parse(&[
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+            ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/protobuf"),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "2500"),
+            ("OTEL_EXPORTER_OTLP_HEADERS", "api-key=abc%3D,x=1"),
+        ])
+        .expect("parse");
+        assert_eq!(c.telemetry.traces.protocol, OtlpProtocol::HttpProtobuf);
+        assert_eq!(c.telemetry.metrics.protocol, OtlpProtocol::Grpc);
+        assert_eq!(c.telemetry.traces.timeout, Duration::from_millis(2500));
+        assert_eq!(
+            c.telemetry.traces.headers,
+            vec![("api-key".to_owned(), "abc=".to_owned()), ("x".to_owned(), "1".to_owned())]
+        );
+    }
+
+    #[test]
+    fn otel_switches_and_invalid_values_are_warned_and_ignored() {
+        let c = parse(&[
+            ("OTEL_SDK_DISABLED", "TRUE"),
+            ("OTEL_TRACES_EXPORTER", "none"),
+            ("OTEL_METRICS_EXPORTER", "console"),
+            ("OTEL_PROPAGATORS", "tracecontext,b3"),
+            ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
+            ("OTEL_TRACES_SAMPLER_ARG", "0.25"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
+            ("OTEL_BSP_MAX_QUEUE_SIZE", "many"),
+        ])
+        .expect("OTEL_* problems never stop start-up");
+        let t = &c.telemetry;
+        assert!(t.sdk_disabled);
+        assert_eq!(t.traces_exporter, ExporterKind::None);
+        assert_eq!(t.metrics_exporter, ExporterKind::Console);
+        assert_eq!(t.propagators, Propagators { trace_context: true, baggage: false });
+        assert_eq!(t.sampler, SamplerConfig::ParentBased(ParentRoot::TraceIdRatio(0.25)));
+        assert_eq!(t.traces.protocol, OtlpProtocol::HttpProtobuf);
+        assert_eq!(t.bsp_max_queue_size, 2048);
+        assert_eq!(c.warnings.len(), 4, "{:?}", c.warnings);
+        assert!(c.warnings.iter().any(|w| w.contains("OTEL_PROPAGATORS")));
+
+        let c = parse(&[("OTEL_SDK_DISABLED", "1")]).expect("parse");
+        assert!(!c.telemetry.sdk_disabled, "only 'true' is true");
+    }
+
+    #[test]
+    fn resource_attributes() {
+        let c = parse(&[("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=prod,team=rag%20ops,bad")])
+            .expect("parse");
+        assert_eq!(
+            c.telemetry.resource_attributes,
+            vec![
+                ("deployment.environment".to_owned(), "prod".to_owned()),
+                ("team".to_owned(), "rag ops".to_owned())
+            ]
+        );
+    }
+}

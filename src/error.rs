@@ -1,0 +1,150 @@
+//! Errors the proxy answers itself, and the one place each becomes an HTTP response.
+//!
+//! Every error carries where it came from ([`Origin`]): the upstream, the downstream client, or
+//! ragscope itself, so logs and spans say whose fault a failure was.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+
+/// Who caused an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// The server we forward to.
+    Upstream,
+    /// The client that sent the request.
+    Downstream,
+    /// Ragscope itself (shutting down, internal failure).
+    Proxy,
+}
+
+impl Origin {
+    /// Lower-case name for logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Origin::Upstream => "upstream",
+            Origin::Downstream => "downstream",
+            Origin::Proxy => "proxy",
+        }
+    }
+}
+
+/// A request the proxy could not forward, or whose forwarding failed before a response.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// Nothing accepted the connection (refused, unreachable, DNS failure).
+    #[error("the upstream server could not be reached")]
+    UpstreamUnreachable {
+        /// The underlying failure, for logs only.
+        detail: String,
+    },
+    /// The TCP connect took longer than `RAGSCOPE_CONNECT_TIMEOUT`.
+    #[error("the upstream server did not accept a connection within {0:?}")]
+    UpstreamConnectTimeout(Duration),
+    /// No response headers within `RAGSCOPE_RESPONSE_TIMEOUT`.
+    #[error("the upstream server did not respond within {0:?}")]
+    UpstreamTimeout(Duration),
+    /// The upstream closed or reset the connection before a response.
+    #[error("the upstream server closed the connection without a response")]
+    UpstreamReset {
+        /// The underlying failure, for logs only.
+        detail: String,
+    },
+    /// The request body went past `RAGSCOPE_MAX_REQUEST_BODY`.
+    #[error("the request body is larger than the limit of {limit} bytes")]
+    BodyTooLarge {
+        /// The limit in bytes.
+        limit: u64,
+    },
+    /// The request is malformed (missing or duplicate Host, bad URI...).
+    #[error("malformed request: {0}")]
+    BadRequest(&'static str),
+    /// The client's request body broke off while it was being forwarded.
+    #[error("the request body could not be read from the client")]
+    ClientBody {
+        /// The underlying failure, for logs only.
+        detail: String,
+    },
+    /// Ragscope is shutting down and takes no new requests.
+    #[error("the proxy is shutting down; retry on another instance")]
+    Draining,
+}
+
+impl ProxyError {
+    /// The status the client receives.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::UpstreamUnreachable { .. } | ProxyError::UpstreamReset { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::UpstreamConnectTimeout(_) | ProxyError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::BadRequest(_) | ProxyError::ClientBody { .. } => StatusCode::BAD_REQUEST,
+            ProxyError::Draining => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// Low-cardinality identifier: the JSON `type`, the span's and metrics' `error.type`.
+    pub fn error_type(&self) -> &'static str {
+        match self {
+            ProxyError::UpstreamUnreachable { .. } => "upstream_unreachable",
+            ProxyError::UpstreamConnectTimeout(_) => "upstream_connect_timeout",
+            ProxyError::UpstreamTimeout(_) => "upstream_timeout",
+            ProxyError::UpstreamReset { .. } => "upstream_reset",
+            ProxyError::BodyTooLarge { .. } => "request_body_too_large",
+            ProxyError::BadRequest(_) => "bad_request",
+            ProxyError::ClientBody { .. } => "client_body_error",
+            ProxyError::Draining => "draining",
+        }
+    }
+
+    /// Whose fault it was.
+    pub fn origin(&self) -> Origin {
+        match self {
+            ProxyError::UpstreamUnreachable { .. }
+            | ProxyError::UpstreamConnectTimeout(_)
+            | ProxyError::UpstreamTimeout(_)
+            | ProxyError::UpstreamReset { .. } => Origin::Upstream,
+            ProxyError::BodyTooLarge { .. } | ProxyError::BadRequest(_) | ProxyError::ClientBody { .. } => {
+                Origin::Downstream
+            }
+            ProxyError::Draining => Origin::Proxy,
+        }
+    }
+
+    /// Detail for logs that is not shown to clients (it may name internal addresses).
+    pub fn detail(&self) -> Option<&str> {
+        match self {
+            ProxyError::UpstreamUnreachable { detail }
+            | ProxyError::UpstreamReset { detail }
+            | ProxyError::ClientBody { detail } => Some(detail),
+            _ => None,
+        }
+    }
+
+    /// The response: `{"error":{"type":"...","message":"..."}}` with the right status. The only
+    /// place an error becomes a response.
+    pub fn to_response(&self) -> Response<Bytes> {
+        let body = serde_json::json!({
+            "error": { "type": self.error_type(), "message": self.to_string() }
+        })
+        .to_string();
+        let mut response = Response::new(Bytes::from(body));
+        *response.status_mut() = self.status();
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        match self {
+            // The client's request may not have been read to its end: close rather than try to
+            // find the next request in the remains of this one.
+            ProxyError::BodyTooLarge { .. } | ProxyError::BadRequest(_) | ProxyError::ClientBody { .. } => {
+                headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            ProxyError::Draining => {
+                headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            _ => {}
+        }
+        response
+    }
+}

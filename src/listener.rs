@@ -1,0 +1,142 @@
+//! The client-facing listener: accepts TCP connections (capped), serves HTTP/1.1 and HTTP/2
+//! (prior knowledge) on one port with production limits, and drains on shutdown.
+//!
+//! Failures that happen before a request exists (malformed or oversized headers that hyper
+//! answers itself, header read timeouts, resets) have no request span: they are counted in
+//! `ragscope.connection.errors` and logged here.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use opentelemetry::KeyValue;
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+
+use crate::config::Config;
+use crate::proxy::Proxy;
+
+/// Builds the connection builder with every limit set on purpose.
+fn connection_builder(config: &Config) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        // Without a timer hyper silently has no header timeout (slowloris).
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.header_read_timeout)
+        .max_buf_size(config.max_header_bytes)
+        .max_headers(config.max_headers)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(config.h2_max_concurrent_streams)
+        .max_header_list_size(config.max_header_bytes as u32)
+        // Envoy's edge values: 64 KiB per stream, 1 MiB per connection. Flow control keeps a
+        // slow reader from making us buffer a fast upstream's stream.
+        .initial_stream_window_size(64 * 1024)
+        .initial_connection_window_size(1024 * 1024)
+        .max_send_buf_size(256 * 1024)
+        // Rapid-reset protection (CVE-2023-44487), kept at hyper's defaults on purpose.
+        .max_pending_accept_reset_streams(20)
+        .max_local_error_reset_streams(1024)
+        // Finds dead peers of long idle streams.
+        .keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(20));
+    builder
+}
+
+/// Accepts and serves connections until `shutdown` turns true, then stops accepting at once
+/// and lets open connections finish for up to the drain timeout.
+pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, config: Arc<Config>, mut shutdown: watch::Receiver<bool>) {
+    let builder = Arc::new(connection_builder(&config));
+    let graceful = GracefulShutdown::new();
+    let permits = Arc::new(Semaphore::new(config.max_connections));
+    let instruments = proxy.telemetry().instruments().clone();
+
+    loop {
+        // At the cap, stop accepting: new clients wait in the kernel's backlog instead of
+        // being accepted and starved.
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            _ = stopped(&mut shutdown) => break,
+        };
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stopped(&mut shutdown) => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let builder = builder.clone();
+        let proxy = proxy.clone();
+        let watcher = graceful.watcher();
+        let instruments = instruments.clone();
+        tokio::spawn(async move {
+            instruments.connections_active.add(1, &[]);
+            let service = service_fn(move |req| proxy.clone().handle(req, peer, "http"));
+            let conn = builder.serve_connection(TokioIo::new(stream), service);
+            if let Err(e) = watcher.watch(conn).await {
+                record_connection_error(&*e, peer, &instruments);
+            }
+            instruments.connections_active.add(-1, &[]);
+            drop(permit);
+        });
+    }
+    // Dropping the listener closes the socket: new connections are refused from here on.
+    drop(listener);
+    tracing::info!(timeout = ?config.drain_timeout, "draining open connections");
+    tokio::select! {
+        _ = graceful.shutdown() => tracing::info!("all connections drained"),
+        _ = tokio::time::sleep(config.drain_timeout) => {
+            tracing::warn!("drain timeout reached; closing the remaining connections");
+        }
+    }
+}
+
+/// Classifies and records a connection that ended in an error.
+fn record_connection_error(
+    error: &(dyn std::error::Error + Send + Sync + 'static),
+    peer: SocketAddr,
+    instruments: &crate::telemetry::Instruments,
+) {
+    let kind = match error.downcast_ref::<hyper::Error>() {
+        Some(e) if e.is_parse_too_large() => "request_header_too_large",
+        Some(e) if e.is_parse() || e.is_parse_status() => "malformed_request",
+        Some(e) if e.is_timeout() => "header_read_timeout",
+        Some(e) if e.is_incomplete_message() => "incomplete_request",
+        Some(e) if e.is_canceled() || e.is_closed() => "closed",
+        Some(e) if e.is_user() => "response_error",
+        _ => "io",
+    };
+    instruments
+        .connection_errors
+        .add(1, &[KeyValue::new("error.type", kind)]);
+    match kind {
+        // Peers closing or resetting is routine on the internet; keep it out of info logs.
+        "io" | "closed" | "incomplete_request" => {
+            tracing::debug!(target: "ragscope::connection", client = %peer.ip(), error_type = kind, error = %error, "connection error")
+        }
+        _ => {
+            tracing::info!(target: "ragscope::connection", client = %peer.ip(), error_type = kind, error = %error, "connection error")
+        }
+    }
+}
+
+/// Resolves once shutdown has been asked for (or its sender is gone).
+pub(crate) async fn stopped(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}

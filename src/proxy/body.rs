@@ -1,0 +1,238 @@
+//! Body wrappers on both directions of the stream. They pass frames through as they come (no
+//! buffering) and observe them on the way: the request side counts bytes and enforces the size
+//! limit; the response side counts bytes, cuts a stream that stays silent past the idle
+//! timeout, and finishes the request's [`Exchange`] when the last frame leaves or the client
+//! goes away.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use tokio::time::{Instant, Sleep};
+
+use crate::telemetry::Exchange;
+use crate::telemetry::Ending;
+
+/// Errors a body wrapper raises into hyper.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    /// The request body went past the limit.
+    #[error("request body exceeds {0} bytes")]
+    TooLarge(u64),
+    /// The upstream sent nothing for the idle timeout.
+    #[error("upstream sent nothing for {0:?}")]
+    IdleTimeout(Duration),
+    /// The underlying stream failed.
+    #[error(transparent)]
+    Stream(#[from] hyper::Error),
+}
+
+/// Why a request body stopped early, read by the proxy when the upstream call fails.
+#[derive(Debug, Default)]
+pub struct RequestBodyFailure(AtomicU8);
+
+impl RequestBodyFailure {
+    const TOO_LARGE: u8 = 1;
+    const CLIENT: u8 = 2;
+
+    /// The body went past the size limit.
+    pub fn too_large(&self) -> bool {
+        self.0.load(Ordering::Acquire) == Self::TOO_LARGE
+    }
+
+    /// The client's side of the body failed (reset, closed early).
+    pub fn client_failed(&self) -> bool {
+        self.0.load(Ordering::Acquire) == Self::CLIENT
+    }
+}
+
+/// The client's request body on its way to the upstream.
+#[derive(Debug)]
+pub struct RequestBody {
+    inner: Incoming,
+    limit: u64,
+    seen: u64,
+    counter: Arc<AtomicU64>,
+    failure: Arc<RequestBodyFailure>,
+}
+
+impl RequestBody {
+    /// Wraps `inner`, failing once more than `limit` bytes pass.
+    pub fn new(inner: Incoming, limit: u64, counter: Arc<AtomicU64>, failure: Arc<RequestBodyFailure>) -> Self {
+        RequestBody {
+            inner,
+            limit,
+            seen: 0,
+            counter,
+            failure,
+        }
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = self.get_mut();
+        match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    let n = data.len() as u64;
+                    this.seen += n;
+                    this.counter.fetch_add(n, Ordering::Relaxed);
+                    if this.seen > this.limit {
+                        this.failure.0.store(RequestBodyFailure::TOO_LARGE, Ordering::Release);
+                        return Poll::Ready(Some(Err(BodyError::TooLarge(this.limit))));
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Some(Err(e)) => {
+                this.failure.0.store(RequestBodyFailure::CLIENT, Ordering::Release);
+                Poll::Ready(Some(Err(BodyError::Stream(e))))
+            }
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+enum Source {
+    /// Streamed from the upstream, guarded by the idle timer.
+    Upstream {
+        body: Incoming,
+        idle: Pin<Box<Sleep>>,
+        idle_timeout: Duration,
+    },
+    /// A response the proxy wrote itself.
+    Local(Option<Bytes>),
+}
+
+/// The response body handed to hyper: the upstream's stream or a local answer.
+pub struct ResponseBody {
+    source: Source,
+    exchange: Exchange,
+}
+
+impl std::fmt::Debug for ResponseBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseBody").finish_non_exhaustive()
+    }
+}
+
+impl ResponseBody {
+    /// Streams the upstream's body, cutting it after `idle_timeout` of silence.
+    pub fn upstream(body: Incoming, exchange: Exchange, idle_timeout: Duration) -> Self {
+        ResponseBody {
+            source: Source::Upstream {
+                body,
+                idle: Box::pin(tokio::time::sleep(idle_timeout)),
+                idle_timeout,
+            },
+            exchange,
+        }
+    }
+
+    /// A complete body the proxy answers itself.
+    pub fn local(bytes: Bytes, exchange: Exchange) -> Self {
+        ResponseBody {
+            source: Source::Local(Some(bytes).filter(|b| !b.is_empty())),
+            exchange,
+        }
+    }
+
+    fn source_done(&self) -> bool {
+        match &self.source {
+            Source::Upstream { body, .. } => body.is_end_stream(),
+            Source::Local(b) => b.is_none(),
+        }
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = self.get_mut();
+        let polled = match &mut this.source {
+            Source::Local(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            Source::Upstream {
+                body,
+                idle,
+                idle_timeout,
+            } => match Pin::new(body).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    // Any frame, even an empty keep-alive one, proves the stream is alive.
+                    idle.as_mut().reset(Instant::now() + *idle_timeout);
+                    Poll::Ready(Some(Ok(frame)))
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    this.exchange.finish(Ending::Failed("upstream_body_error"));
+                    return Poll::Ready(Some(Err(BodyError::Stream(e))));
+                }
+                Poll::Ready(None) => Poll::Ready(None),
+                Poll::Pending => {
+                    if idle.as_mut().poll(cx).is_ready() {
+                        let timeout = *idle_timeout;
+                        this.exchange.finish(Ending::Failed("upstream_idle_timeout"));
+                        return Poll::Ready(Some(Err(BodyError::IdleTimeout(timeout))));
+                    }
+                    Poll::Pending
+                }
+            },
+        };
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.exchange.add_response_bytes(data.len() as u64);
+                }
+                // The last frame is leaving: the response is complete now, not when hyper
+                // next polls (it may never poll again once it sees the end).
+                if this.source_done() {
+                    this.exchange.finish(Ending::Complete);
+                }
+            }
+            Poll::Ready(None) => this.exchange.finish(Ending::Complete),
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.source_done()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.source {
+            Source::Upstream { body, .. } => body.size_hint(),
+            Source::Local(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+        }
+    }
+}
+
+impl Drop for ResponseBody {
+    fn drop(&mut self) {
+        // hyper drops an empty body (HEAD, 204, 304) without polling it: that is a complete
+        // response. Anything else dropped before its end means the client went away.
+        let ending = if self.source_done() {
+            Ending::Complete
+        } else {
+            Ending::Cancelled
+        };
+        self.exchange.finish(ending);
+    }
+}

@@ -1,0 +1,299 @@
+//! The proxy: one request walks four phases in a fixed order.
+//!
+//! 1. **observe** — the [`Exchange`] starts first, so every request (even one refused at once)
+//!    has a span, metrics and a log line.
+//! 2. **admit** — refuse what must not be forwarded: draining, malformed framing, a declared
+//!    body over the limit.
+//! 3. **forward** — strip hop-by-hop headers, then add ours (forwarded-for, trace context), and
+//!    send the request to the upstream over the pooled client, the body streaming behind it.
+//! 4. **respond** — strip the response's hop-by-hop headers and stream its body back frame by
+//!    frame; the body wrapper finishes the exchange (record) when the last byte leaves.
+//!
+//! An error in any phase becomes a response in exactly one place, [`ProxyError::to_response`].
+
+mod body;
+mod headers;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use http::{HeaderValue, Request, Response, Version, header};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use crate::config::Config;
+use crate::error::ProxyError;
+use crate::telemetry::{Exchange, RequestFacts, Telemetry};
+
+pub use body::{BodyError, RequestBody, RequestBodyFailure, ResponseBody};
+
+type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+
+/// Shared state of the proxy: configuration, the upstream client, telemetry.
+#[derive(Debug)]
+pub struct Proxy {
+    config: Arc<Config>,
+    client: Client<Connector, RequestBody>,
+    telemetry: Arc<Telemetry>,
+    draining: AtomicBool,
+}
+
+/// An upstream client that could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// https upstream but no trust anchors.
+    #[error("RAGSCOPE_UPSTREAM is https but no system root certificates were found: {0}")]
+    NoRoots(String),
+    /// rustls refused the configuration.
+    #[error("cannot configure TLS to the upstream: {0}")]
+    Tls(#[from] rustls::Error),
+}
+
+impl Proxy {
+    /// Builds the proxy and its pooled upstream client.
+    pub fn new(config: Arc<Config>, telemetry: Arc<Telemetry>) -> Result<Proxy, ClientError> {
+        let mut http = HttpConnector::new();
+        http.set_connect_timeout(Some(config.connect_timeout));
+        http.set_nodelay(true);
+        http.enforce_http(false);
+        http.set_keepalive(Some(std::time::Duration::from_secs(60)));
+
+        let native = rustls_native_certs::load_native_certs();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add_parsable_certificates(native.certs);
+        if config.upstream.scheme == http::uri::Scheme::HTTPS && roots.is_empty() {
+            let why = native.errors.first().map(|e| e.to_string()).unwrap_or_else(|| "none installed".to_owned());
+            return Err(ClientError::NoRoots(why));
+        }
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(std::time::Duration::from_secs(90))
+            .build(connector);
+        Ok(Proxy {
+            config,
+            client,
+            telemetry,
+            draining: AtomicBool::new(false),
+        })
+    }
+
+    /// From now on, new requests get 503 (connections are being closed by the listener).
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
+    /// Whether the proxy is draining.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    /// The telemetry pipeline requests record into.
+    pub fn telemetry(&self) -> &Arc<Telemetry> {
+        &self.telemetry
+    }
+
+    /// Serves one request from a client at `peer` that reached us over `scheme`.
+    pub async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+        scheme: &'static str,
+    ) -> Result<Response<ResponseBody>, Infallible> {
+        // observe
+        let facts = RequestFacts::from_request(req.method(), req.uri(), req.version(), req.headers(), peer, scheme);
+        let mut exchange = Exchange::begin(self.telemetry.clone(), facts, req.headers());
+        let version = req.version();
+
+        // admit, forward
+        let outcome = match self.admit(&req) {
+            Ok(close) => self.forward(req, peer, scheme, &mut exchange).await.map(|r| (r, close)),
+            Err(e) => Err(e),
+        };
+
+        // respond (record happens when the response body ends)
+        Ok(match outcome {
+            Ok((response, close)) => self.respond(response, exchange, close, version),
+            Err(error) => error_response(&error, exchange, version),
+        })
+    }
+
+    /// Checks the request can be forwarded. `Ok(true)` asks for the connection to be closed
+    /// after this response (the request's framing was ambiguous).
+    fn admit(&self, req: &Request<Incoming>) -> Result<bool, ProxyError> {
+        if self.is_draining() {
+            return Err(ProxyError::Draining);
+        }
+        if req.version() == Version::HTTP_11 {
+            // RFC 9112 3.2: exactly one Host.
+            let mut hosts = req.headers().get_all(header::HOST).iter();
+            match (hosts.next(), hosts.next()) {
+                (None, _) => return Err(ProxyError::BadRequest("an HTTP/1.1 request needs a Host header")),
+                (Some(_), Some(_)) => return Err(ProxyError::BadRequest("more than one Host header")),
+                _ => {}
+            }
+        }
+        if let Some(len) = declared_length(req)?
+            && len > self.config.max_request_body
+        {
+            return Err(ProxyError::BodyTooLarge {
+                limit: self.config.max_request_body,
+            });
+        }
+        // RFC 9112 6.1: with both, Transfer-Encoding alone frames the body and the connection
+        // must not be reused. hyper already drops the Content-Length; close to be safe.
+        let both =
+            req.headers().contains_key(header::TRANSFER_ENCODING) && req.headers().contains_key(header::CONTENT_LENGTH);
+        Ok(both)
+    }
+
+    async fn forward(
+        &self,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+        scheme: &'static str,
+        exchange: &mut Exchange,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        let (mut parts, body) = req.into_parts();
+        let host = parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::try_from(a.as_str()).ok())
+            .or_else(|| parts.headers.get(header::HOST).cloned());
+
+        // Hop-by-hop headers go first, before any header of ours is added.
+        headers::strip_hop_by_hop(&mut parts.headers, true);
+        if parts.headers.contains_key(header::TRANSFER_ENCODING) {
+            parts.headers.remove(header::CONTENT_LENGTH);
+        }
+        // The client sets Host from the upstream URL; the client's Host travels as
+        // X-Forwarded-Host.
+        parts.headers.remove(header::HOST);
+        headers::add_forwarded(&mut parts.headers, peer.ip(), scheme, host.as_ref());
+
+        let uri = self
+            .config
+            .upstream
+            .uri_for(parts.uri.path_and_query())
+            .map_err(|_| ProxyError::BadRequest("the request target cannot be forwarded"))?;
+        exchange.begin_upstream(&uri, &mut parts.headers);
+        parts.uri = uri;
+        parts.version = Version::HTTP_11;
+
+        let failure = Arc::new(RequestBodyFailure::default());
+        let body = RequestBody::new(
+            body,
+            self.config.max_request_body,
+            exchange.request_bytes(),
+            failure.clone(),
+        );
+        let timeout = self.config.response_timeout;
+        match tokio::time::timeout(timeout, self.client.request(Request::from_parts(parts, body))).await {
+            Err(_) => Err(ProxyError::UpstreamTimeout(timeout)),
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(e)) => Err(self.classify(e, &failure)),
+        }
+    }
+
+    fn classify(&self, e: hyper_util::client::legacy::Error, failure: &RequestBodyFailure) -> ProxyError {
+        if failure.too_large() {
+            return ProxyError::BodyTooLarge {
+                limit: self.config.max_request_body,
+            };
+        }
+        if failure.client_failed() {
+            return ProxyError::ClientBody { detail: chain(&e) };
+        }
+        if e.is_connect() {
+            let timed_out = std::iter::successors(std::error::Error::source(&e), |e| e.source())
+                .filter_map(|e| e.downcast_ref::<std::io::Error>())
+                .any(|io| io.kind() == std::io::ErrorKind::TimedOut);
+            if timed_out {
+                return ProxyError::UpstreamConnectTimeout(self.config.connect_timeout);
+            }
+            return ProxyError::UpstreamUnreachable { detail: chain(&e) };
+        }
+        ProxyError::UpstreamReset { detail: chain(&e) }
+    }
+
+    fn respond(
+        &self,
+        response: Response<Incoming>,
+        mut exchange: Exchange,
+        close: bool,
+        version: Version,
+    ) -> Response<ResponseBody> {
+        let (mut parts, body) = response.into_parts();
+        // We answer in the client's HTTP version, not the upstream's.
+        parts.version = version;
+        headers::strip_hop_by_hop(&mut parts.headers, false);
+        if close {
+            parts.headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        exchange.respond(parts.status, None);
+        if let Some(v) = exchange.traceresponse() {
+            parts.headers.insert(TRACERESPONSE, v);
+        }
+        Response::from_parts(parts, ResponseBody::upstream(body, exchange, self.config.idle_timeout))
+    }
+}
+
+const TRACERESPONSE: header::HeaderName = header::HeaderName::from_static("traceresponse");
+
+/// Turns an error into the client's response and records it on the exchange.
+fn error_response(error: &ProxyError, mut exchange: Exchange, version: Version) -> Response<ResponseBody> {
+    tracing::warn!(
+        origin = error.origin().as_str(),
+        error_type = error.error_type(),
+        detail = error.detail(),
+        "{error}"
+    );
+    let (mut parts, bytes) = error.to_response().into_parts();
+    if version == Version::HTTP_2 {
+        // Connection-specific headers are forbidden in HTTP/2.
+        parts.headers.remove(header::CONNECTION);
+    }
+    exchange.respond(parts.status, Some(error.error_type()));
+    if let Some(v) = exchange.traceresponse() {
+        parts.headers.insert(TRACERESPONSE, v);
+    }
+    Response::from_parts(parts, ResponseBody::local(bytes, exchange))
+}
+
+/// The request's declared body length, if it has a valid one.
+fn declared_length(req: &Request<Incoming>) -> Result<Option<u64>, ProxyError> {
+    match req.headers().get(header::CONTENT_LENGTH) {
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .map(Some)
+            .ok_or(ProxyError::BadRequest("invalid Content-Length")),
+    }
+}
+
+/// An error and its sources on one line, for logs.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}

@@ -1,0 +1,141 @@
+//! Wires the pieces together: binds the listeners, starts telemetry and the proxy, runs until
+//! told to stop, then drains and flushes in that order.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::proxy::{ClientError, Proxy};
+use crate::telemetry::{Telemetry, TelemetryError};
+
+/// Longest wait for the exporters to flush at exit, whatever the collector does.
+const TELEMETRY_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why ragscope could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A listener address is taken or not ours.
+    #[error("cannot listen on {addr} ({var}): {source}")]
+    Bind {
+        /// The variable that named the address.
+        var: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// The telemetry pipeline could not be built.
+    #[error(transparent)]
+    Telemetry(#[from] TelemetryError),
+    /// The upstream client could not be built.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+}
+
+/// A running ragscope: the proxy and admin listeners, bound and serving.
+#[derive(Debug)]
+pub struct Server {
+    proxy_addr: SocketAddr,
+    admin_addr: Option<SocketAddr>,
+    shutdown: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl Server {
+    /// Binds both listeners, starts telemetry and begins serving. Must run inside a tokio
+    /// multi-thread runtime.
+    pub async fn start(config: Config) -> Result<Server, StartError> {
+        let config = Arc::new(config);
+        let listener = bind("RAGSCOPE_LISTEN", config.listen).await?;
+        let proxy_addr = listener.local_addr().map_err(|source| StartError::Bind {
+            var: "RAGSCOPE_LISTEN",
+            addr: config.listen,
+            source,
+        })?;
+        let admin = match config.admin_listen {
+            Some(addr) => Some(bind("RAGSCOPE_ADMIN_LISTEN", addr).await?),
+            None => None,
+        };
+        let admin_addr = admin.as_ref().and_then(|l| l.local_addr().ok());
+
+        let config_upstream = format!("{}://{}", config.upstream.scheme, config.upstream.authority);
+        let telemetry = Telemetry::start(&config.telemetry)?;
+        let proxy = Arc::new(Proxy::new(config.clone(), telemetry.clone())?);
+        let (shutdown, shutdown_rx) = watch::channel(false);
+
+        let admin_task = admin.map(|listener| {
+            let probe_timeout = config.connect_timeout.min(Duration::from_secs(2));
+            tokio::spawn(crate::admin::serve(listener, proxy.clone(), config.upstream.clone(), probe_timeout))
+        });
+        let task = tokio::spawn(async move {
+            let mut draining = shutdown_rx.clone();
+            let drain_flag = {
+                let proxy = proxy.clone();
+                // Readiness turns 503 and late requests get 503 the moment the signal comes,
+                // while the listener stops accepting.
+                tokio::spawn(async move {
+                    crate::listener::stopped(&mut draining).await;
+                    proxy.start_draining();
+                })
+            };
+            crate::listener::serve(listener, proxy.clone(), config.clone(), shutdown_rx).await;
+            drain_flag.abort();
+            // Telemetry is flushed last, so the drained requests' spans are in it.
+            telemetry.shutdown(TELEMETRY_FLUSH_TIMEOUT).await;
+            if let Some(admin) = admin_task {
+                admin.abort();
+            }
+        });
+        tracing::info!(
+            listen = %proxy_addr,
+            admin = admin_addr.map(|a| a.to_string()).unwrap_or_else(|| "off".to_owned()),
+            upstream = %config_upstream,
+            "ragscope is serving"
+        );
+        Ok(Server {
+            proxy_addr,
+            admin_addr,
+            shutdown,
+            task,
+        })
+    }
+
+    /// The proxy listener's address (with the real port when 0 was asked for).
+    pub fn proxy_addr(&self) -> SocketAddr {
+        self.proxy_addr
+    }
+
+    /// The admin listener's address, unless it is off.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    /// Begins a graceful shutdown: stop accepting, drain, flush telemetry.
+    pub fn shutdown(&self) {
+        let _ = self.shutdown.send(true);
+    }
+
+    /// Waits until the shutdown has completed.
+    pub async fn wait(self) {
+        let _ = self.task.await;
+    }
+}
+
+async fn bind(var: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    };
+    let bind_error = |source| StartError::Bind { var, addr, source };
+    let socket = socket.map_err(bind_error)?;
+    // A restarted sidecar must be able to bind while old connections sit in TIME_WAIT.
+    socket.set_reuseaddr(true).map_err(bind_error)?;
+    socket.bind(addr).map_err(bind_error)?;
+    socket.listen(4096).map_err(bind_error)
+}

@@ -1,0 +1,35 @@
+//! Process logging: `RAGSCOPE_LOG` filter, JSON or text lines on stdout through a non-blocking
+//! writer, so a slow log consumer can never stall a request (lines are dropped instead).
+
+use tracing_appender::non_blocking::WorkerGuard;
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::prelude::*;
+
+use crate::config::{Config, LogFormat};
+
+/// Installs the global subscriber. Keep the guard alive until exit: it flushes buffered lines.
+pub fn init(config: &Config) -> WorkerGuard {
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .buffered_lines_limit(64 * 1024)
+        .lossy(true)
+        .finish(std::io::stdout());
+    // The filter was validated when the configuration was parsed.
+    let filter = EnvFilter::builder().parse_lossy(&config.log);
+    let registry = tracing_subscriber::registry().with(filter);
+    match config.log_format {
+        LogFormat::Json => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(false)
+                    .with_span_list(false)
+                    .with_writer(writer),
+            )
+            .init(),
+        LogFormat::Text => registry
+            .with(tracing_subscriber::fmt::layer().with_writer(writer))
+            .init(),
+    }
+    guard
+}
