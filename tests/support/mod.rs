@@ -7,6 +7,8 @@
 //!   JSON, echo, SSE, large, slow and stalling routes, plus request, connection
 //!   and aborted-stream accounting.
 //! * [`BlackHole`] and [`dead_addr`]: upstreams that never answer / refuse.
+//! * [`Proxy`] and [`Binary`]: ragscope itself, in process or as the real binary, and
+//!   [`Client`], the HTTP/1.1 and HTTP/2 client tests talk to it with.
 //! * [`OtlpReceiver`]: an in-process OTLP collector accepting both OTLP/gRPC
 //!   and OTLP/HTTP protobuf, flattening what it receives into
 //!   [`CollectedSpan`]s and [`CollectedMetric`]s.
@@ -16,12 +18,15 @@
 #![allow(dead_code)]
 
 pub mod otlp;
+pub mod ragscope;
 mod serve;
 pub mod upstream;
 
 // A test binary that uses only part of the library would otherwise warn.
 #[allow(unused_imports)]
 pub use otlp::*;
+#[allow(unused_imports)]
+pub use ragscope::*;
 #[allow(unused_imports)]
 pub use upstream::*;
 
