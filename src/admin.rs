@@ -17,7 +17,12 @@ use crate::config::Upstream;
 use crate::proxy::Proxy;
 
 /// Serves the admin endpoints until the task is aborted.
-pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, upstream: Upstream, probe_timeout: Duration) {
+pub async fn serve(
+    listener: TcpListener,
+    proxy: Arc<Proxy>,
+    upstream: Upstream,
+    probe_timeout: Duration,
+) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -34,16 +39,30 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, upstream: Upstream,
         tokio::spawn(async move {
             let service = service_fn(move |req| {
                 let (proxy, upstream) = (proxy.clone(), upstream.clone());
-                async move { Ok::<_, std::convert::Infallible>(route(req, &proxy, &upstream, probe_timeout).await) }
+                async move {
+                    Ok::<_, std::convert::Infallible>(
+                        route(req, &proxy, &upstream, probe_timeout).await,
+                    )
+                }
             });
-            let _ = builder.serve_connection(TokioIo::new(stream), service).await;
+            let _ = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
         });
     }
 }
 
-async fn route(req: Request<Incoming>, proxy: &Proxy, upstream: &Upstream, probe_timeout: Duration) -> Response<Full<Bytes>> {
+async fn route(
+    req: Request<Incoming>,
+    proxy: &Proxy,
+    upstream: &Upstream,
+    probe_timeout: Duration,
+) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        return json(StatusCode::METHOD_NOT_ALLOWED, r#"{"error":{"type":"method_not_allowed","message":"use GET"}}"#);
+        return json(
+            StatusCode::METHOD_NOT_ALLOWED,
+            r#"{"error":{"type":"method_not_allowed","message":"use GET"}}"#,
+        );
     }
     match req.uri().path() {
         "/healthz" => json(StatusCode::OK, r#"{"status":"ok"}"#),
@@ -60,16 +79,23 @@ async fn route(req: Request<Incoming>, proxy: &Proxy, upstream: &Upstream, probe
                 ),
             }
         }
-        _ => json(StatusCode::NOT_FOUND, r#"{"error":{"type":"not_found","message":"try /healthz or /readyz"}}"#),
+        _ => json(
+            StatusCode::NOT_FOUND,
+            r#"{"error":{"type":"not_found","message":"try /healthz or /readyz"}}"#,
+        ),
     }
 }
 
 fn json(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
     *r.status_mut() = status;
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
-    r.headers_mut()
-        .insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    r.headers_mut().insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-store"),
+    );
     r
 }

@@ -118,7 +118,10 @@ pub struct Upstream {
 
 impl Upstream {
     /// The upstream URL for a request's path and query.
-    pub fn uri_for(&self, path_and_query: Option<&http::uri::PathAndQuery>) -> Result<Uri, http::Error> {
+    pub fn uri_for(
+        &self,
+        path_and_query: Option<&http::uri::PathAndQuery>,
+    ) -> Result<Uri, http::Error> {
         let mut parts = http::uri::Parts::default();
         parts.scheme = Some(self.scheme.clone());
         parts.authority = Some(self.authority.clone());
@@ -373,7 +376,11 @@ fn parse_upstream(v: &str) -> Option<Upstream> {
     if uri.path_and_query().is_some_and(|p| p.as_str() != "/") {
         return None;
     }
-    let host = authority.host().trim_start_matches('[').trim_end_matches(']').to_owned();
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
     if host.is_empty() {
         return None;
     }
@@ -388,7 +395,9 @@ fn parse_upstream(v: &str) -> Option<Upstream> {
 /// `250ms`, `5s`, `2m`, `1h`; a bare number is seconds.
 pub fn parse_duration(v: &str) -> Option<Duration> {
     let v = v.trim();
-    let split = v.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(v.len());
+    let split = v
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(v.len());
     let (num, unit) = v.split_at(split);
     let n: f64 = num.parse().ok()?;
     if !n.is_finite() || n < 0.0 {
@@ -427,17 +436,24 @@ impl TelemetryConfig {
     fn from_source(source: &(impl Source + ?Sized), warnings: &mut Vec<String>) -> TelemetryConfig {
         let otel = OtelReader { source };
         let mut warn = |var: &str, value: &str, expected: &str| {
-            warnings.push(format!("ignoring invalid {var}={value:?}: expected {expected}"));
+            warnings.push(format!(
+                "ignoring invalid {var}={value:?}: expected {expected}"
+            ));
         };
 
-        let sdk_disabled = otel.get("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true"));
+        let sdk_disabled = otel
+            .get("OTEL_SDK_DISABLED")
+            .is_some_and(|v| v.eq_ignore_ascii_case("true"));
 
         let exporter = |var: &str, warn: &mut dyn FnMut(&str, &str, &str)| match otel.get(var) {
             None => ExporterKind::Otlp,
             Some(v) => {
                 // The variable is a list; a single exporter per signal is what we support,
                 // and "none" anywhere in the list wins as the specification says.
-                let items: Vec<String> = v.split(',').map(|s| s.trim().to_ascii_lowercase()).collect();
+                let items: Vec<String> = v
+                    .split(',')
+                    .map(|s| s.trim().to_ascii_lowercase())
+                    .collect();
                 if items.iter().any(|s| s == "none") {
                     ExporterKind::None
                 } else if items.iter().any(|s| s == "otlp") {
@@ -456,23 +472,29 @@ impl TelemetryConfig {
         let traces = otel.signal("TRACES", "/v1/traces", &mut warn);
         let metrics = otel.signal("METRICS", "/v1/metrics", &mut warn);
 
-        let service_name = otel.get("OTEL_SERVICE_NAME").unwrap_or_else(|| "ragscope".to_owned());
+        let service_name = otel
+            .get("OTEL_SERVICE_NAME")
+            .unwrap_or_else(|| "ragscope".to_owned());
         let resource_attributes = otel
             .get("OTEL_RESOURCE_ATTRIBUTES")
             .map(|v| parse_key_values(&v))
             .unwrap_or_default();
 
-        let ratio = |warn: &mut dyn FnMut(&str, &str, &str)| match otel.get("OTEL_TRACES_SAMPLER_ARG") {
-            None => 1.0,
-            Some(v) => match v.parse::<f64>() {
-                Ok(r) if (0.0..=1.0).contains(&r) => r,
-                _ => {
-                    warn("OTEL_TRACES_SAMPLER_ARG", &v, "a ratio between 0 and 1");
-                    1.0
-                }
-            },
-        };
-        let sampler = match otel.get("OTEL_TRACES_SAMPLER").map(|v| v.to_ascii_lowercase()) {
+        let ratio =
+            |warn: &mut dyn FnMut(&str, &str, &str)| match otel.get("OTEL_TRACES_SAMPLER_ARG") {
+                None => 1.0,
+                Some(v) => match v.parse::<f64>() {
+                    Ok(r) if (0.0..=1.0).contains(&r) => r,
+                    _ => {
+                        warn("OTEL_TRACES_SAMPLER_ARG", &v, "a ratio between 0 and 1");
+                        1.0
+                    }
+                },
+            };
+        let sampler = match otel
+            .get("OTEL_TRACES_SAMPLER")
+            .map(|v| v.to_ascii_lowercase())
+        {
             None => SamplerConfig::ParentBased(ParentRoot::AlwaysOn),
             Some(v) => match v.as_str() {
                 "always_on" => SamplerConfig::AlwaysOn,
@@ -495,7 +517,10 @@ impl TelemetryConfig {
         };
 
         let propagators = match otel.get("OTEL_PROPAGATORS") {
-            None => Propagators { trace_context: true, baggage: true },
+            None => Propagators {
+                trace_context: true,
+                baggage: true,
+            },
             Some(v) => {
                 let mut p = Propagators::default();
                 for item in v.split(',').map(|s| s.trim().to_ascii_lowercase()) {
@@ -521,10 +546,14 @@ impl TelemetryConfig {
             },
         };
         let bsp_max_queue_size = number("OTEL_BSP_MAX_QUEUE_SIZE", 2048);
-        let bsp_max_export_batch_size = number("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512).min(bsp_max_queue_size);
-        let bsp_schedule_delay = Duration::from_millis(number("OTEL_BSP_SCHEDULE_DELAY", 5000) as u64);
-        let metric_export_interval = Duration::from_millis(number("OTEL_METRIC_EXPORT_INTERVAL", 60_000) as u64);
-        let metric_export_timeout = Duration::from_millis(number("OTEL_METRIC_EXPORT_TIMEOUT", 30_000) as u64);
+        let bsp_max_export_batch_size =
+            number("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512).min(bsp_max_queue_size);
+        let bsp_schedule_delay =
+            Duration::from_millis(number("OTEL_BSP_SCHEDULE_DELAY", 5000) as u64);
+        let metric_export_interval =
+            Duration::from_millis(number("OTEL_METRIC_EXPORT_INTERVAL", 60_000) as u64);
+        let metric_export_timeout =
+            Duration::from_millis(number("OTEL_METRIC_EXPORT_TIMEOUT", 30_000) as u64);
 
         TelemetryConfig {
             sdk_disabled,
@@ -565,7 +594,12 @@ impl<S: Source + ?Sized> OtelReader<'_, S> {
         self.get(&generic).map(|v| (generic, v))
     }
 
-    fn signal(&self, signal: &str, path: &str, warn: &mut dyn FnMut(&str, &str, &str)) -> OtlpSignal {
+    fn signal(
+        &self,
+        signal: &str,
+        path: &str,
+        warn: &mut dyn FnMut(&str, &str, &str),
+    ) -> OtlpSignal {
         let protocol = match self.get_signal(signal, "PROTOCOL") {
             None => OtlpProtocol::HttpProtobuf,
             Some((var, v)) => match v.as_str() {
@@ -582,10 +616,12 @@ impl<S: Source + ?Sized> OtelReader<'_, S> {
             // A per-signal endpoint is used as it is.
             v
         } else {
-            let base = self.get("OTEL_EXPORTER_OTLP_ENDPOINT").unwrap_or_else(|| match protocol {
-                OtlpProtocol::Grpc => "http://localhost:4317".to_owned(),
-                OtlpProtocol::HttpProtobuf => "http://localhost:4318".to_owned(),
-            });
+            let base = self
+                .get("OTEL_EXPORTER_OTLP_ENDPOINT")
+                .unwrap_or_else(|| match protocol {
+                    OtlpProtocol::Grpc => "http://localhost:4317".to_owned(),
+                    OtlpProtocol::HttpProtobuf => "http://localhost:4318".to_owned(),
+                });
             match protocol {
                 OtlpProtocol::Grpc => base,
                 // With the generic endpoint, the signal's path is appended.
@@ -661,7 +697,10 @@ mod tests {
         let c = parse(&[]).expect("defaults parse");
         assert_eq!(c.listen, "0.0.0.0:8080".parse().expect("addr"));
         assert_eq!(c.upstream.authority.as_str(), "127.0.0.1:8000");
-        assert_eq!(c.admin_listen, Some("127.0.0.1:9901".parse().expect("addr")));
+        assert_eq!(
+            c.admin_listen,
+            Some("127.0.0.1:9901".parse().expect("addr"))
+        );
         assert_eq!(c.connect_timeout, Duration::from_secs(5));
         assert_eq!(c.response_timeout, Duration::from_secs(60));
         assert_eq!(c.idle_timeout, Duration::from_secs(60));
@@ -674,7 +713,13 @@ mod tests {
         assert_eq!(t.traces.endpoint, "http://localhost:4318/v1/traces");
         assert_eq!(t.metrics.endpoint, "http://localhost:4318/v1/metrics");
         assert_eq!(t.sampler, SamplerConfig::ParentBased(ParentRoot::AlwaysOn));
-        assert_eq!(t.propagators, Propagators { trace_context: true, baggage: true });
+        assert_eq!(
+            t.propagators,
+            Propagators {
+                trace_context: true,
+                baggage: true
+            }
+        );
         assert!(c.warnings.is_empty());
     }
 
@@ -698,7 +743,14 @@ mod tests {
         assert_eq!(parse_size("16MiB"), Some(16 << 20));
         assert_eq!(parse_size("1GiB"), Some(1 << 30));
         assert_eq!(parse_size("10MB"), Some(10_000_000));
-        for bad in ["", "MiB", "1.5MiB", "-3", "16 parsecs", "99999999999999999999GiB"] {
+        for bad in [
+            "",
+            "MiB",
+            "1.5MiB",
+            "-3",
+            "16 parsecs",
+            "99999999999999999999GiB",
+        ] {
             assert_eq!(parse_size(bad), None, "{bad}");
         }
     }
@@ -754,10 +806,16 @@ mod tests {
     fn otlp_endpoints_follow_the_spec() {
         let c = parse(&[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318/"),
-            ("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "http://m:9999/custom"),
+            (
+                "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+                "http://m:9999/custom",
+            ),
         ])
         .expect("parse");
-        assert_eq!(c.telemetry.traces.endpoint, "http://collector:4318/v1/traces");
+        assert_eq!(
+            c.telemetry.traces.endpoint,
+            "http://collector:4318/v1/traces"
+        );
         assert_eq!(c.telemetry.metrics.endpoint, "http://m:9999/custom");
 
         let c = parse(&[("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")]).expect("parse");
@@ -776,7 +834,10 @@ mod tests {
         assert_eq!(c.telemetry.traces.timeout, Duration::from_millis(2500));
         assert_eq!(
             c.telemetry.traces.headers,
-            vec![("api-key".to_owned(), "abc=".to_owned()), ("x".to_owned(), "1".to_owned())]
+            vec![
+                ("api-key".to_owned(), "abc=".to_owned()),
+                ("x".to_owned(), "1".to_owned())
+            ]
         );
     }
 
@@ -797,8 +858,17 @@ mod tests {
         assert!(t.sdk_disabled);
         assert_eq!(t.traces_exporter, ExporterKind::None);
         assert_eq!(t.metrics_exporter, ExporterKind::Console);
-        assert_eq!(t.propagators, Propagators { trace_context: true, baggage: false });
-        assert_eq!(t.sampler, SamplerConfig::ParentBased(ParentRoot::TraceIdRatio(0.25)));
+        assert_eq!(
+            t.propagators,
+            Propagators {
+                trace_context: true,
+                baggage: false
+            }
+        );
+        assert_eq!(
+            t.sampler,
+            SamplerConfig::ParentBased(ParentRoot::TraceIdRatio(0.25))
+        );
         assert_eq!(t.traces.protocol, OtlpProtocol::HttpProtobuf);
         assert_eq!(t.bsp_max_queue_size, 2048);
         assert_eq!(c.warnings.len(), 4, "{:?}", c.warnings);
@@ -810,8 +880,11 @@ mod tests {
 
     #[test]
     fn resource_attributes() {
-        let c = parse(&[("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=prod,team=rag%20ops,bad")])
-            .expect("parse");
+        let c = parse(&[(
+            "OTEL_RESOURCE_ATTRIBUTES",
+            "deployment.environment=prod,team=rag%20ops,bad",
+        )])
+        .expect("parse");
         assert_eq!(
             c.telemetry.resource_attributes,
             vec![

@@ -75,8 +75,12 @@ impl ProxyError {
     /// The status the client receives.
     pub fn status(&self) -> StatusCode {
         match self {
-            ProxyError::UpstreamUnreachable { .. } | ProxyError::UpstreamReset { .. } => StatusCode::BAD_GATEWAY,
-            ProxyError::UpstreamConnectTimeout(_) | ProxyError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::UpstreamUnreachable { .. } | ProxyError::UpstreamReset { .. } => {
+                StatusCode::BAD_GATEWAY
+            }
+            ProxyError::UpstreamConnectTimeout(_) | ProxyError::UpstreamTimeout(_) => {
+                StatusCode::GATEWAY_TIMEOUT
+            }
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::BadRequest(_) | ProxyError::ClientBody { .. } => StatusCode::BAD_REQUEST,
             ProxyError::Draining => StatusCode::SERVICE_UNAVAILABLE,
@@ -104,9 +108,9 @@ impl ProxyError {
             | ProxyError::UpstreamConnectTimeout(_)
             | ProxyError::UpstreamTimeout(_)
             | ProxyError::UpstreamReset { .. } => Origin::Upstream,
-            ProxyError::BodyTooLarge { .. } | ProxyError::BadRequest(_) | ProxyError::ClientBody { .. } => {
-                Origin::Downstream
-            }
+            ProxyError::BodyTooLarge { .. }
+            | ProxyError::BadRequest(_)
+            | ProxyError::ClientBody { .. } => Origin::Downstream,
             ProxyError::Draining => Origin::Proxy,
         }
     }
@@ -131,12 +135,17 @@ impl ProxyError {
         let mut response = Response::new(Bytes::from(body));
         *response.status_mut() = self.status();
         let headers = response.headers_mut();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         match self {
             // The client's request may not have been read to its end: close rather than try to
             // find the next request in the remains of this one.
-            ProxyError::BodyTooLarge { .. } | ProxyError::BadRequest(_) | ProxyError::ClientBody { .. } => {
+            ProxyError::BodyTooLarge { .. }
+            | ProxyError::BadRequest(_)
+            | ProxyError::ClientBody { .. } => {
                 headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
             ProxyError::Draining => {

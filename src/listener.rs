@@ -52,7 +52,12 @@ fn connection_builder(config: &Config) -> auto::Builder<TokioExecutor> {
 
 /// Accepts and serves connections until `shutdown` turns true, then stops accepting at once
 /// and lets open connections finish for up to the drain timeout.
-pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, config: Arc<Config>, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(
+    listener: TcpListener,
+    proxy: Arc<Proxy>,
+    config: Arc<Config>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let builder = Arc::new(connection_builder(&config));
     let graceful = GracefulShutdown::new();
     let permits = Arc::new(Semaphore::new(config.max_connections));

@@ -18,7 +18,10 @@ fn main() -> ExitCode {
         tracing::warn!("{warning}");
     }
     // Multi-thread on purpose: the OTLP exporters' flush deadlocks on a current-thread runtime.
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("ragscope: cannot start the async runtime: {e}");
@@ -45,7 +48,10 @@ fn main() -> ExitCode {
 
 async fn wait_for_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         // Without signal handlers we can still be stopped by ctrl-c's default path.
         let _ = tokio::signal::ctrl_c().await;
         return;

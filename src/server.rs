@@ -70,7 +70,12 @@ impl Server {
 
         let admin_task = admin.map(|listener| {
             let probe_timeout = config.connect_timeout.min(Duration::from_secs(2));
-            tokio::spawn(crate::admin::serve(listener, proxy.clone(), config.upstream.clone(), probe_timeout))
+            tokio::spawn(crate::admin::serve(
+                listener,
+                proxy.clone(),
+                config.upstream.clone(),
+                probe_timeout,
+            ))
         });
         let task = tokio::spawn(async move {
             let mut draining = shutdown_rx.clone();

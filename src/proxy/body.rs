@@ -15,8 +15,8 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
-use crate::telemetry::Exchange;
 use crate::telemetry::Ending;
+use crate::telemetry::Exchange;
 
 /// Errors a body wrapper raises into hyper.
 #[derive(Debug, thiserror::Error)]
@@ -63,7 +63,12 @@ pub struct RequestBody {
 
 impl RequestBody {
     /// Wraps `inner`, failing once more than `limit` bytes pass.
-    pub fn new(inner: Incoming, limit: u64, counter: Arc<AtomicU64>, failure: Arc<RequestBodyFailure>) -> Self {
+    pub fn new(
+        inner: Incoming,
+        limit: u64,
+        counter: Arc<AtomicU64>,
+        failure: Arc<RequestBodyFailure>,
+    ) -> Self {
         RequestBody {
             inner,
             limit,
@@ -78,7 +83,10 @@ impl Body for RequestBody {
     type Data = Bytes;
     type Error = BodyError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.get_mut();
         match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
             Some(Ok(frame)) => {
@@ -87,14 +95,18 @@ impl Body for RequestBody {
                     this.seen += n;
                     this.counter.fetch_add(n, Ordering::Relaxed);
                     if this.seen > this.limit {
-                        this.failure.0.store(RequestBodyFailure::TOO_LARGE, Ordering::Release);
+                        this.failure
+                            .0
+                            .store(RequestBodyFailure::TOO_LARGE, Ordering::Release);
                         return Poll::Ready(Some(Err(BodyError::TooLarge(this.limit))));
                     }
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
             Some(Err(e)) => {
-                this.failure.0.store(RequestBodyFailure::CLIENT, Ordering::Release);
+                this.failure
+                    .0
+                    .store(RequestBodyFailure::CLIENT, Ordering::Release);
                 Poll::Ready(Some(Err(BodyError::Stream(e))))
             }
             None => Poll::Ready(None),
@@ -166,7 +178,10 @@ impl Body for ResponseBody {
     type Data = Bytes;
     type Error = BodyError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.get_mut();
         let polled = match &mut this.source {
             Source::Local(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
@@ -188,7 +203,8 @@ impl Body for ResponseBody {
                 Poll::Pending => {
                     if idle.as_mut().poll(cx).is_ready() {
                         let timeout = *idle_timeout;
-                        this.exchange.finish(Ending::Failed("upstream_idle_timeout"));
+                        this.exchange
+                            .finish(Ending::Failed("upstream_idle_timeout"));
                         return Poll::Ready(Some(Err(BodyError::IdleTimeout(timeout))));
                     }
                     Poll::Pending

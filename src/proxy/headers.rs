@@ -48,7 +48,12 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, is_request: bool) {
 
 /// Appends the client to `X-Forwarded-For` and sets `X-Forwarded-Proto` / `X-Forwarded-Host`
 /// to what the client used.
-pub fn add_forwarded(headers: &mut HeaderMap, client: IpAddr, proto: &'static str, host: Option<&HeaderValue>) {
+pub fn add_forwarded(
+    headers: &mut HeaderMap,
+    client: IpAddr,
+    proto: &'static str,
+    host: Option<&HeaderValue>,
+) {
     let previous: Vec<&str> = headers
         .get_all(X_FORWARDED_FOR)
         .iter()
@@ -120,9 +125,17 @@ mod tests {
 
     #[test]
     fn forwarded_headers_append_and_replace() {
-        let mut h = map(&[("x-forwarded-for", "10.0.0.1"), ("x-forwarded-proto", "https")]);
+        let mut h = map(&[
+            ("x-forwarded-for", "10.0.0.1"),
+            ("x-forwarded-proto", "https"),
+        ]);
         let host = HeaderValue::from_static("rag.example");
-        add_forwarded(&mut h, "192.0.2.7".parse().expect("ip"), "http", Some(&host));
+        add_forwarded(
+            &mut h,
+            "192.0.2.7".parse().expect("ip"),
+            "http",
+            Some(&host),
+        );
         assert_eq!(h["x-forwarded-for"], "10.0.0.1, 192.0.2.7");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "rag.example");

@@ -66,13 +66,19 @@ impl Proxy {
         let mut roots = rustls::RootCertStore::empty();
         roots.add_parsable_certificates(native.certs);
         if config.upstream.scheme == http::uri::Scheme::HTTPS && roots.is_empty() {
-            let why = native.errors.first().map(|e| e.to_string()).unwrap_or_else(|| "none installed".to_owned());
+            let why = native
+                .errors
+                .first()
+                .map(|e| e.to_string())
+                .unwrap_or_else(|| "none installed".to_owned());
             return Err(ClientError::NoRoots(why));
         }
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_or_http()
@@ -114,13 +120,23 @@ impl Proxy {
         scheme: &'static str,
     ) -> Result<Response<ResponseBody>, Infallible> {
         // observe
-        let facts = RequestFacts::from_request(req.method(), req.uri(), req.version(), req.headers(), peer, scheme);
+        let facts = RequestFacts::from_request(
+            req.method(),
+            req.uri(),
+            req.version(),
+            req.headers(),
+            peer,
+            scheme,
+        );
         let mut exchange = Exchange::begin(self.telemetry.clone(), facts, req.headers());
         let version = req.version();
 
         // admit, forward
         let outcome = match self.admit(&req) {
-            Ok(close) => self.forward(req, peer, scheme, &mut exchange).await.map(|r| (r, close)),
+            Ok(close) => self
+                .forward(req, peer, scheme, &mut exchange)
+                .await
+                .map(|r| (r, close)),
             Err(e) => Err(e),
         };
 
@@ -141,8 +157,14 @@ impl Proxy {
             // RFC 9112 3.2: exactly one Host.
             let mut hosts = req.headers().get_all(header::HOST).iter();
             match (hosts.next(), hosts.next()) {
-                (None, _) => return Err(ProxyError::BadRequest("an HTTP/1.1 request needs a Host header")),
-                (Some(_), Some(_)) => return Err(ProxyError::BadRequest("more than one Host header")),
+                (None, _) => {
+                    return Err(ProxyError::BadRequest(
+                        "an HTTP/1.1 request needs a Host header",
+                    ));
+                }
+                (Some(_), Some(_)) => {
+                    return Err(ProxyError::BadRequest("more than one Host header"));
+                }
                 _ => {}
             }
         }
@@ -155,8 +177,8 @@ impl Proxy {
         }
         // RFC 9112 6.1: with both, Transfer-Encoding alone frames the body and the connection
         // must not be reused. hyper already drops the Content-Length; close to be safe.
-        let both =
-            req.headers().contains_key(header::TRANSFER_ENCODING) && req.headers().contains_key(header::CONTENT_LENGTH);
+        let both = req.headers().contains_key(header::TRANSFER_ENCODING)
+            && req.headers().contains_key(header::CONTENT_LENGTH);
         Ok(both)
     }
 
@@ -201,14 +223,23 @@ impl Proxy {
             failure.clone(),
         );
         let timeout = self.config.response_timeout;
-        match tokio::time::timeout(timeout, self.client.request(Request::from_parts(parts, body))).await {
+        match tokio::time::timeout(
+            timeout,
+            self.client.request(Request::from_parts(parts, body)),
+        )
+        .await
+        {
             Err(_) => Err(ProxyError::UpstreamTimeout(timeout)),
             Ok(Ok(response)) => Ok(response),
             Ok(Err(e)) => Err(self.classify(e, &failure)),
         }
     }
 
-    fn classify(&self, e: hyper_util::client::legacy::Error, failure: &RequestBodyFailure) -> ProxyError {
+    fn classify(
+        &self,
+        e: hyper_util::client::legacy::Error,
+        failure: &RequestBodyFailure,
+    ) -> ProxyError {
         if failure.too_large() {
             return ProxyError::BodyTooLarge {
                 limit: self.config.max_request_body,
@@ -241,20 +272,29 @@ impl Proxy {
         parts.version = version;
         headers::strip_hop_by_hop(&mut parts.headers, false);
         if close {
-            parts.headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+            parts
+                .headers
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         exchange.respond(parts.status, None);
         if let Some(v) = exchange.traceresponse() {
             parts.headers.insert(TRACERESPONSE, v);
         }
-        Response::from_parts(parts, ResponseBody::upstream(body, exchange, self.config.idle_timeout))
+        Response::from_parts(
+            parts,
+            ResponseBody::upstream(body, exchange, self.config.idle_timeout),
+        )
     }
 }
 
 const TRACERESPONSE: header::HeaderName = header::HeaderName::from_static("traceresponse");
 
 /// Turns an error into the client's response and records it on the exchange.
-fn error_response(error: &ProxyError, mut exchange: Exchange, version: Version) -> Response<ResponseBody> {
+fn error_response(
+    error: &ProxyError,
+    mut exchange: Exchange,
+    version: Version,
+) -> Response<ResponseBody> {
     tracing::warn!(
         origin = error.origin().as_str(),
         error_type = error.error_type(),

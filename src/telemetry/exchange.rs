@@ -163,7 +163,10 @@ impl Exchange {
                 KeyValue::new(semconv::HTTP_REQUEST_METHOD, method),
                 KeyValue::new(semconv::URL_PATH, facts.path.clone()),
                 KeyValue::new(semconv::URL_SCHEME, facts.scheme),
-                KeyValue::new(semconv::NETWORK_PROTOCOL_VERSION, protocol_version(facts.version)),
+                KeyValue::new(
+                    semconv::NETWORK_PROTOCOL_VERSION,
+                    protocol_version(facts.version),
+                ),
                 KeyValue::new(semconv::CLIENT_ADDRESS, facts.peer.ip().to_string()),
                 KeyValue::new(semconv::NETWORK_PEER_ADDRESS, facts.peer.ip().to_string()),
                 KeyValue::new(semconv::NETWORK_PEER_PORT, i64::from(facts.peer.port())),
@@ -193,7 +196,10 @@ impl Exchange {
                 .with_attributes(attributes)
                 .start_with_context(tracer, &parent)
         });
-        telemetry.instruments.server_active.add(1, &active_attributes(&facts));
+        telemetry
+            .instruments
+            .server_active
+            .add(1, &active_attributes(&facts));
         Exchange {
             telemetry,
             facts,
@@ -282,7 +288,9 @@ impl Exchange {
         // For an upstream 5xx, error.type is the status code, as the semantic conventions advise.
         self.error_type = match error_type {
             Some(e) => Some(Cow::Borrowed(e)),
-            None => status.is_server_error().then(|| Cow::Owned(status.as_u16().to_string())),
+            None => status
+                .is_server_error()
+                .then(|| Cow::Owned(status.as_u16().to_string())),
         };
         if let Some(span) = &mut self.client_span
             && error_type.is_none()
@@ -332,8 +340,12 @@ impl Exchange {
             attrs.push(KeyValue::new(semconv::ERROR_TYPE, e.clone()));
         }
         instruments.server_duration.record(duration, &attrs);
-        instruments.server_request_size.record(request_bytes, &attrs);
-        instruments.server_response_size.record(self.response_bytes, &attrs);
+        instruments
+            .server_request_size
+            .record(request_bytes, &attrs);
+        instruments
+            .server_response_size
+            .record(self.response_bytes, &attrs);
 
         if let Some(upstream_start) = self.upstream_start {
             let mut attrs = vec![KeyValue::new(
@@ -359,7 +371,10 @@ impl Exchange {
             if let Some(e) = &self.error_type {
                 span.set_attribute(KeyValue::new(semconv::ERROR_TYPE, e.clone()));
                 span.set_status(Status::error(e.clone()));
-            } else if self.status.is_some_and(|s| s.is_client_error() || s.is_server_error()) {
+            } else if self
+                .status
+                .is_some_and(|s| s.is_client_error() || s.is_server_error())
+            {
                 span.set_status(Status::error(""));
             }
             if cancelled {
@@ -374,8 +389,14 @@ impl Exchange {
                     i64::from(status.as_u16()),
                 ));
             }
-            span.set_attribute(KeyValue::new("http.request.body.size", request_bytes as i64));
-            span.set_attribute(KeyValue::new("http.response.body.size", self.response_bytes as i64));
+            span.set_attribute(KeyValue::new(
+                "http.request.body.size",
+                request_bytes as i64,
+            ));
+            span.set_attribute(KeyValue::new(
+                "http.response.body.size",
+                self.response_bytes as i64,
+            ));
             if let Some(e) = &self.error_type {
                 span.set_attribute(KeyValue::new(semconv::ERROR_TYPE, e.clone()));
             }
@@ -452,14 +473,20 @@ mod tests {
 
     #[test]
     fn query_values_are_redacted() {
-        assert_eq!(redact_query("a=1&key=sk-secret&flag"), "a=REDACTED&key=REDACTED&flag");
+        assert_eq!(
+            redact_query("a=1&key=sk-secret&flag"),
+            "a=REDACTED&key=REDACTED&flag"
+        );
         assert_eq!(redact_query(""), "");
     }
 
     #[test]
     fn methods_follow_semconv() {
         assert_eq!(semconv_method(&Method::GET), "GET");
-        assert_eq!(semconv_method(&Method::from_bytes(b"PURGE").expect("method")), "_OTHER");
+        assert_eq!(
+            semconv_method(&Method::from_bytes(b"PURGE").expect("method")),
+            "_OTHER"
+        );
         assert_eq!(span_name("_OTHER"), "HTTP");
     }
 }

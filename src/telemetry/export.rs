@@ -100,7 +100,8 @@ impl<E: SpanExporter> SpanExporter for CountingExporter<E> {
         self.pending.fetch_sub(n, Ordering::AcqRel);
         let result = self.inner.export(batch).await;
         if result.is_err() {
-            self.dropped.add(n as u64, &[KeyValue::new("reason", "export_failed")]);
+            self.dropped
+                .add(n as u64, &[KeyValue::new("reason", "export_failed")]);
         }
         result
     }

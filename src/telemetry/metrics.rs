@@ -11,8 +11,18 @@ const DURATION_BUCKETS: [f64; 14] = [
 
 /// Body-size buckets, bytes: from a short JSON answer to a large document upload.
 const SIZE_BUCKETS: [f64; 12] = [
-    0.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262_144.0, 1_048_576.0, 4_194_304.0, 16_777_216.0,
-    67_108_864.0, 268_435_456.0,
+    0.0,
+    256.0,
+    1024.0,
+    4096.0,
+    16384.0,
+    65536.0,
+    262_144.0,
+    1_048_576.0,
+    4_194_304.0,
+    16_777_216.0,
+    67_108_864.0,
+    268_435_456.0,
 ];
 
 /// Every instrument, created once and shared by all requests.
@@ -66,18 +76,24 @@ impl Instruments {
             client_duration: meter
                 .f64_histogram(semconv::HTTP_CLIENT_REQUEST_DURATION)
                 .with_unit("s")
-                .with_description("Duration of HTTP requests to the upstream, until the last response byte.")
+                .with_description(
+                    "Duration of HTTP requests to the upstream, until the last response byte.",
+                )
                 .with_boundaries(DURATION_BUCKETS.to_vec())
                 .build(),
             spans_dropped: meter
                 .u64_counter("ragscope.telemetry.spans.dropped")
                 .with_unit("{span}")
-                .with_description("Spans not delivered to the collector: export queue full or export failed.")
+                .with_description(
+                    "Spans not delivered to the collector: export queue full or export failed.",
+                )
                 .build(),
             connection_errors: meter
                 .u64_counter("ragscope.connection.errors")
                 .with_unit("{error}")
-                .with_description("Client connections that ended in an error before or between requests.")
+                .with_description(
+                    "Client connections that ended in an error before or between requests.",
+                )
                 .build(),
             connections_active: meter
                 .i64_up_down_counter("ragscope.connections.active")

@@ -23,9 +23,13 @@ use opentelemetry_otlp::{WithExportConfig, WithHttpConfig, WithTonicConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
 use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
-use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracer, SdkTracerProvider};
+use opentelemetry_sdk::trace::{
+    BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracer, SdkTracerProvider,
+};
 
-use crate::config::{ExporterKind, OtlpProtocol, OtlpSignal, ParentRoot, SamplerConfig, TelemetryConfig};
+use crate::config::{
+    ExporterKind, OtlpProtocol, OtlpSignal, ParentRoot, SamplerConfig, TelemetryConfig,
+};
 
 pub use exchange::{Ending, Exchange, RequestFacts};
 pub use metrics::Instruments;
@@ -107,7 +111,9 @@ impl Telemetry {
         let tracer = tracer_provider.as_ref().map(|p| p.tracer("ragscope"));
 
         let propagator = (!config.sdk_disabled).then(|| {
-            let mut list: Vec<Box<dyn opentelemetry::propagation::TextMapPropagator + Send + Sync>> = Vec::new();
+            let mut list: Vec<
+                Box<dyn opentelemetry::propagation::TextMapPropagator + Send + Sync>,
+            > = Vec::new();
             if config.propagators.trace_context {
                 list.push(Box::new(TraceContextPropagator::new()));
             }
@@ -148,8 +154,14 @@ impl Telemetry {
                 tracing::warn!(error = %e, "metric export did not shut down cleanly");
             }
         });
-        if tokio::time::timeout(timeout + Duration::from_millis(500), work).await.is_err() {
-            tracing::warn!(?timeout, "telemetry shutdown timed out; unexported data was dropped");
+        if tokio::time::timeout(timeout + Duration::from_millis(500), work)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                ?timeout,
+                "telemetry shutdown timed out; unexported data was dropped"
+            );
         }
     }
 }
@@ -200,7 +212,11 @@ fn tracer_provider<E>(
 where
     E: opentelemetry_sdk::trace::SpanExporter + 'static,
 {
-    let (processor_gate, exporter) = export::counting(exporter, config.bsp_max_queue_size, instruments.spans_dropped.clone());
+    let (processor_gate, exporter) = export::counting(
+        exporter,
+        config.bsp_max_queue_size,
+        instruments.spans_dropped.clone(),
+    );
     let batch = BatchSpanProcessor::builder(exporter)
         .with_batch_config(
             BatchConfigBuilder::default()
@@ -217,7 +233,9 @@ where
         .build()
 }
 
-fn otlp_span_exporter(signal: &OtlpSignal) -> Result<opentelemetry_otlp::SpanExporter, TelemetryError> {
+fn otlp_span_exporter(
+    signal: &OtlpSignal,
+) -> Result<opentelemetry_otlp::SpanExporter, TelemetryError> {
     let built = match signal.protocol {
         OtlpProtocol::Grpc => opentelemetry_otlp::SpanExporter::builder()
             .with_tonic()
@@ -240,7 +258,9 @@ fn otlp_span_exporter(signal: &OtlpSignal) -> Result<opentelemetry_otlp::SpanExp
     })
 }
 
-fn otlp_metric_exporter(signal: &OtlpSignal) -> Result<opentelemetry_otlp::MetricExporter, TelemetryError> {
+fn otlp_metric_exporter(
+    signal: &OtlpSignal,
+) -> Result<opentelemetry_otlp::MetricExporter, TelemetryError> {
     let built = match signal.protocol {
         OtlpProtocol::Grpc => opentelemetry_otlp::MetricExporter::builder()
             .with_tonic()
@@ -263,10 +283,15 @@ fn otlp_metric_exporter(signal: &OtlpSignal) -> Result<opentelemetry_otlp::Metri
     })
 }
 
-fn grpc_metadata(headers: &[(String, String)]) -> opentelemetry_otlp::tonic_types::metadata::MetadataMap {
+fn grpc_metadata(
+    headers: &[(String, String)],
+) -> opentelemetry_otlp::tonic_types::metadata::MetadataMap {
     let mut map = http::HeaderMap::new();
     for (k, v) in headers {
-        if let (Ok(k), Ok(v)) = (http::HeaderName::try_from(k.as_str()), http::HeaderValue::try_from(v.as_str())) {
+        if let (Ok(k), Ok(v)) = (
+            http::HeaderName::try_from(k.as_str()),
+            http::HeaderValue::try_from(v.as_str()),
+        ) {
             map.append(k, v);
         }
     }

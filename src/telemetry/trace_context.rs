@@ -83,8 +83,12 @@ mod tests {
     #[test]
     fn accepts_well_formed() {
         assert!(valid_traceparent(GOOD));
-        assert!(valid_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"));
-        assert!(valid_traceparent("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra"));
+        assert!(valid_traceparent(
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"
+        ));
+        assert!(valid_traceparent(
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra"
+        ));
     }
 
     #[test]
@@ -126,6 +130,10 @@ mod tests {
         assert_eq!(StrictExtractor::new(&h).get("tracestate"), None);
 
         h.append("traceparent", GOOD.parse().expect("value"));
-        assert_eq!(StrictExtractor::new(&h).get("traceparent"), None, "two traceparents are invalid");
+        assert_eq!(
+            StrictExtractor::new(&h).get("traceparent"),
+            None,
+            "two traceparents are invalid"
+        );
     }
 }
