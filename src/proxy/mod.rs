@@ -133,23 +133,23 @@ impl Proxy {
 
         // admit, forward
         let outcome = match self.admit(&req) {
-            Ok(close) => self
-                .forward(req, peer, scheme, &mut exchange)
-                .await
-                .map(|r| (r, close)),
+            Ok(()) => self.forward(req, peer, scheme, &mut exchange).await,
             Err(e) => Err(e),
         };
 
         // respond (record happens when the response body ends)
         Ok(match outcome {
-            Ok((response, close)) => self.respond(response, exchange, close, version),
+            Ok(response) => self.respond(response, exchange, version),
             Err(error) => error_response(&error, exchange, version),
         })
     }
 
-    /// Checks the request can be forwarded. `Ok(true)` asks for the connection to be closed
-    /// after this response (the request's framing was ambiguous).
-    fn admit(&self, req: &Request<Incoming>) -> Result<bool, ProxyError> {
+    /// Checks the request can be forwarded.
+    ///
+    /// Content-Length together with Transfer-Encoding (RFC 9112 6.1) never reaches here: hyper
+    /// frames such a request by Transfer-Encoding alone and drops the Content-Length, and we
+    /// strip Transfer-Encoding as hop-by-hop, so both are never forwarded.
+    fn admit(&self, req: &Request<Incoming>) -> Result<(), ProxyError> {
         if self.is_draining() {
             return Err(ProxyError::Draining);
         }
@@ -175,11 +175,7 @@ impl Proxy {
                 limit: self.config.max_request_body,
             });
         }
-        // RFC 9112 6.1: with both, Transfer-Encoding alone frames the body and the connection
-        // must not be reused. hyper already drops the Content-Length; close to be safe.
-        let both = req.headers().contains_key(header::TRANSFER_ENCODING)
-            && req.headers().contains_key(header::CONTENT_LENGTH);
-        Ok(both)
+        Ok(())
     }
 
     async fn forward(
@@ -198,9 +194,6 @@ impl Proxy {
 
         // Hop-by-hop headers go first, before any header of ours is added.
         headers::strip_hop_by_hop(&mut parts.headers, true);
-        if parts.headers.contains_key(header::TRANSFER_ENCODING) {
-            parts.headers.remove(header::CONTENT_LENGTH);
-        }
         // The client sets Host from the upstream URL; the client's Host travels as
         // X-Forwarded-Host.
         parts.headers.remove(header::HOST);
@@ -264,18 +257,12 @@ impl Proxy {
         &self,
         response: Response<Incoming>,
         mut exchange: Exchange,
-        close: bool,
         version: Version,
     ) -> Response<ResponseBody> {
         let (mut parts, body) = response.into_parts();
         // We answer in the client's HTTP version, not the upstream's.
         parts.version = version;
         headers::strip_hop_by_hop(&mut parts.headers, false);
-        if close {
-            parts
-                .headers
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
-        }
         exchange.respond(parts.status, None);
         if let Some(v) = exchange.traceresponse() {
             parts.headers.insert(TRACERESPONSE, v);
