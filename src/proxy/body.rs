@@ -124,11 +124,7 @@ impl Body for RequestBody {
 
 enum Source {
     /// Streamed from the upstream, guarded by the idle timer.
-    Upstream {
-        body: Incoming,
-        idle: Pin<Box<Sleep>>,
-        idle_timeout: Duration,
-    },
+    Upstream { body: Incoming, idle: IdleTimer },
     /// A response the proxy wrote itself.
     Local(Option<Bytes>),
 }
@@ -151,8 +147,7 @@ impl ResponseBody {
         ResponseBody {
             source: Source::Upstream {
                 body,
-                idle: Box::pin(tokio::time::sleep(idle_timeout)),
-                idle_timeout,
+                idle: IdleTimer::new(idle_timeout),
             },
             exchange,
         }
@@ -185,14 +180,10 @@ impl Body for ResponseBody {
         let this = self.get_mut();
         let polled = match &mut this.source {
             Source::Local(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            Source::Upstream {
-                body,
-                idle,
-                idle_timeout,
-            } => match Pin::new(body).poll_frame(cx) {
+            Source::Upstream { body, idle } => match Pin::new(body).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
                     // Any frame, even an empty keep-alive one, proves the stream is alive.
-                    idle.as_mut().reset(Instant::now() + *idle_timeout);
+                    idle.activity();
                     Poll::Ready(Some(Ok(frame)))
                 }
                 Poll::Ready(Some(Err(e))) => {
@@ -201,11 +192,10 @@ impl Body for ResponseBody {
                 }
                 Poll::Ready(None) => Poll::Ready(None),
                 Poll::Pending => {
-                    if idle.as_mut().poll(cx).is_ready() {
-                        let timeout = *idle_timeout;
+                    if idle.poll_expired(cx) {
                         this.exchange
                             .finish(Ending::Failed("upstream_idle_timeout"));
-                        return Poll::Ready(Some(Err(BodyError::IdleTimeout(timeout))));
+                        return Poll::Ready(Some(Err(BodyError::IdleTimeout(idle.timeout))));
                     }
                     Poll::Pending
                 }
@@ -236,6 +226,49 @@ impl Body for ResponseBody {
         match &self.source {
             Source::Upstream { body, .. } => body.size_hint(),
             Source::Local(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+        }
+    }
+}
+
+/// The idle timer of a streaming body, kept cheap on the hot path: a frame only notes the time
+/// (no timer-wheel update per frame), and the timer itself is armed only once the stream first
+/// has to wait, so a response that arrives in one go never touches a timer. When the timer
+/// fires it checks the last activity and re-arms if the stream spoke in the meantime.
+struct IdleTimer {
+    timeout: Duration,
+    last_activity: Instant,
+    sleep: Option<Pin<Box<Sleep>>>,
+}
+
+impl IdleTimer {
+    fn new(timeout: Duration) -> Self {
+        IdleTimer {
+            timeout,
+            last_activity: Instant::now(),
+            sleep: None,
+        }
+    }
+
+    fn activity(&mut self) {
+        self.last_activity = Instant::now();
+    }
+
+    /// Registers for wake-up at the deadline; true once the stream has been silent too long.
+    fn poll_expired(&mut self, cx: &mut Context<'_>) -> bool {
+        loop {
+            let deadline = self.last_activity + self.timeout;
+            let sleep = self
+                .sleep
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+            if sleep.deadline() != deadline {
+                sleep.as_mut().reset(deadline);
+            }
+            if sleep.as_mut().poll(cx).is_pending() {
+                return false;
+            }
+            if Instant::now() >= self.last_activity + self.timeout {
+                return true;
+            }
         }
     }
 }
