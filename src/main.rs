@@ -28,7 +28,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(async {
+    let code = runtime.block_on(async {
         let server = match Server::start(config).await {
             Ok(s) => s,
             Err(e) => {
@@ -43,7 +43,11 @@ fn main() -> ExitCode {
         server.wait().await;
         tracing::info!("stopped");
         ExitCode::SUCCESS
-    })
+    });
+    // Dropping the runtime would wait for every blocking task, including an exporter flush
+    // still stuck on a dead collector that the bounded shutdown already gave up on.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(200));
+    code
 }
 
 async fn wait_for_signal() {

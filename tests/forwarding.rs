@@ -33,7 +33,11 @@ async fn any_method_path_and_query_reach_the_upstream() {
         assert_eq!(echo["body_bytes"], 5, "{method}");
     }
     let head = client
-        .request(request(Method::HEAD, &proxy.url("/json")).body(Full::default()).expect("request"))
+        .request(
+            request(Method::HEAD, &proxy.url("/json"))
+                .body(Full::default())
+                .expect("request"),
+        )
         .await;
     assert_eq!(head.status, 200);
     assert!(head.body.is_empty());
@@ -46,7 +50,10 @@ async fn upstream_status_and_body_pass_through() {
     let reply = Client::http1().get(proxy.url("/status/418")).await;
     assert_eq!(reply.status, 418);
     let reply = Client::http1().get(proxy.url("/json?status=503")).await;
-    assert_eq!(reply.status, 503, "an upstream 5xx is passed through, not replaced");
+    assert_eq!(
+        reply.status, 503,
+        "an upstream 5xx is passed through, not replaced"
+    );
     assert_eq!(reply.json()["ok"], true);
 }
 
@@ -64,7 +71,10 @@ async fn forwarded_headers_are_set_and_host_is_the_upstreams() {
         )
         .await;
     let seen = up.last_request();
-    assert_eq!(seen.header("x-forwarded-for"), Some("203.0.113.9, 127.0.0.1"));
+    assert_eq!(
+        seen.header("x-forwarded-for"),
+        Some("203.0.113.9, 127.0.0.1")
+    );
     assert_eq!(seen.header("x-forwarded-proto"), Some("http"));
     assert_eq!(seen.header("x-forwarded-host"), Some("rag.example.com"));
     assert_eq!(seen.header("host"), Some(up.addr().to_string().as_str()));
@@ -85,10 +95,20 @@ async fn hop_by_hop_headers_are_stripped_before_ours_are_added() {
     .await;
     assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
     let seen = up.last_request();
-    for gone in ["x-private", "keep-alive", "proxy-connection", "upgrade", "connection"] {
+    for gone in [
+        "x-private",
+        "keep-alive",
+        "proxy-connection",
+        "upgrade",
+        "connection",
+    ] {
         assert_eq!(seen.header(gone), None, "{gone} must not be forwarded");
     }
-    assert_eq!(seen.header("te"), Some("trailers"), "TE: trailers survives (gRPC needs it)");
+    assert_eq!(
+        seen.header("te"),
+        Some("trailers"),
+        "TE: trailers survives (gRPC needs it)"
+    );
     assert_eq!(seen.header("x-kept"), Some("yes"));
     assert_eq!(
         seen.header("x-forwarded-for"),
@@ -120,7 +140,12 @@ async fn http11_without_host_or_with_two_hosts_is_400() {
     assert_eq!(up.request_count(), 0, "the upstream is not called");
 
     // HTTP/1.0 has no Host requirement.
-    let raw = raw_exchange(proxy.addr(), b"GET /json HTTP/1.0\r\n\r\n", Duration::from_secs(5)).await;
+    let raw = raw_exchange(
+        proxy.addr(),
+        b"GET /json HTTP/1.0\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
     assert!(raw.starts_with("HTTP/1.0 200"), "{raw}");
 }
 
@@ -136,13 +161,19 @@ async fn content_length_and_transfer_encoding_are_never_forwarded_together() {
     .await;
     if raw.starts_with("HTTP/1.1 200") {
         let seen = up.last_request();
-        assert_eq!(seen.body_bytes, 5, "Transfer-Encoding alone frames the body");
+        assert_eq!(
+            seen.body_bytes, 5,
+            "Transfer-Encoding alone frames the body"
+        );
         assert!(
             seen.header("content-length").is_none() || seen.header("transfer-encoding").is_none(),
             "never both"
         );
     } else {
-        assert!(raw.starts_with("HTTP/1.1 400"), "rejected is the other allowed answer: {raw}");
+        assert!(
+            raw.starts_with("HTTP/1.1 400"),
+            "rejected is the other allowed answer: {raw}"
+        );
     }
 }
 
@@ -153,14 +184,23 @@ async fn large_bodies_stream_both_ways() {
     let client = Client::http1();
     let eight_mib = 8 * 1024 * 1024;
 
-    let reply = client.get(proxy.url(&format!("/large?bytes={eight_mib}"))).await;
+    let reply = client
+        .get(proxy.url(&format!("/large?bytes={eight_mib}")))
+        .await;
     assert_eq!(reply.status, 200);
     assert_eq!(reply.body.len(), eight_mib);
-    assert!(is_large_pattern(&reply.body), "bytes arrive intact and in order");
+    assert!(
+        is_large_pattern(&reply.body),
+        "bytes arrive intact and in order"
+    );
 
     let upload = Bytes::from(vec![7u8; eight_mib]);
     let reply = client
-        .request(request(Method::POST, &proxy.url("/upload")).body(Full::new(upload)).expect("request"))
+        .request(
+            request(Method::POST, &proxy.url("/upload"))
+                .body(Full::new(upload))
+                .expect("request"),
+        )
         .await;
     assert_eq!(reply.status, 200);
     assert_eq!(reply.json()["bytes"], eight_mib);
@@ -188,7 +228,8 @@ async fn request_body_over_the_limit_is_413() {
     assert_eq!(up.request_count(), 0);
 
     // Chunked, no length declared: cut off when the limit is crossed.
-    let mut raw = b"POST /upload HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    let mut raw =
+        b"POST /upload HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
     for _ in 0..4 {
         raw.extend_from_slice(b"400\r\n");
         raw.extend_from_slice(&[b'x'; 1024]);
@@ -235,7 +276,10 @@ async fn oversized_or_too_many_headers_get_431() {
         .env("RAGSCOPE_MAX_HEADERS", "20")
         .run()
         .await;
-    let big = format!("GET /json HTTP/1.1\r\nHost: a\r\nX-Big: {}\r\n\r\n", "a".repeat(32 * 1024));
+    let big = format!(
+        "GET /json HTTP/1.1\r\nHost: a\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(32 * 1024)
+    );
     let raw = raw_exchange(proxy.addr(), big.as_bytes(), Duration::from_secs(5)).await;
     assert!(raw.starts_with("HTTP/1.1 431"), "{raw}");
 
@@ -253,7 +297,12 @@ async fn oversized_or_too_many_headers_get_431() {
 async fn malformed_request_line_is_400() {
     let up = Upstream::start().await;
     let proxy = Proxy::builder().upstream(&up).run().await;
-    let raw = raw_exchange(proxy.addr(), b"GARBAGE\x01\x02 / HTTP/9\r\n\r\n", Duration::from_secs(5)).await;
+    let raw = raw_exchange(
+        proxy.addr(),
+        b"GARBAGE\x01\x02 / HTTP/9\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
     assert!(raw.starts_with("HTTP/1.1 400"), "{raw}");
 }
 
@@ -267,8 +316,16 @@ async fn slow_header_senders_are_cut_off() {
         .await;
     let started = std::time::Instant::now();
     // Headers never finish: the connection is closed after the header read timeout.
-    let raw = raw_exchange(proxy.addr(), b"GET /json HTTP/1.1\r\nHost: a\r\n", Duration::from_secs(5)).await;
-    assert!(started.elapsed() < Duration::from_secs(3), "closed by the proxy, not our timeout");
+    let raw = raw_exchange(
+        proxy.addr(),
+        b"GET /json HTTP/1.1\r\nHost: a\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "closed by the proxy, not our timeout"
+    );
     assert!(!raw.contains("200 OK"), "{raw}");
 }
 

@@ -28,7 +28,13 @@ pub fn init(config: &Config) -> WorkerGuard {
             )
             .init(),
         LogFormat::Text => registry
-            .with(tracing_subscriber::fmt::layer().with_writer(writer))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    // Colour only on a terminal: piped into journald, Docker or Kubernetes,
+                    // escape codes would land verbatim in every log store.
+                    .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+                    .with_writer(writer),
+            )
             .init(),
     }
     guard

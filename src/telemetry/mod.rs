@@ -144,16 +144,22 @@ impl Telemetry {
     pub async fn shutdown(&self, timeout: Duration) {
         let tracer_provider = self.tracer_provider.clone();
         let meter_provider = self.meter_provider.clone();
-        let work = tokio::task::spawn_blocking(move || {
+        // Both flushes run side by side so they share one budget instead of adding up.
+        let traces = tokio::task::spawn_blocking(move || {
             if let Some(p) = tracer_provider
                 && let Err(e) = p.shutdown_with_timeout(timeout)
             {
                 tracing::warn!(error = %e, "trace export did not shut down cleanly");
             }
+        });
+        let metrics = tokio::task::spawn_blocking(move || {
             if let Err(e) = meter_provider.shutdown_with_timeout(timeout) {
                 tracing::warn!(error = %e, "metric export did not shut down cleanly");
             }
         });
+        let work = async {
+            let _ = tokio::join!(traces, metrics);
+        };
         if tokio::time::timeout(timeout + Duration::from_millis(500), work)
             .await
             .is_err()

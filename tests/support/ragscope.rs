@@ -99,9 +99,16 @@ impl ProxyBuilder {
 
     /// Starts ragscope in this process.
     pub async fn run(self) -> Proxy {
-        let pairs: Vec<(&str, &str)> = self.vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        let config = ragscope::Config::from_source(pairs.as_slice()).expect("test configuration parses");
-        let server = ragscope::Server::start(config).await.expect("ragscope starts");
+        let pairs: Vec<(&str, &str)> = self
+            .vars
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let config =
+            ragscope::Config::from_source(pairs.as_slice()).expect("test configuration parses");
+        let server = ragscope::Server::start(config)
+            .await
+            .expect("ragscope starts");
         Proxy {
             addr: server.proxy_addr(),
             admin: server.admin_addr(),
@@ -190,20 +197,36 @@ impl Binary {
         let mut child = cmd.spawn().expect("ragscope binary starts");
         let lines = collect_lines(child.stdout.take().expect("stdout piped"));
         let stderr = collect_lines(child.stderr.take().expect("stderr piped"));
-        Binary { child, lines, stderr }
+        Binary {
+            child,
+            lines,
+            stderr,
+        }
     }
 
     /// Waits for the "serving" line and returns the proxy's and admin's addresses.
     pub async fn wait_serving(&self) -> (SocketAddr, Option<SocketAddr>) {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
-            if let Some(line) = self.lines().into_iter().find(|l| l.contains("ragscope is serving")) {
+            if let Some(line) = self
+                .lines()
+                .into_iter()
+                .find(|l| l.contains("ragscope is serving"))
+            {
                 let v: serde_json::Value = serde_json::from_str(&line).expect("JSON log line");
-                let listen = v["listen"].as_str().expect("listen field").parse().expect("address");
+                let listen = v["listen"]
+                    .as_str()
+                    .expect("listen field")
+                    .parse()
+                    .expect("address");
                 let admin = v["admin"].as_str().and_then(|a| a.parse().ok());
                 return (listen, admin);
             }
-            assert!(Instant::now() < deadline, "ragscope did not start; stderr: {:?}", self.stderr_lines());
+            assert!(
+                Instant::now() < deadline,
+                "ragscope did not start; stderr: {:?}",
+                self.stderr_lines()
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -258,7 +281,8 @@ impl Binary {
 
     /// Resident memory in KiB (VmRSS).
     pub fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).expect("proc status");
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("proc status");
         status
             .lines()
             .find_map(|l| l.strip_prefix("VmRSS:"))
@@ -300,7 +324,8 @@ pub struct Reply {
 impl Reply {
     /// The body as JSON.
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", self.body))
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", self.body))
     }
 
     /// A header as text.
@@ -310,7 +335,10 @@ impl Reply {
 
     /// The `{"error":{"type":..}}` type of a proxy error.
     pub fn error_type(&self) -> String {
-        self.json()["error"]["type"].as_str().unwrap_or_default().to_owned()
+        self.json()["error"]["type"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
     }
 }
 
@@ -331,13 +359,18 @@ impl Client {
     /// HTTP/2 with prior knowledge.
     pub fn http2() -> Client {
         Client {
-            inner: HyperClient::builder(TokioExecutor::new()).http2_only(true).build_http(),
+            inner: HyperClient::builder(TokioExecutor::new())
+                .http2_only(true)
+                .build_http(),
         }
     }
 
     /// Sends `req` and returns the response head with its body still streaming.
     pub async fn send(&self, req: Request<Full<Bytes>>) -> http::Response<hyper::body::Incoming> {
-        self.inner.request(req).await.expect("request reaches the proxy")
+        self.inner
+            .request(req)
+            .await
+            .expect("request reaches the proxy")
     }
 
     /// Sends `req` and reads the whole response.
@@ -354,8 +387,12 @@ impl Client {
 
     /// GET `url`.
     pub async fn get(&self, url: impl AsRef<str>) -> Reply {
-        self.request(request(Method::GET, url.as_ref()).body(Full::default()).expect("request"))
-            .await
+        self.request(
+            request(Method::GET, url.as_ref())
+                .body(Full::default())
+                .expect("request"),
+        )
+        .await
     }
 }
 
