@@ -48,14 +48,14 @@ cleanup() {
   local pid kids=()
   # nginx workers are children of the nginx master: collect them first.
   for pid in "${PIDS[@]}"; do
-    kids+=($(pgrep -P "$pid" 2>/dev/null || true))
+    mapfile -t -O "${#kids[@]}" kids < <(pgrep -P "$pid" 2>/dev/null || true)
   done
   for pid in "${PIDS[@]}" "${kids[@]}"; do
     kill -TERM "$pid" 2>/dev/null || true
   done
   # Give them up to ~3 s to go, then SIGKILL whatever is left.
-  local i alive
-  for i in $(seq 30); do
+  local alive
+  for _ in $(seq 30); do
     alive=0
     for pid in "${PIDS[@]}" "${kids[@]}"; do
       kill -0 "$pid" 2>/dev/null && alive=1
@@ -79,6 +79,18 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
+
+# waited CMD...: run CMD in the background and wait for it, so that a signal
+# sent to this script alone (not to its process group) still reaches the
+# cleanup trap at once; cleanup stops CMD.
+waited() {
+  "$@" &
+  local pid=$! rc=0 idx=${#PIDS[@]}
+  PIDS[idx]=$pid
+  wait "$pid" || rc=$?
+  unset "PIDS[$idx]"
+  return "$rc"
+}
 
 # --------------------------------------------------------------- tools
 SUDO=()
@@ -158,7 +170,7 @@ cd "$REPO"
 BUILD=(cargo build --release --example bench_upstream)
 want ragscope && BUILD+=(--bin ragscope)
 log "${BUILD[*]}"
-"${BUILD[@]}" >&2 || die "build failed: ${BUILD[*]}"
+waited "${BUILD[@]}" >&2 || die "build failed: ${BUILD[*]}"
 TARGET_DIR=${CARGO_TARGET_DIR:-$REPO/target}
 UPSTREAM_BIN=$TARGET_DIR/release/examples/bench_upstream
 RAGSCOPE_BIN=$TARGET_DIR/release/ragscope
@@ -177,8 +189,8 @@ PORT_LO=20000
 USED_PORTS=" "
 port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 free_port() {
-  local p i
-  for i in $(seq 200); do
+  local p
+  for _ in $(seq 200); do
     p=$((PORT_LO + RANDOM % (EPH_LO - PORT_LO - 1)))
     [[ $USED_PORTS == *" $p "* ]] && continue
     port_busy "$p" && continue
@@ -197,8 +209,8 @@ OTLP_HTTP=$(free_port);  USED_PORTS+="$OTLP_HTTP "
 
 # wait_port NAME PID PORT LOGFILE: bounded wait until PORT accepts.
 wait_port() {
-  local name=$1 pid=$2 port=$3 logf=$4 i
-  for i in $(seq 150); do   # 150 x 0.1 s = 15 s
+  local name=$1 pid=$2 port=$3 logf=$4
+  for _ in $(seq 150); do   # 150 x 0.1 s = 15 s
     if ! kill -0 "$pid" 2>/dev/null; then
       log "$name exited before listening on 127.0.0.1:$port; last lines of $logf:"
       tail -n 20 "$logf" >&2 || true
@@ -313,18 +325,20 @@ to_ms() {
     printf "%.3f", m }'
 }
 
-# run_wrk SECONDS URL OUTFILE: one bounded wrk run. It runs in the background
-# and is waited for, so that Ctrl-C / SIGTERM reach the cleanup trap at once.
-run_wrk() {
-  timeout $(($1 + 30)) "${WRK[@]}" "-d$1s" "$2" >"$3" 2>&1 &
-  local pid=$!
-  PIDS+=("$pid")
-  local rc=0
-  wait "$pid" || rc=$?
-  unset 'PIDS[${#PIDS[@]}-1]'
-  return "$rc"
-}
+# run_wrk SECONDS URL OUTFILE: one bounded wrk run.
+run_wrk() { waited timeout $(($1 + 30)) "${WRK[@]}" "-d$1s" "$2" >"$3" 2>&1; }
 
+# CPU already busy with other work (measured over 1 s, targets idle): any
+# noticeable figure here means the results below are skewed.
+cpu_busy() {
+  local a b
+  a=$(awk '/^cpu / {print $2+$3+$4+$5+$6+$7+$8, $5+$6}' /proc/stat)
+  sleep 1
+  b=$(awk '/^cpu / {print $2+$3+$4+$5+$6+$7+$8, $5+$6}' /proc/stat)
+  awk -v a="$a" -v b="$b" 'BEGIN { split(a, x, " "); split(b, y, " ");
+    t = y[1] - x[1]; if (t > 0) printf "%.0f%%", 100 * (1 - (y[2] - x[2]) / t); else print "?" }'
+}
+CPU_BUSY=$(cpu_busy)
 declare -A RPS P50 P99 ERRS
 RSS_BEFORE="" RSS_AFTER=""
 WRK=(wrk "-t$THREADS" "-c$CONNECTIONS" --latency -s "$WRK_SCRIPT")
@@ -354,8 +368,10 @@ for t in direct nginx ragscope; do
 done
 
 # --------------------------------------------------------------- report
+CPU_BUSY_AFTER=$(cpu_busy)
 echo
-echo "ragscope load benchmark: $(nproc) CPUs, wrk -t$THREADS -c$CONNECTIONS, ${WARMUP}s warm-up + ${DURATION}s measured, $(tr a-z A-Z <<<"$REQUEST") $REQ_PATH"
+echo "CPU busy with other work: $CPU_BUSY before the runs, $CPU_BUSY_AFTER after (should be ~0%)"
+echo "ragscope load benchmark: $(nproc) CPUs, wrk -t$THREADS -c$CONNECTIONS, ${WARMUP}s warm-up + ${DURATION}s measured, ${REQUEST^^} $REQ_PATH"
 printf '%-10s %12s %10s %10s %8s\n' target "req/s" "p50 ms" "p99 ms" errors
 for t in direct nginx ragscope; do
   want "$t" || continue
