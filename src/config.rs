@@ -213,8 +213,9 @@ pub struct TelemetryConfig {
     pub traces: OtlpSignal,
     /// Metric export.
     pub metrics: OtlpSignal,
-    /// `OTEL_SERVICE_NAME` (default `ragscope`).
-    pub service_name: String,
+    /// `OTEL_SERVICE_NAME`, when set (it wins over `service.name` in `OTEL_RESOURCE_ATTRIBUTES`;
+    /// with neither, the service is `ragscope`).
+    pub service_name: Option<String>,
     /// `OTEL_RESOURCE_ATTRIBUTES`.
     pub resource_attributes: Vec<(String, String)>,
     /// Sampler.
@@ -472,9 +473,7 @@ impl TelemetryConfig {
         let traces = otel.signal("TRACES", "/v1/traces", &mut warn);
         let metrics = otel.signal("METRICS", "/v1/metrics", &mut warn);
 
-        let service_name = otel
-            .get("OTEL_SERVICE_NAME")
-            .unwrap_or_else(|| "ragscope".to_owned());
+        let service_name = otel.get("OTEL_SERVICE_NAME");
         let resource_attributes = otel
             .get("OTEL_RESOURCE_ATTRIBUTES")
             .map(|v| parse_key_values(&v))
@@ -787,7 +786,7 @@ mod tests {
     fn empty_means_default() {
         let c = parse(&[("RAGSCOPE_LISTEN", ""), ("OTEL_SERVICE_NAME", "")]).expect("parse");
         assert_eq!(c.listen.port(), 8080);
-        assert_eq!(c.telemetry.service_name, "ragscope");
+        assert_eq!(c.telemetry.service_name, None);
     }
 
     #[test]

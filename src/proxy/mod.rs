@@ -27,7 +27,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::config::Config;
 use crate::error::ProxyError;
-use crate::telemetry::{Exchange, RequestFacts, Telemetry};
+use crate::telemetry::{Exchange, RequestFacts, Telemetry, UpstreamAttributes};
 
 pub use body::{BodyError, RequestBody, RequestBodyFailure, ResponseBody};
 
@@ -39,6 +39,7 @@ pub struct Proxy {
     config: Arc<Config>,
     client: Client<Connector, RequestBody>,
     telemetry: Arc<Telemetry>,
+    upstream_attributes: UpstreamAttributes,
     draining: AtomicBool,
 }
 
@@ -90,6 +91,10 @@ impl Proxy {
             .pool_idle_timeout(std::time::Duration::from_secs(90))
             .build(connector);
         Ok(Proxy {
+            upstream_attributes: UpstreamAttributes::new(
+                &config.upstream.host,
+                config.upstream.port,
+            ),
             config,
             client,
             telemetry,
@@ -204,7 +209,7 @@ impl Proxy {
             .upstream
             .uri_for(parts.uri.path_and_query())
             .map_err(|_| ProxyError::BadRequest("the request target cannot be forwarded"))?;
-        exchange.begin_upstream(&uri, &mut parts.headers);
+        exchange.begin_upstream(&self.upstream_attributes, &uri, &mut parts.headers);
         parts.uri = uri;
         parts.version = Version::HTTP_11;
 

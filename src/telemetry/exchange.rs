@@ -118,6 +118,21 @@ fn protocol_version(version: Version) -> &'static str {
     }
 }
 
+/// The upstream's `server.address` and `server.port`, built once: they are the same for every
+/// request, and cloning them shares the strings.
+#[derive(Debug, Clone)]
+pub struct UpstreamAttributes([KeyValue; 2]);
+
+impl UpstreamAttributes {
+    /// For the upstream at `host:port`.
+    pub fn new(host: &str, port: u16) -> Self {
+        UpstreamAttributes([
+            KeyValue::new(semconv::SERVER_ADDRESS, host.to_owned()),
+            KeyValue::new(semconv::SERVER_PORT, i64::from(port)),
+        ])
+    }
+}
+
 /// How the response ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ending {
@@ -139,6 +154,8 @@ pub struct Exchange {
     server_span: Option<Span>,
     client_span: Option<Span>,
     upstream_start: Option<Instant>,
+    /// The upstream's `server.address` and `server.port`, for the client metric.
+    upstream: Option<[KeyValue; 2]>,
     status: Option<StatusCode>,
     error_type: Option<Cow<'static, str>>,
     request_bytes: Arc<AtomicU64>,
@@ -208,6 +225,7 @@ impl Exchange {
             server_span,
             client_span: None,
             upstream_start: None,
+            upstream: None,
             status: None,
             error_type: None,
             request_bytes: Arc::new(AtomicU64::new(0)),
@@ -239,9 +257,16 @@ impl Exchange {
     }
 
     /// Starts the CLIENT span for the upstream call and writes its context into the upstream
-    /// request's headers, so the upstream's own spans nest under it.
-    pub fn begin_upstream(&mut self, uri: &Uri, headers: &mut HeaderMap) {
+    /// request's headers, so the upstream's own spans nest under it. `upstream` is the
+    /// upstream's `server.address` and `server.port`, built once by the proxy.
+    pub fn begin_upstream(
+        &mut self,
+        upstream: &UpstreamAttributes,
+        uri: &Uri,
+        headers: &mut HeaderMap,
+    ) {
         self.upstream_start = Some(Instant::now());
+        self.upstream = Some(upstream.0.clone());
         let (Some(tracer), Some(server_span)) = (&self.telemetry.tracer, &self.server_span) else {
             return;
         };
@@ -250,14 +275,12 @@ impl Exchange {
             KeyValue::new(semconv::HTTP_REQUEST_METHOD, method),
             KeyValue::new(semconv::URL_FULL, redacted_url(uri)),
         ];
-        if let Some(host) = uri.host() {
-            attributes.push(KeyValue::new(semconv::SERVER_ADDRESS, host.to_owned()));
-        }
-        if let Some(port) = uri.port_u16().or(match uri.scheme_str() {
-            Some("https") => Some(443),
-            _ => Some(80),
-        }) {
-            attributes.push(KeyValue::new(semconv::SERVER_PORT, i64::from(port)));
+        attributes.extend(upstream.0.iter().cloned());
+        if method == "_OTHER" {
+            attributes.push(KeyValue::new(
+                semconv::HTTP_REQUEST_METHOD_ORIGINAL,
+                self.facts.method.as_str().to_owned(),
+            ));
         }
         let server_cx = self
             .parent
@@ -277,6 +300,10 @@ impl Exchange {
                 .parent
                 .with_remote_span_context(client_span.span_context().clone());
             propagator.inject_context(&cx, &mut HeaderInjector(headers));
+            // The SDK writes `tracestate` even when it is empty; an empty header is noise.
+            if headers.get("tracestate").is_some_and(|v| v.is_empty()) {
+                headers.remove("tracestate");
+            }
         }
         self.client_span = Some(client_span);
     }
@@ -358,8 +385,11 @@ impl Exchange {
                     i64::from(status.as_u16()),
                 ));
             }
-            if let Some(e) = &self.error_type {
-                attrs.push(KeyValue::new(semconv::ERROR_TYPE, e.clone()));
+            if let Some(e) = self.client_error_type() {
+                attrs.push(KeyValue::new(semconv::ERROR_TYPE, e));
+            }
+            if let Some(upstream) = &self.upstream {
+                attrs.extend(upstream.iter().cloned());
             }
             instruments
                 .client_duration
@@ -368,14 +398,9 @@ impl Exchange {
 
         // Spans: the CLIENT span ends before its parent.
         if let Some(mut span) = self.client_span.take() {
-            if let Some(e) = &self.error_type {
+            if let Some(e) = self.client_error_type() {
                 span.set_attribute(KeyValue::new(semconv::ERROR_TYPE, e.clone()));
-                span.set_status(Status::error(e.clone()));
-            } else if self
-                .status
-                .is_some_and(|s| s.is_client_error() || s.is_server_error())
-            {
-                span.set_status(Status::error(""));
+                span.set_status(Status::error(e));
             }
             if cancelled {
                 span.set_attribute(KeyValue::new("ragscope.cancelled", true));
@@ -431,6 +456,16 @@ impl Exchange {
             cancelled,
             client = %self.facts.peer.ip(),
         );
+    }
+
+    /// `error.type` from the upstream call's point of view: the proxy's own error, or the
+    /// status code of any 4xx/5xx (for an HTTP client both are errors, per semconv).
+    fn client_error_type(&self) -> Option<Cow<'static, str>> {
+        self.error_type.clone().or_else(|| {
+            self.status
+                .filter(|s| s.is_client_error() || s.is_server_error())
+                .map(|s| Cow::Owned(s.as_u16().to_string()))
+        })
     }
 }
 

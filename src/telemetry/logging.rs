@@ -14,7 +14,10 @@ pub fn init(config: &Config) -> WorkerGuard {
         .lossy(true)
         // The writer thread drains every queued line into this buffer and flushes once the
         // queue is empty: one write(2) per burst, not one per access-log line.
-        .finish(std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout()));
+        .finish(std::io::BufWriter::with_capacity(
+            64 * 1024,
+            std::io::stdout(),
+        ));
     // The filter was validated when the configuration was parsed.
     let filter = EnvFilter::builder().parse_lossy(&config.log);
     let registry = tracing_subscriber::registry().with(filter);

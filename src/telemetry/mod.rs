@@ -31,7 +31,7 @@ use crate::config::{
     ExporterKind, OtlpProtocol, OtlpSignal, ParentRoot, SamplerConfig, TelemetryConfig,
 };
 
-pub use exchange::{Ending, Exchange, RequestFacts};
+pub use exchange::{Ending, Exchange, RequestFacts, UpstreamAttributes};
 pub use metrics::Instruments;
 
 /// A telemetry pipeline that could not be built.
@@ -183,13 +183,17 @@ fn resource(config: &TelemetryConfig) -> Resource {
     // OTEL_SERVICE_NAME wins over service.name in OTEL_RESOURCE_ATTRIBUTES, per the spec; the
     // resource attribute is used when only it is given.
     let service_name = config
-        .resource_attributes
-        .iter()
-        .rev()
-        .find(|(k, _)| k == "service.name")
-        .map(|(_, v)| v.clone())
-        .filter(|_| config.service_name == "ragscope")
-        .unwrap_or_else(|| config.service_name.clone());
+        .service_name
+        .clone()
+        .or_else(|| {
+            config
+                .resource_attributes
+                .iter()
+                .rev()
+                .find(|(k, _)| k == "service.name")
+                .map(|(_, v)| v.clone())
+        })
+        .unwrap_or_else(|| "ragscope".to_owned());
     Resource::builder()
         .with_service_name(service_name)
         .with_attributes(attributes)
