@@ -10,7 +10,7 @@ use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, Version};
 use opentelemetry::trace::{SpanContext, SpanKind, Status, TraceContextExt, Tracer};
@@ -20,6 +20,7 @@ use opentelemetry_sdk::trace::Span;
 use opentelemetry_semantic_conventions::attribute as semconv;
 
 use super::Telemetry;
+use super::access_log::{self, AccessRecord};
 use super::trace_context::StrictExtractor;
 
 /// What is known about a request when it arrives.
@@ -152,6 +153,8 @@ pub struct Exchange {
     start: Instant,
     parent: Context,
     server_span: Option<Span>,
+    /// `00-<trace id>-<server span id>-<flags>`, formatted once for `traceresponse` and the log.
+    trace_header: Option<String>,
     client_span: Option<Span>,
     upstream_start: Option<Instant>,
     /// The upstream's `server.address` and `server.port`, for the client metric.
@@ -209,7 +212,6 @@ impl Exchange {
             tracer
                 .span_builder(span_name(method))
                 .with_kind(SpanKind::Server)
-                .with_start_time(SystemTime::now())
                 .with_attributes(attributes)
                 .start_with_context(tracer, &parent)
         });
@@ -217,12 +219,14 @@ impl Exchange {
             .instruments
             .server_active
             .add(1, &active_attributes(&facts));
+        let trace_header = server_span.as_ref().map(|s| w3c_header(s.span_context()));
         Exchange {
             telemetry,
             facts,
             start,
             parent,
             server_span,
+            trace_header,
             client_span: None,
             upstream_start: None,
             upstream: None,
@@ -246,14 +250,7 @@ impl Exchange {
 
     /// The W3C `traceresponse` header value carrying our trace id back to the client.
     pub fn traceresponse(&self) -> Option<HeaderValue> {
-        let sc = self.span_context()?;
-        HeaderValue::try_from(format!(
-            "00-{}-{}-{:02x}",
-            sc.trace_id(),
-            sc.span_id(),
-            sc.trace_flags().to_u8()
-        ))
-        .ok()
+        HeaderValue::from_str(self.trace_header.as_deref()?).ok()
     }
 
     /// Starts the CLIENT span for the upstream call and writes its context into the upstream
@@ -437,25 +434,21 @@ impl Exchange {
             span.end();
         }
 
-        let (trace_id, span_id) = match self.span_context() {
-            Some(sc) => (sc.trace_id().to_string(), sc.span_id().to_string()),
-            None => (String::new(), String::new()),
-        };
-        tracing::info!(
-            target: "ragscope::access",
-            trace_id,
-            span_id,
-            method = self.facts.method.as_str(),
-            path = self.facts.path.as_str(),
-            protocol = protocol_version(self.facts.version),
-            status = self.status.map(|s| s.as_u16()),
-            duration_ms = duration * 1000.0,
+        let ids = self.trace_header.as_deref().unwrap_or_default();
+        access_log::write(&AccessRecord {
+            trace_id: ids.get(3..35).unwrap_or_default(),
+            span_id: ids.get(36..52).unwrap_or_default(),
+            method: self.facts.method.as_str(),
+            path: &self.facts.path,
+            protocol: protocol_version(self.facts.version),
+            status: self.status.map(|s| s.as_u16()),
+            duration_ms: duration * 1000.0,
             request_bytes,
-            response_bytes = self.response_bytes,
-            error_type = self.error_type.as_deref(),
+            response_bytes: self.response_bytes,
+            error_type: self.error_type.as_deref(),
             cancelled,
-            client = %self.facts.peer.ip(),
-        );
+            client: self.facts.peer.ip(),
+        });
     }
 
     /// `error.type` from the upstream call's point of view: the proxy's own error, or the
@@ -488,6 +481,25 @@ fn active_attributes(facts: &RequestFacts) -> Vec<KeyValue> {
     ]
 }
 
+/// `00-<32 hex>-<16 hex>-<2 hex>`, the W3C header form of a span context.
+fn w3c_header(sc: &SpanContext) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(55);
+    s.push_str("00-");
+    let push_hex = |s: &mut String, bytes: &[u8]| {
+        for b in bytes {
+            s.push(HEX[usize::from(b >> 4)] as char);
+            s.push(HEX[usize::from(b & 0xf)] as char);
+        }
+    };
+    push_hex(&mut s, &sc.trace_id().to_bytes());
+    s.push('-');
+    push_hex(&mut s, &sc.span_id().to_bytes());
+    s.push('-');
+    push_hex(&mut s, &[sc.trace_flags().to_u8()]);
+    s
+}
+
 fn redacted_url(uri: &Uri) -> String {
     let mut s = format!(
         "{}://{}{}",
@@ -513,6 +525,22 @@ mod tests {
             "a=REDACTED&key=REDACTED&flag"
         );
         assert_eq!(redact_query(""), "");
+    }
+
+    #[test]
+    fn w3c_header_form() {
+        use opentelemetry::trace::{SpanId, TraceFlags, TraceId, TraceState};
+        let sc = SpanContext::new(
+            TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").expect("id"),
+            SpanId::from_hex("00f067aa0ba902b7").expect("id"),
+            TraceFlags::SAMPLED,
+            false,
+            TraceState::default(),
+        );
+        assert_eq!(
+            w3c_header(&sc),
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        );
     }
 
     #[test]

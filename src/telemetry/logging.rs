@@ -18,6 +18,7 @@ pub fn init(config: &Config) -> WorkerGuard {
             64 * 1024,
             std::io::stdout(),
         ));
+    super::access_log::install(writer.clone(), config.log_format);
     // The filter was validated when the configuration was parsed.
     let filter = EnvFilter::builder().parse_lossy(&config.log);
     let registry = tracing_subscriber::registry().with(filter);

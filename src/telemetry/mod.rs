@@ -6,6 +6,7 @@
 //! (full queue = dropped and counted, never a wait), metrics are aggregated in memory and pushed
 //! by a periodic reader thread. Shutdown is bounded by a timeout whatever the collector does.
 
+pub mod access_log;
 mod exchange;
 mod export;
 pub mod logging;

@@ -1,0 +1,253 @@
+//! The access log: one line per request, JSON by default.
+//!
+//! It is written on every request, so it is formatted here by hand into a reused per-thread
+//! buffer and handed to the non-blocking log writer as one message; going through `tracing`'s
+//! generic JSON formatter cost several times more per line. It still obeys `RAGSCOPE_LOG`: a
+//! filter that turns off `ragscope::access` at INFO turns the access log off.
+
+use std::cell::RefCell;
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::net::IpAddr;
+use std::sync::OnceLock;
+use std::time::SystemTime;
+
+use tracing_appender::non_blocking::NonBlocking;
+
+use crate::config::LogFormat;
+
+/// Where access-log lines go; set once by [`crate::telemetry::logging::init`].
+static SINK: OnceLock<(NonBlocking, LogFormat)> = OnceLock::new();
+
+pub(super) fn install(writer: NonBlocking, format: LogFormat) {
+    let _ = SINK.set((writer, format));
+}
+
+/// One request's access-log record.
+#[derive(Debug)]
+pub struct AccessRecord<'a> {
+    /// 32 hex digits, empty when traces are off.
+    pub trace_id: &'a str,
+    /// 16 hex digits, empty when traces are off.
+    pub span_id: &'a str,
+    /// Request method.
+    pub method: &'a str,
+    /// Path without the query (query values are never logged).
+    pub path: &'a str,
+    /// `1.1`, `2`...
+    pub protocol: &'a str,
+    /// Response status, when one was sent.
+    pub status: Option<u16>,
+    /// Until the last response byte.
+    pub duration_ms: f64,
+    /// Request body bytes read.
+    pub request_bytes: u64,
+    /// Response body bytes sent.
+    pub response_bytes: u64,
+    /// `error.type`, if any.
+    pub error_type: Option<&'a str>,
+    /// The client went away first.
+    pub cancelled: bool,
+    /// The client's address.
+    pub client: IpAddr,
+}
+
+thread_local! {
+    static LINE: RefCell<String> = RefCell::new(String::with_capacity(512));
+}
+
+/// Writes the record, unless logging is not set up or filtered out.
+pub fn write(record: &AccessRecord<'_>) {
+    let Some((writer, format)) = SINK.get() else {
+        return;
+    };
+    if !tracing::enabled!(target: "ragscope::access", tracing::Level::INFO) {
+        return;
+    }
+    LINE.with_borrow_mut(|line| {
+        line.clear();
+        match format {
+            LogFormat::Json => format_json(line, record, SystemTime::now()),
+            LogFormat::Text => format_text(line, record, SystemTime::now()),
+        }
+        // The non-blocking writer never waits: a full queue drops the line.
+        let _ = writer.clone().write_all(line.as_bytes());
+    });
+}
+
+fn format_json(out: &mut String, r: &AccessRecord<'_>, now: SystemTime) {
+    out.push_str("{\"timestamp\":\"");
+    rfc3339(out, now);
+    out.push_str("\",\"level\":\"INFO\",\"target\":\"ragscope::access\"");
+    let _ = write!(
+        out,
+        ",\"trace_id\":\"{}\",\"span_id\":\"{}\"",
+        r.trace_id, r.span_id
+    );
+    out.push_str(",\"method\":");
+    json_str(out, r.method);
+    out.push_str(",\"path\":");
+    json_str(out, r.path);
+    let _ = write!(out, ",\"protocol\":\"{}\"", r.protocol);
+    match r.status {
+        Some(s) => {
+            let _ = write!(out, ",\"status\":{s}");
+        }
+        None => out.push_str(",\"status\":null"),
+    }
+    let _ = write!(
+        out,
+        ",\"duration_ms\":{:.3},\"request_bytes\":{},\"response_bytes\":{}",
+        r.duration_ms, r.request_bytes, r.response_bytes
+    );
+    if let Some(e) = r.error_type {
+        out.push_str(",\"error_type\":");
+        json_str(out, e);
+    }
+    let _ = writeln!(
+        out,
+        ",\"cancelled\":{},\"client\":\"{}\"}}",
+        r.cancelled, r.client
+    );
+}
+
+fn format_text(out: &mut String, r: &AccessRecord<'_>, now: SystemTime) {
+    rfc3339(out, now);
+    let _ = write!(
+        out,
+        "  INFO ragscope::access: trace_id={} span_id={} method={} path={:?} protocol={} status=",
+        r.trace_id, r.span_id, r.method, r.path, r.protocol
+    );
+    match r.status {
+        Some(s) => {
+            let _ = write!(out, "{s}");
+        }
+        None => out.push('-'),
+    }
+    let _ = write!(
+        out,
+        " duration_ms={:.3} request_bytes={} response_bytes={}",
+        r.duration_ms, r.request_bytes, r.response_bytes
+    );
+    if let Some(e) = r.error_type {
+        let _ = write!(out, " error_type={e}");
+    }
+    let _ = writeln!(out, " cancelled={} client={}", r.cancelled, r.client);
+}
+
+/// A JSON string literal, escaped per RFC 8259.
+fn json_str(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// `2026-11-25T12:03:26.813311Z`.
+fn rfc3339(out: &mut String, t: SystemTime) {
+    let since = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (y, m, d) = civil_from_days(days as i64);
+    let _ = write!(
+        out,
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:06}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        since.subsec_micros()
+    );
+}
+
+/// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn record() -> AccessRecord<'static> {
+        AccessRecord {
+            trace_id: "4bf92f3577b34da6a3ce929d0e0e4736",
+            span_id: "00f067aa0ba902b7",
+            method: "GET",
+            path: "/v1/\"chat\"\n",
+            protocol: "1.1",
+            status: Some(200),
+            duration_ms: 12.3456,
+            request_bytes: 10,
+            response_bytes: 20,
+            error_type: None,
+            cancelled: false,
+            client: "192.0.2.1".parse().expect("ip"),
+        }
+    }
+
+    #[test]
+    fn json_line_parses_and_escapes() {
+        let mut s = String::new();
+        let t = SystemTime::UNIX_EPOCH + Duration::from_micros(1_764_072_206_813_311);
+        format_json(&mut s, &record(), t);
+        assert!(s.ends_with('\n'));
+        let v: serde_json::Value = serde_json::from_str(&s).expect("valid JSON");
+        assert_eq!(v["timestamp"], "2025-11-25T12:03:26.813311Z");
+        assert_eq!(v["path"], "/v1/\"chat\"\n");
+        assert_eq!(v["status"], 200);
+        assert_eq!(v["duration_ms"], 12.346);
+        assert_eq!(v["target"], "ragscope::access");
+        assert!(v.get("error_type").is_none());
+    }
+
+    #[test]
+    fn control_characters_are_escaped() {
+        let mut s = String::new();
+        json_str(&mut s, "a\u{1}b\u{7f}");
+        assert_eq!(s, "\"a\\u0001b\u{7f}\"");
+    }
+
+    #[test]
+    fn dates() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+        assert_eq!(civil_from_days(-1), (1969, 12, 31));
+        assert_eq!(civil_from_days(20_515), (2026, 3, 3));
+    }
+
+    #[test]
+    fn text_line() {
+        let mut s = String::new();
+        let mut r = record();
+        r.status = None;
+        r.error_type = Some("upstream_timeout");
+        format_text(&mut s, &r, SystemTime::UNIX_EPOCH);
+        assert!(
+            s.starts_with("1970-01-01T00:00:00.000000Z  INFO ragscope::access: "),
+            "{s}"
+        );
+        assert!(s.contains(" status=- "), "{s}");
+        assert!(s.contains(" error_type=upstream_timeout "), "{s}");
+    }
+}
