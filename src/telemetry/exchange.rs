@@ -331,6 +331,21 @@ impl Exchange {
         self.response_bytes += n;
     }
 
+    /// Adds an attribute to the SERVER span (no-op when traces are off). For facts other
+    /// phases learn about the request: who the client is, what was decided about it.
+    pub fn set_server_attribute(&mut self, attribute: KeyValue) {
+        if let Some(span) = &mut self.server_span {
+            span.set_attribute(attribute);
+        }
+    }
+
+    /// Adds an attribute to the CLIENT span of the upstream call, once it has started.
+    pub fn set_upstream_attribute(&mut self, attribute: KeyValue) {
+        if let Some(span) = &mut self.client_span {
+            span.set_attribute(attribute);
+        }
+    }
+
     /// Closes out the exchange: ends both spans, records metrics and writes the access log.
     /// Runs once; later calls (and the drop) do nothing.
     pub fn finish(&mut self, ending: Ending) {
