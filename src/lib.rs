@@ -10,6 +10,7 @@
 pub mod admin;
 pub mod config;
 pub mod error;
+pub mod identity;
 pub mod listener;
 pub mod proxy;
 pub mod server;
