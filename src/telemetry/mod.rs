@@ -50,6 +50,34 @@ pub enum TelemetryError {
     },
 }
 
+/// Builds the OTLP exporter of one signal. The span and metric exporter builders have the
+/// same methods but share no trait, so one macro serves both.
+macro_rules! otlp_exporter {
+    ($exporter:ty, $signal:expr, $name:literal) => {{
+        let signal: &OtlpSignal = $signal;
+        let built = match signal.protocol {
+            OtlpProtocol::Grpc => <$exporter>::builder()
+                .with_tonic()
+                .with_endpoint(signal.endpoint.clone())
+                .with_timeout(signal.timeout)
+                .with_metadata(grpc_metadata(&signal.headers))
+                .build(),
+            OtlpProtocol::HttpProtobuf => <$exporter>::builder()
+                .with_http()
+                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+                .with_endpoint(signal.endpoint.clone())
+                .with_timeout(signal.timeout)
+                .with_headers(signal.headers.iter().cloned().collect())
+                .build(),
+        };
+        built.map_err(|source| TelemetryError::Exporter {
+            signal: $name,
+            endpoint: signal.endpoint.clone(),
+            source,
+        })
+    }};
+}
+
 /// The running telemetry pipeline, shared by every request.
 #[derive(Debug)]
 pub struct Telemetry {
@@ -71,7 +99,11 @@ impl Telemetry {
         if !config.sdk_disabled {
             match config.metrics_exporter {
                 ExporterKind::Otlp => {
-                    let exporter = otlp_metric_exporter(&config.metrics)?;
+                    let exporter = otlp_exporter!(
+                        opentelemetry_otlp::MetricExporter,
+                        &config.metrics,
+                        "metrics"
+                    )?;
                     meter_builder = meter_builder.with_reader(
                         PeriodicReader::builder(exporter)
                             .with_interval(config.metric_export_interval)
@@ -97,7 +129,8 @@ impl Telemetry {
         } else {
             match config.traces_exporter {
                 ExporterKind::Otlp => {
-                    let exporter = otlp_span_exporter(&config.traces)?;
+                    let exporter =
+                        otlp_exporter!(opentelemetry_otlp::SpanExporter, &config.traces, "traces")?;
                     Some(tracer_provider(config, resource, exporter, &instruments))
                 }
                 ExporterKind::Console => Some(tracer_provider(
@@ -242,56 +275,6 @@ where
         .with_sampler(sampler(&config.sampler))
         .with_span_processor(processor_gate.wrap(batch))
         .build()
-}
-
-fn otlp_span_exporter(
-    signal: &OtlpSignal,
-) -> Result<opentelemetry_otlp::SpanExporter, TelemetryError> {
-    let built = match signal.protocol {
-        OtlpProtocol::Grpc => opentelemetry_otlp::SpanExporter::builder()
-            .with_tonic()
-            .with_endpoint(signal.endpoint.clone())
-            .with_timeout(signal.timeout)
-            .with_metadata(grpc_metadata(&signal.headers))
-            .build(),
-        OtlpProtocol::HttpProtobuf => opentelemetry_otlp::SpanExporter::builder()
-            .with_http()
-            .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-            .with_endpoint(signal.endpoint.clone())
-            .with_timeout(signal.timeout)
-            .with_headers(signal.headers.iter().cloned().collect())
-            .build(),
-    };
-    built.map_err(|source| TelemetryError::Exporter {
-        signal: "traces",
-        endpoint: signal.endpoint.clone(),
-        source,
-    })
-}
-
-fn otlp_metric_exporter(
-    signal: &OtlpSignal,
-) -> Result<opentelemetry_otlp::MetricExporter, TelemetryError> {
-    let built = match signal.protocol {
-        OtlpProtocol::Grpc => opentelemetry_otlp::MetricExporter::builder()
-            .with_tonic()
-            .with_endpoint(signal.endpoint.clone())
-            .with_timeout(signal.timeout)
-            .with_metadata(grpc_metadata(&signal.headers))
-            .build(),
-        OtlpProtocol::HttpProtobuf => opentelemetry_otlp::MetricExporter::builder()
-            .with_http()
-            .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-            .with_endpoint(signal.endpoint.clone())
-            .with_timeout(signal.timeout)
-            .with_headers(signal.headers.iter().cloned().collect())
-            .build(),
-    };
-    built.map_err(|source| TelemetryError::Exporter {
-        signal: "metrics",
-        endpoint: signal.endpoint.clone(),
-        source,
-    })
 }
 
 fn grpc_metadata(
