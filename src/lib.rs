@@ -11,6 +11,7 @@
 pub mod admin;
 pub mod config;
 pub mod debug_config;
+pub mod demo;
 pub mod error;
 pub mod health;
 pub mod identity;
