@@ -81,7 +81,11 @@ async fn route(req: Request<Incoming>, cx: &AdminContext) -> Response<Full<Bytes
             ),
             Some(Err(e)) => {
                 tracing::warn!(error = %e, "a /metrics scrape failed");
-                error(StatusCode::INTERNAL_SERVER_ERROR, "scrape_failed", &e.to_string())
+                error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "scrape_failed",
+                    &e.to_string(),
+                )
             }
             None => error(
                 StatusCode::NOT_FOUND,
@@ -188,7 +192,11 @@ fn error(status: StatusCode, kind: &str, message: &str) -> Response<Full<Bytes>>
 }
 
 fn json(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
-    respond(status, "application/json", Bytes::from_static(body.as_bytes()))
+    respond(
+        status,
+        "application/json",
+        Bytes::from_static(body.as_bytes()),
+    )
 }
 
 fn respond(status: StatusCode, content_type: &'static str, body: Bytes) -> Response<Full<Bytes>> {

@@ -388,8 +388,12 @@ impl OpsConfig {
             threshold_form,
             threshold,
         )?;
-        let healthy_threshold =
-            r.parse("RAGSCOPE_HEALTH_HEALTHY_THRESHOLD", "2", threshold_form, threshold)?;
+        let healthy_threshold = r.parse(
+            "RAGSCOPE_HEALTH_HEALTHY_THRESHOLD",
+            "2",
+            threshold_form,
+            threshold,
+        )?;
         Ok(OpsConfig {
             recent_traces,
             health: path.map(|path| HealthCheckConfig {

@@ -100,9 +100,19 @@ fn duration(d: std::time::Duration) -> String {
 /// Names that usually hold a credential.
 fn key_like(name: &str) -> bool {
     let n = name.to_ascii_lowercase();
-    ["key", "token", "secret", "password", "passwd", "auth", "credential", "cookie", "session"]
-        .iter()
-        .any(|w| n.contains(w))
+    [
+        "key",
+        "token",
+        "secret",
+        "password",
+        "passwd",
+        "auth",
+        "credential",
+        "cookie",
+        "session",
+    ]
+    .iter()
+    .any(|w| n.contains(w))
 }
 
 /// `https://user:pass@host/x` → `https://***@host/x`.
@@ -125,9 +135,15 @@ mod tests {
     fn secrets_are_masked() {
         let config = Config::from_source(
             [
-                ("OTEL_EXPORTER_OTLP_HEADERS", "x-api-key=sk-123,x-tenant=acme"),
+                (
+                    "OTEL_EXPORTER_OTLP_HEADERS",
+                    "x-api-key=sk-123,x-tenant=acme",
+                ),
                 ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://u:p@collector:4318"),
-                ("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=prod,vendor.api_token=tok"),
+                (
+                    "OTEL_RESOURCE_ATTRIBUTES",
+                    "deployment.environment=prod,vendor.api_token=tok",
+                ),
             ]
             .as_slice(),
         )
@@ -138,8 +154,14 @@ mod tests {
         }
         let v = render(&config);
         assert_eq!(v["traces"]["headers"]["x-api-key"], MASK);
-        assert_eq!(v["OTEL_RESOURCE_ATTRIBUTES"]["deployment.environment"], "prod");
-        assert_eq!(v["traces"]["endpoint"], "http://***@collector:4318/v1/traces");
+        assert_eq!(
+            v["OTEL_RESOURCE_ATTRIBUTES"]["deployment.environment"],
+            "prod"
+        );
+        assert_eq!(
+            v["traces"]["endpoint"],
+            "http://***@collector:4318/v1/traces"
+        );
         assert_eq!(v["RAGSCOPE_RECENT_TRACES"], 1000);
     }
 

@@ -46,13 +46,17 @@ impl DemoUpstream {
         let addr = listener.local_addr()?;
         let task = tokio::spawn(async move {
             let builder = std::sync::Arc::new(auto::Builder::new(TokioExecutor::new()));
+            // Connections live in this set, so stopping the server closes them too (a stopped
+            // server that kept answering on old keep-alive connections would not look down).
+            let mut connections = tokio::task::JoinSet::new();
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 };
+                while connections.try_join_next().is_some() {}
                 let builder = builder.clone();
-                tokio::spawn(async move {
+                connections.spawn(async move {
                     let _ = builder
                         .serve_connection(TokioIo::new(stream), service_fn(handle))
                         .await;
@@ -160,9 +164,12 @@ fn chat(request: &Value) -> Response<DemoBody> {
     let words = answer_words(&q);
     let prompt_tokens = count_tokens(&q) + 12;
     let completion_tokens = words.len() as u64;
-    let id = format!("chatcmpl-demo-{:x}", std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos()));
+    let id = format!(
+        "chatcmpl-demo-{:x}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+    );
     let usage = json!({
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
@@ -198,7 +205,11 @@ fn chat(request: &Value) -> Response<DemoBody> {
         };
         // A model "thinks" before its first token.
         tokio::time::sleep(STREAM_GAP * 3).await;
-        let mut events = vec![chunk(json!({"role": "assistant", "content": ""}), Value::Null, Value::Null)];
+        let mut events = vec![chunk(
+            json!({"role": "assistant", "content": ""}),
+            Value::Null,
+            Value::Null,
+        )];
         for (i, w) in words.iter().enumerate() {
             let text = if i == 0 { w.clone() } else { format!(" {w}") };
             events.push(chunk(json!({"content": text}), Value::Null, Value::Null));
@@ -271,7 +282,10 @@ fn demo_defaults() -> HashMap<&'static str, String> {
         ("RAGSCOPE_HEALTH_PATH", "/health".to_owned()),
         ("RAGSCOPE_HEALTH_INTERVAL", "5s".to_owned()),
         ("RAGSCOPE_LOG_FORMAT", "text".to_owned()),
-        ("RAGSCOPE_LOG", "warn,ragscope=info,ragscope::access=off".to_owned()),
+        (
+            "RAGSCOPE_LOG",
+            "warn,ragscope=info,ragscope::access=off".to_owned(),
+        ),
     ]);
     // Without a collector configured, export nothing rather than log failed exports: /traces
     // and /metrics work without one.
@@ -291,7 +305,9 @@ pub fn main() -> ExitCode {
             Some(a) => match a.parse() {
                 Ok(a) => a,
                 Err(_) => {
-                    eprintln!("ragscope: invalid RAGSCOPE_DEMO_UPSTREAM_LISTEN={a:?}: expected an address like 127.0.0.1:8000");
+                    eprintln!(
+                        "ragscope: invalid RAGSCOPE_DEMO_UPSTREAM_LISTEN={a:?}: expected an address like 127.0.0.1:8000"
+                    );
                     return ExitCode::from(2);
                 }
             },
@@ -323,7 +339,10 @@ pub fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        println!("{}", banner(server.proxy_addr(), server.admin_addr(), upstream.addr()));
+        println!(
+            "{}",
+            banner(server.proxy_addr(), server.admin_addr(), upstream.addr())
+        );
         shutdown_signal().await;
         server.shutdown();
         server.wait().await;
@@ -336,9 +355,13 @@ pub fn main() -> ExitCode {
 /// (default `0.0.0.0:8000`).
 pub fn upstream_main() -> ExitCode {
     run(|| async {
-        let raw = Env.get("RAGSCOPE_DEMO_UPSTREAM_LISTEN").unwrap_or_else(|| "0.0.0.0:8000".to_owned());
+        let raw = Env
+            .get("RAGSCOPE_DEMO_UPSTREAM_LISTEN")
+            .unwrap_or_else(|| "0.0.0.0:8000".to_owned());
         let Ok(addr) = raw.parse::<SocketAddr>() else {
-            eprintln!("ragscope: invalid RAGSCOPE_DEMO_UPSTREAM_LISTEN={raw:?}: expected an address like 0.0.0.0:8000");
+            eprintln!(
+                "ragscope: invalid RAGSCOPE_DEMO_UPSTREAM_LISTEN={raw:?}: expected an address like 0.0.0.0:8000"
+            );
             return ExitCode::from(2);
         };
         match DemoUpstream::start(addr).await {
@@ -360,7 +383,10 @@ where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = ExitCode>,
 {
-    match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => {
             let code = rt.block_on(f());
             rt.shutdown_timeout(Duration::from_millis(200));

@@ -25,7 +25,9 @@ use crate::config::{HealthCheckConfig, Upstream};
 #[derive(Debug, thiserror::Error)]
 pub enum HealthError {
     /// https upstream but no trust anchors to check it with.
-    #[error("RAGSCOPE_HEALTH_PATH is set for an https upstream but no system root certificates were found")]
+    #[error(
+        "RAGSCOPE_HEALTH_PATH is set for an https upstream but no system root certificates were found"
+    )]
     NoRoots,
     /// rustls refused the configuration.
     #[error("cannot configure TLS for the upstream health checks: {0}")]
@@ -103,8 +105,8 @@ impl HealthChecker {
         let gauge = {
             let health = health.clone();
             meter
+                // No unit: with "1" the Prometheus name would become `ragscope_upstream_up_ratio`.
                 .i64_observable_gauge("ragscope.upstream.up")
-                .with_unit("1")
                 .with_description(
                     "1 when the upstream passes its active health checks, 0 when it is down.",
                 )
@@ -200,7 +202,11 @@ impl Checker {
             let start = Instant::now();
             let outcome = self.check().await;
             let elapsed = start.elapsed().as_secs_f64();
-            let result = if outcome.is_ok() { "success" } else { "failure" };
+            let result = if outcome.is_ok() {
+                "success"
+            } else {
+                "failure"
+            };
             self.duration
                 .record(elapsed, &[KeyValue::new("result", result)]);
             match outcome {
@@ -253,7 +259,10 @@ impl Checker {
     async fn check(&self) -> Result<(), String> {
         let req = Request::get(self.uri.clone())
             .header(header::HOST, self.host.as_str())
-            .header(header::USER_AGENT, concat!("ragscope-health-check/", env!("CARGO_PKG_VERSION")))
+            .header(
+                header::USER_AGENT,
+                concat!("ragscope-health-check/", env!("CARGO_PKG_VERSION")),
+            )
             .body(Empty::new())
             .map_err(|e| e.to_string())?;
         let response = tokio::time::timeout(self.config.timeout, async {

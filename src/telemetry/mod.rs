@@ -121,8 +121,8 @@ impl Telemetry {
         let meter_provider = meter_builder.build();
         let instruments = Instruments::new(&meter_provider.meter("ragscope"));
 
-        let recent = (!config.sdk_disabled && recent_traces > 0)
-            .then(|| RecentTraces::new(recent_traces));
+        let recent =
+            (!config.sdk_disabled && recent_traces > 0).then(|| RecentTraces::new(recent_traces));
         let ring = recent.as_ref().map(|r| r.processor());
         let tracer_provider = if config.sdk_disabled {
             None

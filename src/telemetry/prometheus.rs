@@ -31,13 +31,18 @@ impl PrometheusEndpoint {
     /// meter provider. `None` when the reader cannot be built (then `/metrics` is off, and the
     /// reason is logged by the caller).
     pub(super) fn new() -> Result<
-        (PrometheusEndpoint, opentelemetry_prometheus::PrometheusExporter),
+        (
+            PrometheusEndpoint,
+            opentelemetry_prometheus::PrometheusExporter,
+        ),
         opentelemetry_sdk::error::OTelSdkError,
     > {
         let registry = Registry::new();
         // CPU time, resident/virtual memory, open and max fds, threads, start time, from /proc.
         // Registration only fails on a duplicate name, which cannot happen in a fresh registry.
-        if let Err(e) = registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self())) {
+        if let Err(e) = registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        )) {
             tracing::warn!(error = %e, "process metrics are not available on /metrics");
         }
         let reader = opentelemetry_prometheus::exporter()

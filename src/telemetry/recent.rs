@@ -290,9 +290,11 @@ fn value_json(v: &Value) -> Json {
                 .map(|f| serde_json::Number::from_f64(*f).map_or(Json::Null, Json::Number))
                 .collect(),
         ),
-        Value::Array(Array::String(a)) => {
-            Json::Array(a.iter().map(|s| Json::String(s.as_str().to_owned())).collect())
-        }
+        Value::Array(Array::String(a)) => Json::Array(
+            a.iter()
+                .map(|s| Json::String(s.as_str().to_owned()))
+                .collect(),
+        ),
         // Value and Array are non-exhaustive: a future kind is shown as text.
         #[allow(unreachable_patterns)]
         other => Json::String(other.to_string()),
@@ -416,12 +418,40 @@ mod tests {
         request(&ring, 2, 900, 502);
         request(&ring, 3, 600, 200);
         let count = |f: TraceFilter| ring.snapshot(&f).len();
-        assert_eq!(count(TraceFilter { errors: true, ..Default::default() }), 1);
+        assert_eq!(
+            count(TraceFilter {
+                errors: true,
+                ..Default::default()
+            }),
+            1
+        );
         let slow = Some(Duration::from_millis(500));
-        assert_eq!(count(TraceFilter { slow, ..Default::default() }), 2);
-        assert_eq!(count(TraceFilter { slow, errors: true, ..Default::default() }), 1);
-        assert_eq!(count(TraceFilter { limit: Some(1), ..Default::default() }), 1);
-        let one = TraceFilter { trace_id: Some(format!("{:032x}", 3)), ..Default::default() };
+        assert_eq!(
+            count(TraceFilter {
+                slow,
+                ..Default::default()
+            }),
+            2
+        );
+        assert_eq!(
+            count(TraceFilter {
+                slow,
+                errors: true,
+                ..Default::default()
+            }),
+            1
+        );
+        assert_eq!(
+            count(TraceFilter {
+                limit: Some(1),
+                ..Default::default()
+            }),
+            1
+        );
+        let one = TraceFilter {
+            trace_id: Some(format!("{:032x}", 3)),
+            ..Default::default()
+        };
         assert_eq!(count(one), 1);
     }
 
@@ -429,7 +459,15 @@ mod tests {
     fn orphans_are_bounded() {
         let ring = RecentTraces::new(10);
         for i in 0..(MAX_PENDING_PARENTS as u64 + 10) {
-            ring.record(span(1, i + 10, i + 100_000, SpanKind::Internal, 0, 1, vec![]));
+            ring.record(span(
+                1,
+                i + 10,
+                i + 100_000,
+                SpanKind::Internal,
+                0,
+                1,
+                vec![],
+            ));
         }
         assert!(ring.lock().pending.len() <= MAX_PENDING_PARENTS);
     }

@@ -64,7 +64,9 @@ pub fn trace_page(ring: &RecentTraces, trace_id: &str) -> String {
         ..TraceFilter::default()
     };
     let traces: Vec<Value> = ring.snapshot(&filter).iter().map(|t| t.detail()).collect();
-    page(&json!({ "view": "trace", "trace_id": trace_id, "capacity": ring.capacity(), "traces": traces }))
+    page(
+        &json!({ "view": "trace", "trace_id": trace_id, "capacity": ring.capacity(), "traces": traces }),
+    )
 }
 
 fn page(data: &Value) -> String {
@@ -91,7 +93,13 @@ mod tests {
 
     #[test]
     fn embedded_data_cannot_close_the_script() {
-        let html = page(&json!({"view": "list", "traces": [{"path": "/</script><script>alert(1)</script>"}]}));
-        assert_eq!(html.matches("</script>").count(), 2, "only the page's own two scripts end");
+        let html = page(
+            &json!({"view": "list", "traces": [{"path": "/</script><script>alert(1)</script>"}]}),
+        );
+        assert_eq!(
+            html.matches("</script>").count(),
+            2,
+            "only the page's own two scripts end"
+        );
     }
 }
