@@ -107,7 +107,11 @@ fn yaml_and_json_files_are_well_formed() {
         let text = std::fs::read_to_string(path).expect("readable");
         let v: serde_json::Value = serde_json::from_str(&text)
             .unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()));
-        assert!(v["panels"].as_array().is_some_and(|p| p.len() >= 8), "{}", path.display());
+        assert!(
+            v["panels"].as_array().is_some_and(|p| p.len() >= 8),
+            "{}",
+            path.display()
+        );
     }
 }
 
