@@ -1,11 +1,15 @@
-//! The admin listener: `/healthz` (the process serves) and `/readyz` (the upstream is
-//! reachable and we are not draining), for Kubernetes probes and load balancers.
+//! The admin listener: `/healthz` (the process serves), `/readyz` (the upstream is healthy and
+//! we are not draining), `/metrics` (Prometheus), `/traces` and `/traces.json` (recent requests),
+//! `/debug/config` (the effective configuration, secrets masked).
+//!
+//! It listens on loopback by default: the recent-requests view shows paths and client addresses,
+//! as spans do, so exposing it is an operator's decision.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode, header};
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -13,37 +17,42 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 
-use crate::config::Upstream;
+use crate::config::Config;
+use crate::health::{UpstreamHealth, UpstreamState};
 use crate::proxy::Proxy;
 
+/// What the admin endpoints read.
+#[derive(Debug, Clone)]
+pub struct AdminContext {
+    /// The proxy (draining flag, telemetry).
+    pub proxy: Arc<Proxy>,
+    /// The effective configuration.
+    pub config: Arc<Config>,
+    /// The active health checks' conclusion, when `RAGSCOPE_HEALTH_PATH` is set.
+    pub health: Option<Arc<UpstreamHealth>>,
+    /// Limit of the TCP probe `/readyz` makes when there are no active checks.
+    pub probe_timeout: Duration,
+}
+
 /// Serves the admin endpoints until the task is aborted.
-pub async fn serve(
-    listener: TcpListener,
-    proxy: Arc<Proxy>,
-    upstream: Upstream,
-    probe_timeout: Duration,
-) {
+pub async fn serve(listener: TcpListener, context: AdminContext) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(Duration::from_secs(5));
     let builder = Arc::new(builder);
-    let upstream = Arc::new(upstream);
+    let context = Arc::new(context);
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
-        let (builder, proxy, upstream) = (builder.clone(), proxy.clone(), upstream.clone());
+        let (builder, context) = (builder.clone(), context.clone());
         tokio::spawn(async move {
             let service = service_fn(move |req| {
-                let (proxy, upstream) = (proxy.clone(), upstream.clone());
-                async move {
-                    Ok::<_, std::convert::Infallible>(
-                        route(req, &proxy, &upstream, probe_timeout).await,
-                    )
-                }
+                let context = context.clone();
+                async move { Ok::<_, std::convert::Infallible>(route(req, &context).await) }
             });
             let _ = builder
                 .serve_connection(TokioIo::new(stream), service)
@@ -52,50 +61,150 @@ pub async fn serve(
     }
 }
 
-async fn route(
-    req: Request<Incoming>,
-    proxy: &Proxy,
-    upstream: &Upstream,
-    probe_timeout: Duration,
-) -> Response<Full<Bytes>> {
+async fn route(req: Request<Incoming>, cx: &AdminContext) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return json(
             StatusCode::METHOD_NOT_ALLOWED,
             r#"{"error":{"type":"method_not_allowed","message":"use GET"}}"#,
         );
     }
-    match req.uri().path() {
+    let path = req.uri().path();
+    let telemetry = cx.proxy.telemetry();
+    match path {
         "/healthz" => json(StatusCode::OK, r#"{"status":"ok"}"#),
-        "/readyz" => {
-            if proxy.is_draining() {
-                return json(StatusCode::SERVICE_UNAVAILABLE, r#"{"status":"draining"}"#);
+        "/readyz" => readiness(cx).await,
+        "/metrics" => match telemetry.prometheus().map(|p| p.render()) {
+            Some(Ok(text)) => respond(
+                StatusCode::OK,
+                crate::telemetry::prometheus::CONTENT_TYPE,
+                text.into(),
+            ),
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "a /metrics scrape failed");
+                error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "scrape_failed",
+                    &e.to_string(),
+                )
             }
-            let connect = tokio::net::TcpStream::connect((upstream.host.as_str(), upstream.port));
-            match tokio::time::timeout(probe_timeout, connect).await {
-                Ok(Ok(_)) => json(StatusCode::OK, r#"{"status":"ready"}"#),
-                _ => json(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    r#"{"status":"upstream_unreachable"}"#,
-                ),
+            None => error(
+                StatusCode::NOT_FOUND,
+                "metrics_off",
+                "metrics are off (OTEL_SDK_DISABLED=true)",
+            ),
+        },
+        "/debug/config" => respond(
+            StatusCode::OK,
+            "application/json",
+            crate::debug_config::render(&cx.config).to_string().into(),
+        ),
+        "/traces" | "/traces/" | "/traces.json" => {
+            let Some(ring) = telemetry.recent_traces() else {
+                return traces_off();
+            };
+            if path == "/traces.json" {
+                let filter = crate::trace_view::filter_from_query(req.uri().query());
+                respond(
+                    StatusCode::OK,
+                    "application/json",
+                    crate::trace_view::json(ring, &filter).to_string().into(),
+                )
+            } else {
+                html(crate::trace_view::list_page(ring))
             }
         }
+        _ => {
+            if let Some(id) = path.strip_prefix("/traces/") {
+                let Some(ring) = telemetry.recent_traces() else {
+                    return traces_off();
+                };
+                if crate::trace_view::is_trace_id(id) {
+                    return html(crate::trace_view::trace_page(ring, id));
+                }
+                return error(
+                    StatusCode::NOT_FOUND,
+                    "not_found",
+                    "a trace id is 32 lowercase hex digits",
+                );
+            }
+            error(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "try /healthz, /readyz, /metrics, /traces, /traces.json or /debug/config",
+            )
+        }
+    }
+}
+
+/// With active checks, their conclusion; without, a TCP connect per probe.
+async fn readiness(cx: &AdminContext) -> Response<Full<Bytes>> {
+    if cx.proxy.is_draining() {
+        return json(StatusCode::SERVICE_UNAVAILABLE, r#"{"status":"draining"}"#);
+    }
+    if let Some(health) = &cx.health {
+        return match health.state() {
+            UpstreamState::Up => json(StatusCode::OK, r#"{"status":"ready"}"#),
+            UpstreamState::Down => json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                r#"{"status":"upstream_down"}"#,
+            ),
+            UpstreamState::Unknown => json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                r#"{"status":"upstream_not_checked_yet"}"#,
+            ),
+        };
+    }
+    let upstream = &cx.config.upstream;
+    let connect = tokio::net::TcpStream::connect((upstream.host.as_str(), upstream.port));
+    match tokio::time::timeout(cx.probe_timeout, connect).await {
+        Ok(Ok(_)) => json(StatusCode::OK, r#"{"status":"ready"}"#),
         _ => json(
-            StatusCode::NOT_FOUND,
-            r#"{"error":{"type":"not_found","message":"try /healthz or /readyz"}}"#,
+            StatusCode::SERVICE_UNAVAILABLE,
+            r#"{"status":"upstream_unreachable"}"#,
         ),
     }
 }
 
+fn traces_off() -> Response<Full<Bytes>> {
+    error(
+        StatusCode::NOT_FOUND,
+        "traces_off",
+        "the recent-requests view is off (RAGSCOPE_RECENT_TRACES=0 or OTEL_SDK_DISABLED=true)",
+    )
+}
+
+fn html(page: String) -> Response<Full<Bytes>> {
+    let mut r = respond(StatusCode::OK, "text/html; charset=utf-8", page.into());
+    // The page is self-contained: nothing may be loaded from elsewhere, and it runs only its own
+    // inline script.
+    r.headers_mut().insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src 'self'; base-uri 'none'; form-action 'none'",
+        ),
+    );
+    r
+}
+
+fn error(status: StatusCode, kind: &str, message: &str) -> Response<Full<Bytes>> {
+    let body = serde_json::json!({"error": {"type": kind, "message": message}});
+    respond(status, "application/json", body.to_string().into())
+}
+
 fn json(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    respond(
+        status,
+        "application/json",
+        Bytes::from_static(body.as_bytes()),
+    )
+}
+
+fn respond(status: StatusCode, content_type: &'static str, body: Bytes) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body));
     *r.status_mut() = status;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static("application/json"),
-    );
-    r.headers_mut().insert(
-        header::CACHE_CONTROL,
-        header::HeaderValue::from_static("no-store"),
-    );
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r
 }

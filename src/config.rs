@@ -99,6 +99,9 @@ pub struct Config {
     pub h2_max_concurrent_streams: u32,
     /// Telemetry settings from the `OTEL_*` variables.
     pub telemetry: TelemetryConfig,
+    /// Operations: recent-requests view and active health checks (`RAGSCOPE_RECENT_TRACES`,
+    /// `RAGSCOPE_HEALTH_*`).
+    pub ops: OpsConfig,
     /// `OTEL_*` values that were invalid and ignored, per the OpenTelemetry specification.
     pub warnings: Vec<String>,
 }
@@ -313,7 +316,94 @@ impl Config {
                 |v| v.parse::<u32>().ok().filter(|n| *n >= 1),
             )?,
             telemetry,
+            ops: OpsConfig::from_reader(&r)?,
             warnings,
+        })
+    }
+}
+
+/// Operations settings: what the admin listener shows and how the upstream is watched.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OpsConfig {
+    /// `RAGSCOPE_RECENT_TRACES`: requests kept for `/traces` (0 = off).
+    pub recent_traces: usize,
+    /// Active health checks of the upstream; `None` (no `RAGSCOPE_HEALTH_PATH`) = passive only.
+    pub health: Option<HealthCheckConfig>,
+}
+
+/// Active health checks (`RAGSCOPE_HEALTH_*`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthCheckConfig {
+    /// `RAGSCOPE_HEALTH_PATH`: path (and query) of the upstream's health endpoint; 2xx = healthy.
+    pub path: http::uri::PathAndQuery,
+    /// `RAGSCOPE_HEALTH_INTERVAL`: time between checks.
+    pub interval: Duration,
+    /// `RAGSCOPE_HEALTH_TIMEOUT`: one check's limit (at most the interval).
+    pub timeout: Duration,
+    /// `RAGSCOPE_HEALTH_UNHEALTHY_THRESHOLD`: consecutive failures that mark the upstream down.
+    pub unhealthy_threshold: u32,
+    /// `RAGSCOPE_HEALTH_HEALTHY_THRESHOLD`: consecutive successes that mark it up again.
+    pub healthy_threshold: u32,
+}
+
+impl OpsConfig {
+    fn from_reader<S: Source + ?Sized>(r: &Reader<'_, S>) -> Result<OpsConfig, ConfigError> {
+        let recent_traces = r.parse(
+            "RAGSCOPE_RECENT_TRACES",
+            "1000",
+            "a whole number of requests between 0 (off) and 100000",
+            |v| v.parse::<usize>().ok().filter(|n| *n <= 100_000),
+        )?;
+        let path = r.parse(
+            "RAGSCOPE_HEALTH_PATH",
+            "off",
+            "a path starting with / like /health, or off",
+            |v| {
+                if v.eq_ignore_ascii_case("off") {
+                    return Some(None);
+                }
+                v.starts_with('/')
+                    .then(|| v.parse::<http::uri::PathAndQuery>().ok())
+                    .flatten()
+                    .map(Some)
+            },
+        )?;
+        let interval = r.parse(
+            "RAGSCOPE_HEALTH_INTERVAL",
+            "10s",
+            "a duration of at least 100ms, like 10s",
+            |v| parse_duration(v).filter(|d| *d >= Duration::from_millis(100)),
+        )?;
+        let timeout = r.parse(
+            "RAGSCOPE_HEALTH_TIMEOUT",
+            "2s",
+            "a duration of at least 10ms, like 2s",
+            |v| parse_duration(v).filter(|d| *d >= Duration::from_millis(10)),
+        )?;
+        let threshold_form = "a whole number of consecutive checks between 1 and 10";
+        let threshold = |v: &str| v.parse::<u32>().ok().filter(|n| (1..=10).contains(n));
+        let unhealthy_threshold = r.parse(
+            "RAGSCOPE_HEALTH_UNHEALTHY_THRESHOLD",
+            "2",
+            threshold_form,
+            threshold,
+        )?;
+        let healthy_threshold = r.parse(
+            "RAGSCOPE_HEALTH_HEALTHY_THRESHOLD",
+            "2",
+            threshold_form,
+            threshold,
+        )?;
+        Ok(OpsConfig {
+            recent_traces,
+            health: path.map(|path| HealthCheckConfig {
+                path,
+                interval,
+                // A check that outlives its interval would delay the next one: cap it.
+                timeout: timeout.min(interval),
+                unhealthy_threshold,
+                healthy_threshold,
+            }),
         })
     }
 }
@@ -689,6 +779,37 @@ mod tests {
 
     fn parse(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
         Config::from_source(vars)
+    }
+
+    #[test]
+    fn ops_defaults_and_forms() {
+        let c = parse(&[]).expect("defaults");
+        assert_eq!(c.ops.recent_traces, 1000);
+        assert_eq!(c.ops.health, None);
+        let c = parse(&[
+            ("RAGSCOPE_HEALTH_PATH", "/health?deep=1"),
+            ("RAGSCOPE_HEALTH_INTERVAL", "1s"),
+            ("RAGSCOPE_HEALTH_TIMEOUT", "5s"),
+            ("RAGSCOPE_HEALTH_UNHEALTHY_THRESHOLD", "3"),
+            ("RAGSCOPE_RECENT_TRACES", "0"),
+        ])
+        .expect("valid");
+        let h = c.ops.health.expect("health checks on");
+        assert_eq!(h.path.as_str(), "/health?deep=1");
+        assert_eq!(h.interval, Duration::from_secs(1));
+        assert_eq!(h.timeout, Duration::from_secs(1), "capped at the interval");
+        assert_eq!((h.unhealthy_threshold, h.healthy_threshold), (3, 2));
+        assert_eq!(c.ops.recent_traces, 0);
+        for (var, value) in [
+            ("RAGSCOPE_HEALTH_PATH", "health"),
+            ("RAGSCOPE_HEALTH_INTERVAL", "10ms"),
+            ("RAGSCOPE_HEALTH_UNHEALTHY_THRESHOLD", "0"),
+            ("RAGSCOPE_HEALTH_HEALTHY_THRESHOLD", "11"),
+            ("RAGSCOPE_RECENT_TRACES", "lots"),
+        ] {
+            let e = parse(&[(var, value)]).expect_err(var);
+            assert_eq!((e.var, e.value.as_str()), (var, value));
+        }
     }
 
     #[test]

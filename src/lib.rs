@@ -3,18 +3,23 @@
 //! A request's path through the crate, in order:
 //! [`config`] (parsed once) → [`listener`] (accept, HTTP/1.1 + HTTP/2, limits) →
 //! [`proxy`] (admit, forward, respond) → [`telemetry`] (spans, metrics, access log, recorded
-//! when the response body ends). [`admin`] serves health endpoints; [`server`] wires it all and
+//! when the response body ends). [`admin`] serves health, metrics and the recent-requests view
+//! ([`trace_view`], [`debug_config`]), [`health`] checks the upstream actively; [`server`] wires it all and
 //! drains on shutdown; [`error`] is where a failure becomes a response.
 #![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod config;
+pub mod debug_config;
+pub mod demo;
 pub mod error;
+pub mod health;
 pub mod identity;
 pub mod listener;
 pub mod proxy;
 pub mod server;
 pub mod telemetry;
+pub mod trace_view;
 
 pub use config::{Config, ConfigError, Env, Source};
 pub use server::{Server, StartError};

@@ -1,4 +1,5 @@
 //! The `ragscope` binary: parse the configuration, start, serve until SIGTERM/SIGINT, drain.
+//! `ragscope demo` and `ragscope demo-upstream` dispatch to [`ragscope::demo`].
 #![forbid(unsafe_code)]
 
 use std::process::ExitCode;
@@ -11,6 +12,24 @@ use ragscope::{Config, Env, Server};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    match std::env::args().nth(1).as_deref() {
+        None => {}
+        Some("demo") => return ragscope::demo::main(),
+        Some("demo-upstream") => return ragscope::demo::upstream_main(),
+        Some("--version" | "-V") => {
+            println!("ragscope {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        Some(other) => {
+            eprintln!(
+                "ragscope: unknown argument {other:?}\n\
+                 usage: ragscope               run the proxy (configured by RAGSCOPE_* and OTEL_* variables)\n\
+                 \x20      ragscope demo          a demo RAG server with ragscope in front of it\n\
+                 \x20      ragscope demo-upstream the demo RAG server alone"
+            );
+            return ExitCode::from(2);
+        }
+    }
     let config = match Config::from_source(&Env) {
         Ok(c) => c,
         Err(e) => {

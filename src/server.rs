@@ -35,6 +35,9 @@ pub enum StartError {
     /// The upstream client could not be built.
     #[error(transparent)]
     Client(#[from] ClientError),
+    /// The active health checker could not be built.
+    #[error(transparent)]
+    Health(#[from] crate::health::HealthError),
 }
 
 /// A running ragscope: the proxy and admin listeners, bound and serving.
@@ -64,17 +67,27 @@ impl Server {
         let admin_addr = admin.as_ref().and_then(|l| l.local_addr().ok());
 
         let config_upstream = format!("{}://{}", config.upstream.scheme, config.upstream.authority);
-        let telemetry = Telemetry::start(&config.telemetry)?;
+        let telemetry = Telemetry::start_with_recent(&config.telemetry, config.ops.recent_traces)?;
         let proxy = Arc::new(Proxy::new(config.clone(), telemetry.clone())?);
         let (shutdown, shutdown_rx) = watch::channel(false);
 
+        let health_checker = match &config.ops.health {
+            Some(health) => Some(crate::health::HealthChecker::start(
+                health,
+                &config.upstream,
+                &telemetry.meter(),
+            )?),
+            None => None,
+        };
         let admin_task = admin.map(|listener| {
-            let probe_timeout = config.connect_timeout.min(Duration::from_secs(2));
             tokio::spawn(crate::admin::serve(
                 listener,
-                proxy.clone(),
-                config.upstream.clone(),
-                probe_timeout,
+                crate::admin::AdminContext {
+                    proxy: proxy.clone(),
+                    config: config.clone(),
+                    health: health_checker.as_ref().map(|h| h.health().clone()),
+                    probe_timeout: config.connect_timeout.min(Duration::from_secs(2)),
+                },
             ))
         });
         let task = tokio::spawn(async move {
@@ -90,6 +103,7 @@ impl Server {
             };
             crate::listener::serve(listener, proxy.clone(), config.clone(), shutdown_rx).await;
             drain_flag.abort();
+            drop(health_checker);
             // Telemetry is flushed last, so the drained requests' spans are in it.
             telemetry.shutdown(TELEMETRY_FLUSH_TIMEOUT).await;
             if let Some(admin) = admin_task {

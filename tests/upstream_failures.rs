@@ -9,7 +9,12 @@ use support::*;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn dead_upstream_is_502_with_a_json_error() {
-    let proxy = Proxy::builder().upstream(&dead_addr()).run().await;
+    // No exporter and no recent-requests ring: nothing records spans, so no trace id either.
+    let proxy = Proxy::builder()
+        .upstream(&dead_addr())
+        .env("RAGSCOPE_RECENT_TRACES", "0")
+        .run()
+        .await;
     let reply = Client::http1().get(proxy.url("/v1/chat/completions")).await;
     assert_eq!(reply.status, 502);
     assert_eq!(reply.header("content-type"), Some("application/json"));

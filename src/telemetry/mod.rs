@@ -11,6 +11,8 @@ mod exchange;
 mod export;
 pub mod logging;
 mod metrics;
+pub mod prometheus;
+pub mod recent;
 pub mod trace_context;
 
 use std::sync::Arc;
@@ -34,6 +36,8 @@ use crate::config::{
 
 pub use exchange::{Ending, Exchange, RequestFacts, UpstreamAttributes};
 pub use metrics::Instruments;
+pub use prometheus::PrometheusEndpoint;
+pub use recent::{RecentTraces, TraceFilter};
 
 /// A telemetry pipeline that could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -88,15 +92,39 @@ pub struct Telemetry {
     instruments: Instruments,
     tracer_provider: Option<SdkTracerProvider>,
     meter_provider: SdkMeterProvider,
+    /// The registry `/metrics` renders; `None` when the SDK is disabled.
+    prometheus: Option<PrometheusEndpoint>,
+    /// Recent requests for `/traces`; `None` when the ring is off or the SDK is disabled.
+    recent: Option<Arc<RecentTraces>>,
 }
 
 impl Telemetry {
-    /// Builds the pipeline. Must run inside the tokio runtime (the gRPC exporter needs it).
+    /// Builds the pipeline without the recent-requests ring. Must run inside the tokio runtime
+    /// (the gRPC exporter needs it).
     pub fn start(config: &TelemetryConfig) -> Result<Arc<Telemetry>, TelemetryError> {
+        Telemetry::start_with_recent(config, 0)
+    }
+
+    /// Builds the pipeline, keeping the last `recent_traces` requests for `/traces` (0 = off).
+    /// The ring needs spans, so with a ring traces are recorded even when no trace exporter is
+    /// configured; they are then only kept in memory.
+    pub fn start_with_recent(
+        config: &TelemetryConfig,
+        recent_traces: usize,
+    ) -> Result<Arc<Telemetry>, TelemetryError> {
         let resource = resource(config);
 
         let mut meter_builder = SdkMeterProvider::builder().with_resource(resource.clone());
+        let mut prometheus = None;
         if !config.sdk_disabled {
+            // The Prometheus pull reader sits beside the push exporter, whatever that is.
+            match PrometheusEndpoint::new() {
+                Ok((endpoint, reader)) => {
+                    meter_builder = meter_builder.with_reader(reader);
+                    prometheus = Some(endpoint);
+                }
+                Err(e) => tracing::warn!(error = %e, "/metrics is not available"),
+            }
             match config.metrics_exporter {
                 ExporterKind::Otlp => {
                     let exporter = otlp_exporter!(
@@ -120,10 +148,14 @@ impl Telemetry {
                 ExporterKind::None => {}
             }
         }
-        // A provider without readers hands out no-op instruments: recording costs nothing.
+        // With the SDK disabled the provider has no readers and hands out no-op instruments:
+        // recording costs nothing.
         let meter_provider = meter_builder.build();
         let instruments = Instruments::new(&meter_provider.meter("ragscope"));
 
+        let recent =
+            (!config.sdk_disabled && recent_traces > 0).then(|| RecentTraces::new(recent_traces));
+        let ring = recent.as_ref().map(|r| r.processor());
         let tracer_provider = if config.sdk_disabled {
             None
         } else {
@@ -131,15 +163,30 @@ impl Telemetry {
                 ExporterKind::Otlp => {
                     let exporter =
                         otlp_exporter!(opentelemetry_otlp::SpanExporter, &config.traces, "traces")?;
-                    Some(tracer_provider(config, resource, exporter, &instruments))
+                    Some(tracer_provider(
+                        config,
+                        resource,
+                        Some(exporter),
+                        ring,
+                        &instruments,
+                    ))
                 }
                 ExporterKind::Console => Some(tracer_provider(
                     config,
                     resource,
-                    opentelemetry_stdout::SpanExporter::default(),
+                    Some(opentelemetry_stdout::SpanExporter::default()),
+                    ring,
                     &instruments,
                 )),
-                ExporterKind::None => None,
+                ExporterKind::None => ring.map(|ring| {
+                    tracer_provider::<opentelemetry_stdout::SpanExporter>(
+                        config,
+                        resource,
+                        None,
+                        Some(ring),
+                        &instruments,
+                    )
+                }),
             }
         };
         let tracer = tracer_provider.as_ref().map(|p| p.tracer("ragscope"));
@@ -164,7 +211,25 @@ impl Telemetry {
             instruments,
             tracer_provider,
             meter_provider,
+            prometheus,
+            recent,
         }))
+    }
+
+    /// The registry behind `/metrics`, unless the SDK is disabled.
+    pub fn prometheus(&self) -> Option<&PrometheusEndpoint> {
+        self.prometheus.as_ref()
+    }
+
+    /// The recent requests behind `/traces`, unless the ring is off.
+    pub fn recent_traces(&self) -> Option<&Arc<RecentTraces>> {
+        self.recent.as_ref()
+    }
+
+    /// A meter on the provider every instrument of ragscope lives on, for parts that own their
+    /// instruments (the active health check).
+    pub fn meter(&self) -> opentelemetry::metrics::Meter {
+        self.meter_provider.meter("ragscope")
     }
 
     /// The instruments requests record into.
@@ -250,12 +315,22 @@ fn sampler(config: &SamplerConfig) -> Sampler {
 fn tracer_provider<E>(
     config: &TelemetryConfig,
     resource: Resource,
-    exporter: E,
+    exporter: Option<E>,
+    ring: Option<recent::RingProcessor>,
     instruments: &Instruments,
 ) -> SdkTracerProvider
 where
     E: opentelemetry_sdk::trace::SpanExporter + 'static,
 {
+    let mut builder = SdkTracerProvider::builder()
+        .with_resource(resource)
+        .with_sampler(sampler(&config.sampler));
+    if let Some(ring) = ring {
+        builder = builder.with_span_processor(ring);
+    }
+    let Some(exporter) = exporter else {
+        return builder.build();
+    };
     let (processor_gate, exporter) = export::counting(
         exporter,
         config.bsp_max_queue_size,
@@ -270,9 +345,7 @@ where
                 .build(),
         )
         .build();
-    SdkTracerProvider::builder()
-        .with_resource(resource)
-        .with_sampler(sampler(&config.sampler))
+    builder
         .with_span_processor(processor_gate.wrap(batch))
         .build()
 }

@@ -1,0 +1,174 @@
+//! `/debug/config`: the effective configuration as JSON, after defaults and parsing, with
+//! secrets masked: OTLP header values (collector API keys), key-like resource attributes, and
+//! credentials in URLs. Listed field by field on purpose: a setting added later stays out of
+//! this page until someone decides how it is shown, so nothing leaks by default.
+
+use serde_json::{Value, json};
+
+use crate::config::{
+    Config, ExporterKind, LogFormat, OtlpProtocol, OtlpSignal, ParentRoot, SamplerConfig,
+};
+
+/// What a masked value is shown as.
+pub const MASK: &str = "***";
+
+/// The effective configuration, secrets masked.
+pub fn render(config: &Config) -> Value {
+    let t = &config.telemetry;
+    json!({
+        "RAGSCOPE_LISTEN": config.listen.to_string(),
+        "RAGSCOPE_UPSTREAM": format!("{}://{}", config.upstream.scheme, config.upstream.authority),
+        "RAGSCOPE_ADMIN_LISTEN": config.admin_listen.map_or("off".to_owned(), |a| a.to_string()),
+        "RAGSCOPE_LOG": config.log,
+        "RAGSCOPE_LOG_FORMAT": match config.log_format { LogFormat::Json => "json", LogFormat::Text => "text" },
+        "RAGSCOPE_CONNECT_TIMEOUT": duration(config.connect_timeout),
+        "RAGSCOPE_RESPONSE_TIMEOUT": duration(config.response_timeout),
+        "RAGSCOPE_IDLE_TIMEOUT": duration(config.idle_timeout),
+        "RAGSCOPE_MAX_REQUEST_BODY": config.max_request_body,
+        "RAGSCOPE_DRAIN_TIMEOUT": duration(config.drain_timeout),
+        "RAGSCOPE_HEADER_READ_TIMEOUT": duration(config.header_read_timeout),
+        "RAGSCOPE_MAX_CONNECTIONS": config.max_connections,
+        "RAGSCOPE_MAX_HEADER_BYTES": config.max_header_bytes,
+        "RAGSCOPE_MAX_HEADERS": config.max_headers,
+        "RAGSCOPE_H2_MAX_CONCURRENT_STREAMS": config.h2_max_concurrent_streams,
+        "RAGSCOPE_RECENT_TRACES": config.ops.recent_traces,
+        "RAGSCOPE_HEALTH_PATH": config.ops.health.as_ref().map_or("off".to_owned(), |h| h.path.to_string()),
+        "RAGSCOPE_HEALTH_INTERVAL": config.ops.health.as_ref().map(|h| duration(h.interval)),
+        "RAGSCOPE_HEALTH_TIMEOUT": config.ops.health.as_ref().map(|h| duration(h.timeout)),
+        "RAGSCOPE_HEALTH_UNHEALTHY_THRESHOLD": config.ops.health.as_ref().map(|h| h.unhealthy_threshold),
+        "RAGSCOPE_HEALTH_HEALTHY_THRESHOLD": config.ops.health.as_ref().map(|h| h.healthy_threshold),
+        "OTEL_SDK_DISABLED": t.sdk_disabled,
+        "OTEL_TRACES_EXPORTER": exporter(t.traces_exporter),
+        "OTEL_METRICS_EXPORTER": exporter(t.metrics_exporter),
+        "traces": signal(&t.traces),
+        "metrics": signal(&t.metrics),
+        "OTEL_SERVICE_NAME": t.service_name,
+        "OTEL_RESOURCE_ATTRIBUTES": t.resource_attributes.iter()
+            .map(|(k, v)| (k.clone(), Value::String(if key_like(k) { MASK.to_owned() } else { v.clone() })))
+            .collect::<serde_json::Map<_, _>>(),
+        "OTEL_TRACES_SAMPLER": sampler(&t.sampler),
+        "OTEL_PROPAGATORS": {
+            "tracecontext": t.propagators.trace_context,
+            "baggage": t.propagators.baggage,
+        },
+        "OTEL_BSP_MAX_QUEUE_SIZE": t.bsp_max_queue_size,
+        "OTEL_BSP_SCHEDULE_DELAY": duration(t.bsp_schedule_delay),
+        "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": t.bsp_max_export_batch_size,
+        "OTEL_METRIC_EXPORT_INTERVAL": duration(t.metric_export_interval),
+        "OTEL_METRIC_EXPORT_TIMEOUT": duration(t.metric_export_timeout),
+        "warnings": config.warnings,
+    })
+}
+
+fn signal(s: &OtlpSignal) -> Value {
+    json!({
+        "protocol": match s.protocol { OtlpProtocol::Grpc => "grpc", OtlpProtocol::HttpProtobuf => "http/protobuf" },
+        "endpoint": mask_userinfo(&s.endpoint),
+        "timeout": duration(s.timeout),
+        // Header names help debugging; their values are credentials.
+        "headers": s.headers.iter()
+            .map(|(k, _)| (k.clone(), Value::String(MASK.to_owned())))
+            .collect::<serde_json::Map<_, _>>(),
+    })
+}
+
+fn exporter(e: ExporterKind) -> &'static str {
+    match e {
+        ExporterKind::Otlp => "otlp",
+        ExporterKind::Console => "console",
+        ExporterKind::None => "none",
+    }
+}
+
+fn sampler(s: &SamplerConfig) -> String {
+    match s {
+        SamplerConfig::AlwaysOn => "always_on".to_owned(),
+        SamplerConfig::AlwaysOff => "always_off".to_owned(),
+        SamplerConfig::TraceIdRatio(r) => format!("traceidratio {r}"),
+        SamplerConfig::ParentBased(ParentRoot::AlwaysOn) => "parentbased_always_on".to_owned(),
+        SamplerConfig::ParentBased(ParentRoot::AlwaysOff) => "parentbased_always_off".to_owned(),
+        SamplerConfig::ParentBased(ParentRoot::TraceIdRatio(r)) => {
+            format!("parentbased_traceidratio {r}")
+        }
+    }
+}
+
+fn duration(d: std::time::Duration) -> String {
+    format!("{}ms", d.as_millis())
+}
+
+/// Names that usually hold a credential.
+fn key_like(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    [
+        "key",
+        "token",
+        "secret",
+        "password",
+        "passwd",
+        "auth",
+        "credential",
+        "cookie",
+        "session",
+    ]
+    .iter()
+    .any(|w| n.contains(w))
+}
+
+/// `https://user:pass@host/x` → `https://***@host/x`.
+fn mask_userinfo(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://{MASK}{}", &rest[at..]),
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_masked() {
+        let config = Config::from_source(
+            [
+                (
+                    "OTEL_EXPORTER_OTLP_HEADERS",
+                    "x-api-key=sk-123,x-tenant=acme",
+                ),
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://u:p@collector:4318"),
+                (
+                    "OTEL_RESOURCE_ATTRIBUTES",
+                    "deployment.environment=prod,vendor.api_token=tok",
+                ),
+            ]
+            .as_slice(),
+        )
+        .expect("valid");
+        let text = render(&config).to_string();
+        for secret in ["sk-123", "acme", "u:p", "tok\""] {
+            assert!(!text.contains(secret), "{secret} leaked: {text}");
+        }
+        let v = render(&config);
+        assert_eq!(v["traces"]["headers"]["x-api-key"], MASK);
+        assert_eq!(
+            v["OTEL_RESOURCE_ATTRIBUTES"]["deployment.environment"],
+            "prod"
+        );
+        assert_eq!(
+            v["traces"]["endpoint"],
+            "http://***@collector:4318/v1/traces"
+        );
+        assert_eq!(v["RAGSCOPE_RECENT_TRACES"], 1000);
+    }
+
+    #[test]
+    fn userinfo() {
+        assert_eq!(mask_userinfo("http://h:1/a@b"), "http://h:1/a@b");
+        assert_eq!(mask_userinfo("http://a@h"), "http://***@h");
+        assert_eq!(mask_userinfo("nonsense"), "nonsense");
+    }
+}

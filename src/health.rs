@@ -1,0 +1,292 @@
+//! Active health checks of the upstream: a GET of `RAGSCOPE_HEALTH_PATH` every
+//! `RAGSCOPE_HEALTH_INTERVAL`, with thresholds of consecutive failures (down) and successes (up).
+//! The state drives `/readyz`, the gauge `ragscope.upstream.up` and a log line per transition;
+//! each check's latency goes to `ragscope.upstream.health_check.duration`.
+//!
+//! The checks use their own small client, not the proxy's pool: a check must not borrow a
+//! connection a request could use, and must not appear as traffic in spans or HTTP metrics.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, StatusCode, header};
+use http_body_util::Empty;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use opentelemetry::KeyValue;
+use opentelemetry::metrics::{Histogram, Meter, ObservableGauge};
+
+use crate::config::{HealthCheckConfig, Upstream};
+
+/// The health checker could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum HealthError {
+    /// https upstream but no trust anchors to check it with.
+    #[error(
+        "RAGSCOPE_HEALTH_PATH is set for an https upstream but no system root certificates were found"
+    )]
+    NoRoots,
+    /// rustls refused the configuration.
+    #[error("cannot configure TLS for the upstream health checks: {0}")]
+    Tls(#[from] rustls::Error),
+    /// The upstream URL and the health path do not make a URL.
+    #[error("RAGSCOPE_HEALTH_PATH does not make a valid URL with RAGSCOPE_UPSTREAM: {0}")]
+    Url(#[from] http::Error),
+}
+
+/// Buckets for the check latency, seconds: health endpoints answer in milliseconds, a struggling
+/// one takes up to the timeout.
+const CHECK_BUCKETS: [f64; 12] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
+/// What the checks concluded so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamState {
+    /// No check has finished yet.
+    Unknown,
+    /// Healthy.
+    Up,
+    /// Unhealthy.
+    Down,
+}
+
+/// The upstream's health as the checker last concluded, shared with `/readyz` and the gauge.
+#[derive(Debug)]
+pub struct UpstreamHealth {
+    state: AtomicU8,
+}
+
+impl UpstreamHealth {
+    fn new() -> Arc<UpstreamHealth> {
+        Arc::new(UpstreamHealth {
+            state: AtomicU8::new(0),
+        })
+    }
+
+    /// The current state.
+    pub fn state(&self) -> UpstreamState {
+        match self.state.load(Ordering::Acquire) {
+            1 => UpstreamState::Up,
+            2 => UpstreamState::Down,
+            _ => UpstreamState::Unknown,
+        }
+    }
+
+    fn set(&self, state: UpstreamState) {
+        let v = match state {
+            UpstreamState::Unknown => 0,
+            UpstreamState::Up => 1,
+            UpstreamState::Down => 2,
+        };
+        self.state.store(v, Ordering::Release);
+    }
+}
+
+/// The running checker: its shared state and the instruments it keeps alive.
+#[derive(Debug)]
+pub struct HealthChecker {
+    health: Arc<UpstreamHealth>,
+    task: tokio::task::JoinHandle<()>,
+    _gauge: ObservableGauge<i64>,
+}
+
+impl HealthChecker {
+    /// Starts checking `upstream` per `config`; the first check runs at once.
+    pub fn start(
+        config: &HealthCheckConfig,
+        upstream: &Upstream,
+        meter: &Meter,
+    ) -> Result<HealthChecker, HealthError> {
+        let health = UpstreamHealth::new();
+        let gauge = {
+            let health = health.clone();
+            meter
+                // No unit: with "1" the Prometheus name would become `ragscope_upstream_up_ratio`.
+                .i64_observable_gauge("ragscope.upstream.up")
+                .with_description(
+                    "1 when the upstream passes its active health checks, 0 when it is down.",
+                )
+                .with_callback(move |observer| match health.state() {
+                    UpstreamState::Up => observer.observe(1, &[]),
+                    UpstreamState::Down => observer.observe(0, &[]),
+                    // Nothing is claimed before the first check has an answer.
+                    UpstreamState::Unknown => {}
+                })
+                .build()
+        };
+        let duration = meter
+            .f64_histogram("ragscope.upstream.health_check.duration")
+            .with_unit("s")
+            .with_description("Latency of the active health checks of the upstream, by result.")
+            .with_boundaries(CHECK_BUCKETS.to_vec())
+            .build();
+        let uri = upstream.uri_for(Some(&config.path))?;
+        let checker = Checker {
+            client: client(upstream, config.timeout)?,
+            uri,
+            host: upstream.authority.to_string(),
+            config: config.clone(),
+            health: health.clone(),
+            duration,
+        };
+        Ok(HealthChecker {
+            health,
+            task: tokio::spawn(checker.run()),
+            _gauge: gauge,
+        })
+    }
+
+    /// The shared state.
+    pub fn health(&self) -> &Arc<UpstreamHealth> {
+        &self.health
+    }
+}
+
+impl Drop for HealthChecker {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+type HealthClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>;
+
+fn client(upstream: &Upstream, timeout: Duration) -> Result<HealthClient, HealthError> {
+    let mut http = HttpConnector::new();
+    http.set_connect_timeout(Some(timeout));
+    http.set_nodelay(true);
+    http.enforce_http(false);
+    let native = rustls_native_certs::load_native_certs();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add_parsable_certificates(native.certs);
+    if upstream.scheme == http::uri::Scheme::HTTPS && roots.is_empty() {
+        return Err(HealthError::NoRoots);
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
+    Ok(Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .build(connector))
+}
+
+struct Checker {
+    client: HealthClient,
+    uri: http::Uri,
+    host: String,
+    config: HealthCheckConfig,
+    health: Arc<UpstreamHealth>,
+    duration: Histogram<f64>,
+}
+
+impl Checker {
+    async fn run(self) {
+        let mut ticks = tokio::time::interval(self.config.interval);
+        // A slow check delays the next one instead of firing a burst to catch up.
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let (mut successes, mut failures) = (0u32, 0u32);
+        loop {
+            ticks.tick().await;
+            let start = Instant::now();
+            let outcome = self.check().await;
+            let elapsed = start.elapsed().as_secs_f64();
+            let result = if outcome.is_ok() {
+                "success"
+            } else {
+                "failure"
+            };
+            self.duration
+                .record(elapsed, &[KeyValue::new("result", result)]);
+            match outcome {
+                Ok(()) => {
+                    successes += 1;
+                    failures = 0;
+                }
+                Err(reason) => {
+                    failures += 1;
+                    successes = 0;
+                    tracing::debug!(%reason, failures, "upstream health check failed");
+                    self.transition(&reason, successes, failures);
+                    continue;
+                }
+            }
+            self.transition("", successes, failures);
+        }
+    }
+
+    /// Applies the thresholds. The first answer decides at once: before it, nothing is known
+    /// and waiting for a threshold would leave readiness undecided for several intervals.
+    fn transition(&self, reason: &str, successes: u32, failures: u32) {
+        let before = self.health.state();
+        let after = match before {
+            UpstreamState::Unknown if successes > 0 => UpstreamState::Up,
+            UpstreamState::Unknown => UpstreamState::Down,
+            UpstreamState::Up if failures >= self.config.unhealthy_threshold => UpstreamState::Down,
+            UpstreamState::Down if successes >= self.config.healthy_threshold => UpstreamState::Up,
+            state => state,
+        };
+        if after == before {
+            return;
+        }
+        self.health.set(after);
+        match after {
+            UpstreamState::Down => tracing::warn!(
+                upstream = %self.uri,
+                reason,
+                consecutive_failures = failures,
+                "upstream is DOWN: active health check failing"
+            ),
+            _ => tracing::info!(
+                upstream = %self.uri,
+                consecutive_successes = successes,
+                "upstream is UP: active health check passing"
+            ),
+        }
+    }
+
+    async fn check(&self) -> Result<(), String> {
+        let req = Request::get(self.uri.clone())
+            .header(header::HOST, self.host.as_str())
+            .header(
+                header::USER_AGENT,
+                concat!("ragscope-health-check/", env!("CARGO_PKG_VERSION")),
+            )
+            .body(Empty::new())
+            .map_err(|e| e.to_string())?;
+        let response = tokio::time::timeout(self.config.timeout, async {
+            let res = self.client.request(req).await.map_err(|e| {
+                let mut msg = e.to_string();
+                let mut source = std::error::Error::source(&e);
+                while let Some(s) = source {
+                    msg = format!("{msg}: {s}");
+                    source = s.source();
+                }
+                msg
+            })?;
+            let status = res.status();
+            // Drain the (small) body so the connection can be reused for the next check.
+            use http_body_util::BodyExt as _;
+            let _ = res.into_body().collect().await;
+            Ok::<StatusCode, String>(status)
+        })
+        .await
+        .map_err(|_| format!("no answer within {:?}", self.config.timeout))??;
+        if response.is_success() {
+            Ok(())
+        } else {
+            Err(format!("status {}", response.as_u16()))
+        }
+    }
+}
