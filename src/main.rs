@@ -1,4 +1,5 @@
 //! The `ragscope` binary: parse the configuration, start, serve until SIGTERM/SIGINT, drain.
+//! `ragscope hash-key NAME` prints the API-key file line for a key instead.
 #![forbid(unsafe_code)]
 
 use std::process::ExitCode;
@@ -11,6 +12,10 @@ use ragscope::{Config, Env, Server};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("hash-key") {
+        return ragscope::auth::hash_key_command(&args[1..]);
+    }
     let config = match Config::from_source(&Env) {
         Ok(c) => c,
         Err(e) => {
