@@ -219,7 +219,14 @@ impl ApiKeys {
 }
 
 fn parse_bytes(bytes: &[u8]) -> Result<Vec<Entry>, (usize, String)> {
-    let text = std::str::from_utf8(bytes).map_err(|_| (0, "the file is not UTF-8".to_owned()))?;
+    let text = std::str::from_utf8(bytes).map_err(|e| {
+        let line = bytes[..e.valid_up_to()]
+            .iter()
+            .filter(|b| **b == b'\n')
+            .count()
+            + 1;
+        (line, "not UTF-8 text".to_owned())
+    })?;
     parse_keys(text)
 }
 
@@ -397,6 +404,7 @@ mod tests {
             let (n, _) = parse_keys(text).expect_err(text);
             assert_eq!(n, line, "{text}");
         }
+        assert_eq!(parse_bytes(b"# ok\n\xff\n").expect_err("binary").0, 2);
         let dup = format!("{}\n{}\n", key_line("a", "k"), key_line("b", "k"));
         assert_eq!(parse_keys(&dup).expect_err("duplicate").0, 2);
     }
