@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use http::Uri;
@@ -97,6 +98,20 @@ pub struct Config {
     pub max_headers: usize,
     /// `RAGSCOPE_H2_MAX_CONCURRENT_STREAMS`: per HTTP/2 connection.
     pub h2_max_concurrent_streams: u32,
+    // -- TLS and access control --
+    /// `RAGSCOPE_TLS_CERT` and `RAGSCOPE_TLS_KEY`: TLS on the listener when both are set.
+    pub tls: Option<TlsFiles>,
+    /// `RAGSCOPE_TLS_CLIENT_CA`: CA bundle; set = a valid client certificate is required.
+    pub tls_client_ca: Option<PathBuf>,
+    /// `RAGSCOPE_TLS_HANDSHAKE_TIMEOUT`: a client must finish the TLS handshake within this.
+    pub tls_handshake_timeout: Duration,
+    /// `RAGSCOPE_UPSTREAM_CA`: CA bundle the https upstream is verified against instead of
+    /// the system roots.
+    pub upstream_ca: Option<PathBuf>,
+    /// `RAGSCOPE_API_KEYS_FILE`: accepted API keys; set = a key is required.
+    pub api_keys_file: Option<PathBuf>,
+    /// `RAGSCOPE_API_KEYS_FORWARD`: whether the header that carried the key goes upstream.
+    pub api_keys_forward: bool,
     /// Telemetry settings from the `OTEL_*` variables.
     pub telemetry: TelemetryConfig,
     /// Operations: recent-requests view and active health checks (`RAGSCOPE_RECENT_TRACES`,
@@ -104,6 +119,15 @@ pub struct Config {
     pub ops: OpsConfig,
     /// `OTEL_*` values that were invalid and ignored, per the OpenTelemetry specification.
     pub warnings: Vec<String>,
+}
+
+/// The listener's certificate chain and private key (PEM files).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// `RAGSCOPE_TLS_CERT`: the certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// `RAGSCOPE_TLS_KEY`: the private key (PKCS#8, SEC1 or RSA).
+    pub key: PathBuf,
 }
 
 /// The upstream server, from `RAGSCOPE_UPSTREAM`.
@@ -243,7 +267,57 @@ impl Config {
         let r = Reader { source };
         let mut warnings = Vec::new();
         let telemetry = TelemetryConfig::from_source(source, &mut warnings);
+        let path = |var: &str| non_empty(source.get(var)).map(|v| PathBuf::from(v.trim()));
+        let tls = match (path("RAGSCOPE_TLS_CERT"), path("RAGSCOPE_TLS_KEY")) {
+            (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+            (None, None) => None,
+            (Some(cert), None) => {
+                return Err(ConfigError {
+                    var: "RAGSCOPE_TLS_KEY",
+                    value: String::new(),
+                    expected: format!(
+                        "the private key file, because RAGSCOPE_TLS_CERT={} is set (set both or neither)",
+                        cert.display()
+                    ),
+                });
+            }
+            (None, Some(key)) => {
+                return Err(ConfigError {
+                    var: "RAGSCOPE_TLS_CERT",
+                    value: String::new(),
+                    expected: format!(
+                        "the certificate file, because RAGSCOPE_TLS_KEY={} is set (set both or neither)",
+                        key.display()
+                    ),
+                });
+            }
+        };
+        let tls_client_ca = path("RAGSCOPE_TLS_CLIENT_CA");
+        if let (Some(ca), None) = (&tls_client_ca, &tls) {
+            return Err(ConfigError {
+                var: "RAGSCOPE_TLS_CLIENT_CA",
+                value: ca.display().to_string(),
+                expected: "to be set only together with RAGSCOPE_TLS_CERT and RAGSCOPE_TLS_KEY (client certificates need TLS)".to_owned(),
+            });
+        }
         Ok(Config {
+            tls,
+            tls_client_ca,
+            tls_handshake_timeout: r.parse(
+                "RAGSCOPE_TLS_HANDSHAKE_TIMEOUT",
+                "10s",
+                DURATION_FORM,
+                |v| parse_duration(v).filter(|d| !d.is_zero()),
+            )?,
+            upstream_ca: path("RAGSCOPE_UPSTREAM_CA"),
+            api_keys_file: path("RAGSCOPE_API_KEYS_FILE"),
+            api_keys_forward: r.parse("RAGSCOPE_API_KEYS_FORWARD", "false", "true or false", |v| {
+                match v.to_ascii_lowercase().as_str() {
+                    "true" => Some(true),
+                    "false" => Some(false),
+                    _ => None,
+                }
+            })?,
             listen: r.parse("RAGSCOPE_LISTEN", "0.0.0.0:8080", SOCKET_FORM, parse_socket_addr)?,
             upstream: r.parse(
                 "RAGSCOPE_UPSTREAM",
@@ -900,6 +974,40 @@ mod tests {
             let err = parse(&[(var, bad)]).expect_err(var);
             assert_eq!(err.var, var);
             assert_eq!(err.value, bad);
+        }
+    }
+
+    #[test]
+    fn tls_and_access_control() {
+        let c = parse(&[]).expect("defaults");
+        assert!(c.tls.is_none() && c.api_keys_file.is_none() && !c.api_keys_forward);
+        assert_eq!(c.tls_handshake_timeout, Duration::from_secs(10));
+        let c = parse(&[
+            ("RAGSCOPE_TLS_CERT", "/tls/tls.crt"),
+            ("RAGSCOPE_TLS_KEY", "/tls/tls.key"),
+            ("RAGSCOPE_TLS_CLIENT_CA", "/tls/ca.crt"),
+            ("RAGSCOPE_API_KEYS_FILE", "/keys/keys.txt"),
+            ("RAGSCOPE_API_KEYS_FORWARD", "TRUE"),
+        ])
+        .expect("parse");
+        let tls = c.tls.expect("tls on");
+        assert_eq!(tls.cert, PathBuf::from("/tls/tls.crt"));
+        assert_eq!(tls.key, PathBuf::from("/tls/tls.key"));
+        assert_eq!(c.tls_client_ca, Some(PathBuf::from("/tls/ca.crt")));
+        assert!(c.api_keys_forward);
+
+        let err = parse(&[("RAGSCOPE_TLS_CERT", "/tls/tls.crt")]).expect_err("key missing");
+        assert_eq!(err.var, "RAGSCOPE_TLS_KEY");
+        assert!(err.to_string().contains("RAGSCOPE_TLS_CERT"), "{err}");
+        let err = parse(&[("RAGSCOPE_TLS_KEY", "/k")]).expect_err("cert missing");
+        assert_eq!(err.var, "RAGSCOPE_TLS_CERT");
+        let err = parse(&[("RAGSCOPE_TLS_CLIENT_CA", "/ca")]).expect_err("mTLS without TLS");
+        assert_eq!(err.var, "RAGSCOPE_TLS_CLIENT_CA");
+        for (var, bad) in [
+            ("RAGSCOPE_API_KEYS_FORWARD", "yes"),
+            ("RAGSCOPE_TLS_HANDSHAKE_TIMEOUT", "0s"),
+        ] {
+            assert_eq!(parse(&[(var, bad)]).expect_err(var).var, var);
         }
     }
 

@@ -69,6 +69,14 @@ pub enum ProxyError {
     /// Ragscope is shutting down and takes no new requests.
     #[error("the proxy is shutting down; retry on another instance")]
     Draining,
+    /// Access control: no API key in `Authorization: Bearer` or `X-Api-Key`.
+    #[error(
+        "an API key is required: send it as `Authorization: Bearer <key>` or `X-Api-Key: <key>`"
+    )]
+    MissingApiKey,
+    /// Access control: the API key sent is not an accepted one.
+    #[error("the API key is not valid")]
+    InvalidApiKey,
 }
 
 impl ProxyError {
@@ -84,6 +92,7 @@ impl ProxyError {
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::BadRequest(_) | ProxyError::ClientBody { .. } => StatusCode::BAD_REQUEST,
             ProxyError::Draining => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::MissingApiKey | ProxyError::InvalidApiKey => StatusCode::UNAUTHORIZED,
         }
     }
 
@@ -98,6 +107,8 @@ impl ProxyError {
             ProxyError::BadRequest(_) => "bad_request",
             ProxyError::ClientBody { .. } => "client_body_error",
             ProxyError::Draining => "draining",
+            ProxyError::MissingApiKey => "missing_api_key",
+            ProxyError::InvalidApiKey => "invalid_api_key",
         }
     }
 
@@ -110,7 +121,9 @@ impl ProxyError {
             | ProxyError::UpstreamReset { .. } => Origin::Upstream,
             ProxyError::BodyTooLarge { .. }
             | ProxyError::BadRequest(_)
-            | ProxyError::ClientBody { .. } => Origin::Downstream,
+            | ProxyError::ClientBody { .. }
+            | ProxyError::MissingApiKey
+            | ProxyError::InvalidApiKey => Origin::Downstream,
             ProxyError::Draining => Origin::Proxy,
         }
     }
@@ -151,6 +164,21 @@ impl ProxyError {
             ProxyError::Draining => {
                 headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            // RFC 6750: the challenge, with `invalid_token` when a key was sent but refused.
+            ProxyError::MissingApiKey => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"ragscope\""),
+                );
+            }
+            ProxyError::InvalidApiKey => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static(
+                        "Bearer realm=\"ragscope\", error=\"invalid_token\", error_description=\"the API key is not valid\"",
+                    ),
+                );
             }
             _ => {}
         }

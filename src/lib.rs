@@ -1,14 +1,16 @@
 //! ragscope: an observability sidecar proxy for RAG and LLM servers.
 //!
 //! A request's path through the crate, in order:
-//! [`config`] (parsed once) → [`listener`] (accept, HTTP/1.1 + HTTP/2, limits) →
-//! [`proxy`] (admit, forward, respond) → [`telemetry`] (spans, metrics, access log, recorded
-//! when the response body ends). [`admin`] serves health, metrics and the recent-requests view
-//! ([`trace_view`], [`debug_config`]), [`health`] checks the upstream actively; [`server`] wires it all and
-//! drains on shutdown; [`error`] is where a failure becomes a response.
+//! [`config`] (parsed once) → [`listener`] (accept, [`tls`], HTTP/1.1 + HTTP/2, limits) →
+//! [`proxy`] (admit with [`auth`], forward, respond) → [`telemetry`] (spans, metrics, access
+//! log, recorded when the response body ends). [`admin`] serves health, metrics and the
+//! recent-requests view ([`trace_view`], [`debug_config`]), [`health`] checks the upstream
+//! actively; [`server`] wires it all and drains on shutdown; [`error`] is where a failure becomes
+//! a response; [`reload`] picks up changed certificate and key files.
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod auth;
 pub mod config;
 pub mod debug_config;
 pub mod demo;
@@ -17,8 +19,10 @@ pub mod health;
 pub mod identity;
 pub mod listener;
 pub mod proxy;
+pub mod reload;
 pub mod server;
 pub mod telemetry;
+pub mod tls;
 pub mod trace_view;
 
 pub use config::{Config, ConfigError, Env, Source};

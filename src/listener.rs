@@ -1,9 +1,11 @@
-//! The client-facing listener: accepts TCP connections (capped), serves HTTP/1.1 and HTTP/2
-//! (prior knowledge) on one port with production limits, and drains on shutdown.
+//! The client-facing listener: accepts TCP connections (capped), optionally terminates TLS
+//! ([`crate::tls`]: HTTP/2 when ALPN says `h2`), serves HTTP/1.1 and HTTP/2 (prior knowledge
+//! in cleartext) on one port with production limits, and drains on shutdown.
 //!
 //! Failures that happen before a request exists (malformed or oversized headers that hyper
-//! answers itself, header read timeouts, resets) have no request span: they are counted in
-//! `ragscope.connection.errors` and logged here.
+//! answers itself, header read timeouts, resets, failed TLS handshakes) have no request span:
+//! they are counted in `ragscope.connection.errors` and logged here. A failed handshake costs
+//! only its own connection.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,6 +21,7 @@ use tokio::sync::{Semaphore, watch};
 
 use crate::config::Config;
 use crate::proxy::Proxy;
+use crate::tls::ListenerTls;
 
 /// Builds the connection builder with every limit set on purpose.
 fn connection_builder(config: &Config) -> auto::Builder<TokioExecutor> {
@@ -56,6 +59,7 @@ pub async fn serve(
     listener: TcpListener,
     proxy: Arc<Proxy>,
     config: Arc<Config>,
+    tls: Option<Arc<ListenerTls>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let builder = Arc::new(connection_builder(&config));
@@ -90,11 +94,34 @@ pub async fn serve(
         let proxy = proxy.clone();
         let watcher = graceful.watcher();
         let instruments = instruments.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
             instruments.connections_active.add(1, &[]);
-            let service = service_fn(move |req| proxy.clone().handle(req, peer, "http"));
-            let conn = builder.serve_connection(TokioIo::new(stream), service);
-            if let Err(e) = watcher.watch(conn).await {
+            let result = match tls {
+                None => {
+                    let service = service_fn(move |req| proxy.clone().handle(req, peer, "http"));
+                    let conn = builder.serve_connection(TokioIo::new(stream), service);
+                    watcher.watch(conn).await
+                }
+                // The handshake runs here, in the connection's own task, so a slow or hostile
+                // client never holds up the accept loop.
+                Some(tls) => match tls.accept(stream).await {
+                    Ok((stream, info)) => {
+                        let info = Arc::new(info);
+                        let service = service_fn(move |mut req: hyper::Request<_>| {
+                            req.extensions_mut().insert(info.clone());
+                            proxy.clone().handle(req, peer, "https")
+                        });
+                        let conn = builder.serve_connection(TokioIo::new(stream), service);
+                        watcher.watch(conn).await
+                    }
+                    Err(e) => {
+                        record_handshake_error(&e, peer, &instruments);
+                        Ok(())
+                    }
+                },
+            };
+            if let Err(e) = result {
                 record_connection_error(&*e, peer, &instruments);
             }
             instruments.connections_active.add(-1, &[]);
@@ -138,6 +165,24 @@ fn record_connection_error(
         _ => {
             tracing::info!(target: "ragscope::connection", client = %peer.ip(), error_type = kind, error = %error, "connection error")
         }
+    }
+}
+
+/// Records a failed TLS handshake.
+fn record_handshake_error(
+    error: &crate::tls::HandshakeError,
+    peer: SocketAddr,
+    instruments: &crate::telemetry::Instruments,
+) {
+    let kind = error.error_type();
+    instruments
+        .connection_errors
+        .add(1, &[KeyValue::new("error.type", kind)]);
+    if error.is_routine() {
+        // A peer that connects and leaves (a TCP health probe) is not worth an info line.
+        tracing::debug!(target: "ragscope::connection", client = %peer.ip(), error_type = kind, error = %error, "TLS handshake failed");
+    } else {
+        tracing::info!(target: "ragscope::connection", client = %peer.ip(), error_type = kind, error = %error, "TLS handshake failed");
     }
 }
 

@@ -1,5 +1,6 @@
 //! The `ragscope` binary: parse the configuration, start, serve until SIGTERM/SIGINT, drain.
-//! `ragscope demo` and `ragscope demo-upstream` dispatch to [`ragscope::demo`].
+//! `ragscope demo` and `ragscope demo-upstream` dispatch to [`ragscope::demo`];
+//! `ragscope hash-key NAME` prints the API-key file line for a key.
 #![forbid(unsafe_code)]
 
 use std::process::ExitCode;
@@ -16,6 +17,10 @@ fn main() -> ExitCode {
         None => {}
         Some("demo") => return ragscope::demo::main(),
         Some("demo-upstream") => return ragscope::demo::upstream_main(),
+        Some("hash-key") => {
+            let args: Vec<String> = std::env::args().skip(2).collect();
+            return ragscope::auth::hash_key_command(&args);
+        }
         Some("--version" | "-V") => {
             println!("ragscope {}", env!("CARGO_PKG_VERSION"));
             return ExitCode::SUCCESS;
@@ -25,7 +30,8 @@ fn main() -> ExitCode {
                 "ragscope: unknown argument {other:?}\n\
                  usage: ragscope               run the proxy (configured by RAGSCOPE_* and OTEL_* variables)\n\
                  \x20      ragscope demo          a demo RAG server with ragscope in front of it\n\
-                 \x20      ragscope demo-upstream the demo RAG server alone"
+                 \x20      ragscope demo-upstream the demo RAG server alone\n\
+                 \x20      ragscope hash-key NAME the API-key file line for a key read on stdin"
             );
             return ExitCode::from(2);
         }

@@ -38,6 +38,12 @@ pub enum StartError {
     /// The active health checker could not be built.
     #[error(transparent)]
     Health(#[from] crate::health::HealthError),
+    /// The listener's TLS files cannot be used.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    /// The API-key file cannot be used.
+    #[error(transparent)]
+    ApiKeys(#[from] crate::auth::KeyFileError),
 }
 
 /// A running ragscope: the proxy and admin listeners, bound and serving.
@@ -67,8 +73,33 @@ impl Server {
         let admin_addr = admin.as_ref().and_then(|l| l.local_addr().ok());
 
         let config_upstream = format!("{}://{}", config.upstream.scheme, config.upstream.authority);
+        // Files are checked before anything starts: a bad certificate or key file stops
+        // start-up with a line naming it.
+        let tls = match &config.tls {
+            Some(files) => Some(Arc::new(crate::tls::ListenerTls::new(
+                files,
+                config.tls_client_ca.as_deref(),
+                config.tls_handshake_timeout,
+            )?)),
+            None => None,
+        };
+        let api_keys = match &config.api_keys_file {
+            Some(path) => Some(Arc::new(crate::auth::ApiKeys::load(path)?)),
+            None => None,
+        };
         let telemetry = Telemetry::start_with_recent(&config.telemetry, config.ops.recent_traces)?;
-        let proxy = Arc::new(Proxy::new(config.clone(), telemetry.clone())?);
+        let mut proxy = Proxy::new(config.clone(), telemetry.clone())?;
+        let mut watchers = Vec::new();
+        if let Some(keys) = api_keys {
+            watchers.push(keys.watch(crate::reload::POLL_INTERVAL));
+            proxy = proxy.with_api_keys(keys);
+        }
+        if let Some(tls) = &tls {
+            watchers.push(tls.watch(crate::reload::POLL_INTERVAL));
+        }
+        let proxy = Arc::new(proxy);
+        let tls_on = tls.is_some();
+        let api_keys_on = config.api_keys_file.is_some();
         let (shutdown, shutdown_rx) = watch::channel(false);
 
         let health_checker = match &config.ops.health {
@@ -101,9 +132,12 @@ impl Server {
                     proxy.start_draining();
                 })
             };
-            crate::listener::serve(listener, proxy.clone(), config.clone(), shutdown_rx).await;
+            crate::listener::serve(listener, proxy.clone(), config.clone(), tls, shutdown_rx).await;
             drain_flag.abort();
             drop(health_checker);
+            for watcher in watchers {
+                watcher.abort();
+            }
             // Telemetry is flushed last, so the drained requests' spans are in it.
             telemetry.shutdown(TELEMETRY_FLUSH_TIMEOUT).await;
             if let Some(admin) = admin_task {
@@ -114,6 +148,8 @@ impl Server {
             listen = %proxy_addr,
             admin = admin_addr.map(|a| a.to_string()).unwrap_or_else(|| "off".to_owned()),
             upstream = %config_upstream,
+            tls = tls_on,
+            api_keys = api_keys_on,
             "ragscope is serving"
         );
         Ok(Server {

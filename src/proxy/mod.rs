@@ -2,8 +2,9 @@
 //!
 //! 1. **observe** — the [`Exchange`] starts first, so every request (even one refused at once)
 //!    has a span, metrics and a log line.
-//! 2. **admit** — refuse what must not be forwarded: draining, malformed framing, a declared
-//!    body over the limit.
+//! 2. **admit** — refuse what must not be forwarded: a missing or unknown API key (access
+//!    control, which also names the client for later checks), draining, malformed framing, a
+//!    declared body over the limit.
 //! 3. **forward** — strip hop-by-hop headers, then add ours (forwarded-for, trace context), and
 //!    send the request to the upstream over the pooled client, the body streaming behind it.
 //! 4. **respond** — strip the response's hop-by-hop headers and stream its body back frame by
@@ -25,6 +26,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
+use crate::auth::{ApiKeys, Refusal};
 use crate::config::Config;
 use crate::error::ProxyError;
 use crate::telemetry::{Exchange, RequestFacts, Telemetry, UpstreamAttributes};
@@ -41,6 +43,8 @@ pub struct Proxy {
     telemetry: Arc<Telemetry>,
     upstream_attributes: UpstreamAttributes,
     draining: AtomicBool,
+    /// Access control, when `RAGSCOPE_API_KEYS_FILE` is set.
+    api_keys: Option<Arc<ApiKeys>>,
 }
 
 /// An upstream client that could not be built.
@@ -52,6 +56,9 @@ pub enum ClientError {
     /// rustls refused the configuration.
     #[error("cannot configure TLS to the upstream: {0}")]
     Tls(#[from] rustls::Error),
+    /// `RAGSCOPE_UPSTREAM_CA` cannot be used.
+    #[error(transparent)]
+    UpstreamCa(#[from] crate::tls::TlsError),
 }
 
 impl Proxy {
@@ -63,17 +70,25 @@ impl Proxy {
         http.enforce_http(false);
         http.set_keepalive(Some(std::time::Duration::from_secs(60)));
 
-        let native = rustls_native_certs::load_native_certs();
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add_parsable_certificates(native.certs);
-        if config.upstream.scheme == http::uri::Scheme::HTTPS && roots.is_empty() {
-            let why = native
-                .errors
-                .first()
-                .map(|e| e.to_string())
-                .unwrap_or_else(|| "none installed".to_owned());
-            return Err(ClientError::NoRoots(why));
-        }
+        // A private CA replaces the system roots rather than adding to them: an upstream
+        // with an internal certificate should not also be trusted on a public CA's word.
+        let roots = match &config.upstream_ca {
+            Some(path) => crate::tls::load_ca_bundle("RAGSCOPE_UPSTREAM_CA", path)?,
+            None => {
+                let native = rustls_native_certs::load_native_certs();
+                let mut roots = rustls::RootCertStore::empty();
+                roots.add_parsable_certificates(native.certs);
+                if config.upstream.scheme == http::uri::Scheme::HTTPS && roots.is_empty() {
+                    let why = native
+                        .errors
+                        .first()
+                        .map(|e| e.to_string())
+                        .unwrap_or_else(|| "none installed".to_owned());
+                    return Err(ClientError::NoRoots(why));
+                }
+                roots
+            }
+        };
         let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
         ))
@@ -99,7 +114,14 @@ impl Proxy {
             client,
             telemetry,
             draining: AtomicBool::new(false),
+            api_keys: None,
         })
+    }
+
+    /// Turns access control on: every request must carry one of these keys.
+    pub fn with_api_keys(mut self, keys: Arc<ApiKeys>) -> Proxy {
+        self.api_keys = Some(keys);
+        self
     }
 
     /// From now on, new requests get 503 (connections are being closed by the listener).
@@ -120,7 +142,7 @@ impl Proxy {
     /// Serves one request from a client at `peer` that reached us over `scheme`.
     pub async fn handle(
         self: Arc<Self>,
-        req: Request<Incoming>,
+        mut req: Request<Incoming>,
         peer: SocketAddr,
         scheme: &'static str,
     ) -> Result<Response<ResponseBody>, Infallible> {
@@ -135,9 +157,17 @@ impl Proxy {
         );
         let mut exchange = Exchange::begin(self.telemetry.clone(), facts, req.headers());
         let version = req.version();
+        if let Some(tls) = req.extensions().get::<Arc<crate::tls::TlsInfo>>() {
+            for attribute in tls.attributes() {
+                exchange.set_server_attribute(attribute.clone());
+            }
+        }
 
         // admit, forward
-        let outcome = match self.admit(&req) {
+        let admitted = self
+            .authenticate(&mut req, &mut exchange)
+            .and_then(|()| self.admit(&req));
+        let outcome = match admitted {
             Ok(()) => self.forward(req, peer, scheme, &mut exchange).await,
             Err(e) => Err(e),
         };
@@ -147,6 +177,35 @@ impl Proxy {
             Ok(response) => self.respond(response, exchange, version),
             Err(error) => error_response(&error, exchange, version),
         })
+    }
+
+    /// Access control: a listed API key admits the request, its name goes into the request's
+    /// extensions (for rate limiting) and onto the span, and the header that carried it is
+    /// removed unless `RAGSCOPE_API_KEYS_FORWARD` is on. Runs first, so a client without a
+    /// key learns nothing else about the proxy or the upstream.
+    fn authenticate(
+        &self,
+        req: &mut Request<Incoming>,
+        exchange: &mut Exchange,
+    ) -> Result<(), ProxyError> {
+        let Some(keys) = &self.api_keys else {
+            return Ok(());
+        };
+        match keys.check(req.headers()) {
+            Ok(accepted) => {
+                exchange.set_server_attribute(opentelemetry::KeyValue::new(
+                    "ragscope.api_key.name",
+                    accepted.name.as_str().to_owned(),
+                ));
+                if !self.config.api_keys_forward {
+                    req.headers_mut().remove(&accepted.header);
+                }
+                req.extensions_mut().insert(accepted.name);
+                Ok(())
+            }
+            Err(Refusal::Missing) => Err(ProxyError::MissingApiKey),
+            Err(Refusal::Invalid) => Err(ProxyError::InvalidApiKey),
+        }
     }
 
     /// Checks the request can be forwarded.

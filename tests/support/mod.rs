@@ -13,6 +13,8 @@
 //!   and OTLP/HTTP protobuf, flattening what it receives into
 //!   [`CollectedSpan`]s and [`CollectedMetric`]s.
 //!
+//! * [`tls`]: a private CA (rcgen), certificate files, TLS clients and an https upstream.
+//!
 //! Integration tests use it with `mod support; use support::*;`.
 
 #![allow(dead_code)]
@@ -20,6 +22,7 @@
 pub mod otlp;
 pub mod ragscope;
 mod serve;
+pub mod tls;
 pub mod upstream;
 
 // A test binary that uses only part of the library would otherwise warn.
@@ -27,6 +30,8 @@ pub mod upstream;
 pub use otlp::*;
 #[allow(unused_imports)]
 pub use ragscope::*;
+#[allow(unused_imports)]
+pub use tls::*;
 #[allow(unused_imports)]
 pub use upstream::*;
 
