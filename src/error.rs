@@ -69,6 +69,16 @@ pub enum ProxyError {
     /// Ragscope is shutting down and takes no new requests.
     #[error("the proxy is shutting down; retry on another instance")]
     Draining,
+    /// The client is over its rate limit (`RAGSCOPE_RATE_LIMIT`); the upstream was not called.
+    #[error("rate limit exceeded; retry after {retry_after} s")]
+    RateLimited {
+        /// Whole seconds (rounded up) until a request would be allowed.
+        retry_after: u64,
+        /// The bucket size, for `x-ratelimit-limit`.
+        limit: u32,
+        /// Whole seconds until the bucket is full again, for `x-ratelimit-reset`.
+        reset: u64,
+    },
 }
 
 impl ProxyError {
@@ -84,6 +94,7 @@ impl ProxyError {
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::BadRequest(_) | ProxyError::ClientBody { .. } => StatusCode::BAD_REQUEST,
             ProxyError::Draining => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -98,6 +109,7 @@ impl ProxyError {
             ProxyError::BadRequest(_) => "bad_request",
             ProxyError::ClientBody { .. } => "client_body_error",
             ProxyError::Draining => "draining",
+            ProxyError::RateLimited { .. } => "rate_limited",
         }
     }
 
@@ -110,7 +122,8 @@ impl ProxyError {
             | ProxyError::UpstreamReset { .. } => Origin::Upstream,
             ProxyError::BodyTooLarge { .. }
             | ProxyError::BadRequest(_)
-            | ProxyError::ClientBody { .. } => Origin::Downstream,
+            | ProxyError::ClientBody { .. }
+            | ProxyError::RateLimited { .. } => Origin::Downstream,
             ProxyError::Draining => Origin::Proxy,
         }
     }
@@ -151,6 +164,16 @@ impl ProxyError {
             ProxyError::Draining => {
                 headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            ProxyError::RateLimited {
+                retry_after,
+                limit,
+                reset,
+            } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
+                headers.insert("x-ratelimit-limit", HeaderValue::from(*limit));
+                headers.insert("x-ratelimit-remaining", HeaderValue::from_static("0"));
+                headers.insert("x-ratelimit-reset", HeaderValue::from(*reset));
             }
             _ => {}
         }

@@ -2,7 +2,7 @@
 //!
 //! A request's path through the crate, in order:
 //! [`config`] (parsed once) → [`listener`] (accept, HTTP/1.1 + HTTP/2, limits) →
-//! [`proxy`] (admit, forward, respond) → [`telemetry`] (spans, metrics, access log, recorded
+//! [`proxy`] (admit — with [`limit`] for rate limits —, forward, respond) → [`telemetry`] (spans, metrics, access log, recorded
 //! when the response body ends). [`admin`] serves health endpoints; [`server`] wires it all and
 //! drains on shutdown; [`error`] is where a failure becomes a response.
 #![forbid(unsafe_code)]
@@ -11,6 +11,7 @@ pub mod admin;
 pub mod config;
 pub mod error;
 pub mod identity;
+pub mod limit;
 pub mod listener;
 pub mod proxy;
 pub mod server;

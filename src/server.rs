@@ -35,6 +35,9 @@ pub enum StartError {
     /// The upstream client could not be built.
     #[error(transparent)]
     Client(#[from] ClientError),
+    /// The rate limiter could not be built.
+    #[error(transparent)]
+    RateLimit(#[from] crate::limit::LimitError),
 }
 
 /// A running ragscope: the proxy and admin listeners, bound and serving.
@@ -65,7 +68,10 @@ impl Server {
 
         let config_upstream = format!("{}://{}", config.upstream.scheme, config.upstream.authority);
         let telemetry = Telemetry::start(&config.telemetry)?;
-        let proxy = Arc::new(Proxy::new(config.clone(), telemetry.clone())?);
+        let limiter =
+            crate::limit::RateLimiter::from_config(&config.rate_limit, &telemetry.meter())?;
+        let proxy =
+            Arc::new(Proxy::new(config.clone(), telemetry.clone())?.with_rate_limiter(limiter));
         let (shutdown, shutdown_rx) = watch::channel(false);
 
         let admin_task = admin.map(|listener| {

@@ -3,7 +3,8 @@
 //! 1. **observe** — the [`Exchange`] starts first, so every request (even one refused at once)
 //!    has a span, metrics and a log line.
 //! 2. **admit** — refuse what must not be forwarded: draining, malformed framing, a declared
-//!    body over the limit.
+//!    body over the limit; then the rate limit ([`crate::limit`]), whose headers go on every
+//!    response.
 //! 3. **forward** — strip hop-by-hop headers, then add ours (forwarded-for, trace context), and
 //!    send the request to the upstream over the pooled client, the body streaming behind it.
 //! 4. **respond** — strip the response's hop-by-hop headers and stream its body back frame by
@@ -27,6 +28,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::config::Config;
 use crate::error::ProxyError;
+use crate::limit::{Decision, RateLimiter};
 use crate::telemetry::{Exchange, RequestFacts, Telemetry, UpstreamAttributes};
 
 pub use body::{BodyError, RequestBody, RequestBodyFailure, ResponseBody};
@@ -41,6 +43,7 @@ pub struct Proxy {
     telemetry: Arc<Telemetry>,
     upstream_attributes: UpstreamAttributes,
     draining: AtomicBool,
+    rate_limiter: Option<Arc<RateLimiter>>,
 }
 
 /// An upstream client that could not be built.
@@ -99,7 +102,14 @@ impl Proxy {
             client,
             telemetry,
             draining: AtomicBool::new(false),
+            rate_limiter: None,
         })
+    }
+
+    /// Puts requests under `limiter` (`None`: no rate limit).
+    pub fn with_rate_limiter(mut self, limiter: Option<Arc<RateLimiter>>) -> Proxy {
+        self.rate_limiter = limiter;
+        self
     }
 
     /// From now on, new requests get 503 (connections are being closed by the listener).
@@ -137,16 +147,50 @@ impl Proxy {
         let version = req.version();
 
         // admit, forward
+        let mut rate = None;
         let outcome = match self.admit(&req) {
-            Ok(()) => self.forward(req, peer, scheme, &mut exchange).await,
+            Ok(()) => match self.rate_limit(&req, peer, &mut exchange).await {
+                Ok(decision) => {
+                    rate = decision;
+                    self.forward(req, peer, scheme, &mut exchange).await
+                }
+                Err(e) => Err(e),
+            },
             Err(e) => Err(e),
         };
 
         // respond (record happens when the response body ends)
-        Ok(match outcome {
+        let mut response = match outcome {
             Ok(response) => self.respond(response, exchange, version),
             Err(error) => error_response(&error, exchange, version),
-        })
+        };
+        if let Some(decision) = rate {
+            decision.add_headers(response.headers_mut());
+        }
+        Ok(response)
+    }
+
+    /// Takes the rate-limit decision and records it on the span; refuses when over the limit
+    /// (unless in shadow mode).
+    async fn rate_limit(
+        &self,
+        req: &Request<Incoming>,
+        peer: SocketAddr,
+        exchange: &mut Exchange,
+    ) -> Result<Option<Decision>, ProxyError> {
+        let Some(limiter) = &self.rate_limiter else {
+            return Ok(None);
+        };
+        let decision = limiter
+            .decide(req.headers(), req.extensions(), peer.ip())
+            .await;
+        for attribute in decision.span_attributes() {
+            exchange.set_server_attribute(attribute);
+        }
+        match decision.refusal() {
+            Some(refusal) => Err(refusal),
+            None => Ok(Some(decision)),
+        }
     }
 
     /// Checks the request can be forwarded.
@@ -287,12 +331,17 @@ fn error_response(
     mut exchange: Exchange,
     version: Version,
 ) -> Response<ResponseBody> {
-    tracing::warn!(
-        origin = error.origin().as_str(),
-        error_type = error.error_type(),
-        detail = error.detail(),
-        "{error}"
-    );
+    if matches!(error, ProxyError::RateLimited { .. }) {
+        // Refusals are routine and can come by the thousand a second: counted, not logged.
+        tracing::debug!(error_type = error.error_type(), "{error}");
+    } else {
+        tracing::warn!(
+            origin = error.origin().as_str(),
+            error_type = error.error_type(),
+            detail = error.detail(),
+            "{error}"
+        );
+    }
     let (mut parts, bytes) = error.to_response().into_parts();
     if version == Version::HTTP_2 {
         // Connection-specific headers are forbidden in HTTP/2.

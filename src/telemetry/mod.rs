@@ -139,6 +139,11 @@ impl Telemetry {
         &self.instruments
     }
 
+    /// The meter, for modules that own their instruments (rate limiting).
+    pub fn meter(&self) -> opentelemetry::metrics::Meter {
+        self.meter_provider.meter("ragscope")
+    }
+
     /// Flushes and stops the exporters, giving up after `timeout` so a dead or black-holed
     /// collector cannot hold the process. The SDK's shutdown blocks, so it runs on the blocking
     /// pool, never on a runtime worker.
