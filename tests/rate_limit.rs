@@ -305,6 +305,64 @@ async fn a_bad_rate_variable_stops_start_up_with_exit_code_2() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn the_real_binary_tracks_at_most_the_cap_and_reports_it() {
+    let up = Upstream::start().await;
+    let otlp = OtlpReceiver::start().await;
+    let bin = Proxy::builder()
+        .upstream(&up)
+        .otlp(&otlp)
+        .env("RAGSCOPE_LOG", "warn,ragscope::server=info")
+        // Slow refill: a key stays tracked for minutes, so the sweep cannot make room.
+        .env("RAGSCOPE_RATE_LIMIT", "1/m")
+        .env("RAGSCOPE_RATE_BURST", "10")
+        .env("RAGSCOPE_RATE_KEY", "header:x-key")
+        .env("RAGSCOPE_RATE_MAX_KEYS", "2000")
+        .spawn();
+    let (addr, _) = bin.wait_serving().await;
+    let before = bin.rss_kib();
+    let url = format!("http://{addr}/json");
+    let mut tasks = Vec::new();
+    for worker in 0..8u32 {
+        let url = url.clone();
+        tasks.push(tokio::spawn(async move {
+            let client = Client::http1();
+            let mut statuses = [0usize; 2];
+            for i in 0..600u32 {
+                let req = request(Method::GET, &url)
+                    .header("x-key", format!("w{worker}-k{i}"))
+                    .body(Full::default())
+                    .expect("request");
+                let status = client.request(req).await.status.as_u16();
+                statuses[usize::from(status == 429)] += 1;
+            }
+            statuses
+        }));
+    }
+    let mut limited = 0;
+    for t in tasks {
+        limited += t.await.expect("worker")[1];
+    }
+    // 4800 new keys against a cap of 2000: the other 2800 share one overflow bucket of 10
+    // (the cap may be overshot by a few racing threads).
+    assert!(
+        (2750..=2790).contains(&limited),
+        "overflow keys share one budget: {limited} limited"
+    );
+    otlp.wait_for_metric_where(
+        "ragscope.rate_limit.keys",
+        |m| {
+            m.number_points()
+                .first()
+                .is_some_and(|p| (1900.0..=2010.0).contains(&p.as_f64()))
+        },
+        Duration::from_secs(10),
+    )
+    .await;
+    let grown_mib = bin.rss_kib().saturating_sub(before) / 1024;
+    assert!(grown_mib <= 40, "grew by {grown_mib} MiB");
+}
+
 // ---- Redis ---------------------------------------------------------------------------------
 
 /// A `redis-server` of our own on a free port, without persistence; killed on drop.
