@@ -300,8 +300,14 @@ async fn a_bad_rate_variable_stops_start_up_with_exit_code_2() {
             .await
             .expect("exits at once");
         assert_eq!(status.code(), Some(2), "{var}={value}");
-        let stderr = bin.stderr_lines().join("\n");
-        assert!(stderr.contains(var) && stderr.contains(value), "{stderr}");
+        // The reader thread may still be collecting the last line after the exit.
+        let named = |l: &String| l.contains(var) && l.contains(value);
+        wait_until(Duration::from_secs(5), || {
+            bin.stderr_lines().iter().any(named)
+        })
+        .await;
+        let stderr = bin.stderr_lines();
+        assert!(stderr.iter().any(named), "{stderr:?}");
     }
 }
 

@@ -51,6 +51,28 @@ enum LocalKey {
     ApiKey(u64),
 }
 
+/// What a key is, in a form that is the same in every process (for the Redis key).
+#[derive(Debug, Clone, Copy)]
+enum Stable<'a> {
+    Ip(IpAddr),
+    Header(&'a [u8]),
+    ApiKey(&'a str),
+}
+
+impl Stable<'_> {
+    /// The Redis key: a digest of the key's kind and value, never the value.
+    fn redis_key(&self, kind: &RateKeyKind) -> String {
+        match (self, kind) {
+            (Stable::Ip(ip), _) => redis::redis_key(&[b"ip|", ip.to_string().as_bytes()]),
+            (Stable::Header(value), RateKeyKind::Header(name)) => {
+                redis::redis_key(&[b"h|", name.as_str().as_bytes(), b"|", value])
+            }
+            (Stable::Header(value), _) => redis::redis_key(&[b"h||", value]),
+            (Stable::ApiKey(name), _) => redis::redis_key(&[b"k|", name.as_bytes()]),
+        }
+    }
+}
+
 /// What a budget belonged to, for telemetry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyType {
@@ -297,7 +319,7 @@ impl RateLimiter {
     ) -> Decision {
         let (key, mut key_type, stable) = self.key_for(headers, extensions, peer);
         let (verdict, backend) = match &self.redis {
-            Some(redis) => match redis.check(&redis::redis_key(&stable)).await {
+            Some(redis) => match redis.check(&stable.redis_key(&self.key_kind)).await {
                 Ok(verdict) => (verdict, Backend::Redis),
                 Err(reason) => {
                     self.fallbacks
@@ -325,36 +347,30 @@ impl RateLimiter {
         decision
     }
 
-    /// The local key, its type, and a stable description of it (for the Redis digest).
-    fn key_for(
+    /// The local key, its type, and what the Redis key is made from.
+    fn key_for<'a>(
         &self,
-        headers: &HeaderMap,
-        extensions: &Extensions,
+        headers: &'a HeaderMap,
+        extensions: &'a Extensions,
         peer: IpAddr,
-    ) -> (LocalKey, KeyType, Vec<u8>) {
+    ) -> (LocalKey, KeyType, Stable<'a>) {
         match &self.key_kind {
             RateKeyKind::Header(name) => {
                 if let Some(value) = headers.get(name).filter(|v| !v.is_empty()) {
                     let bytes = value.as_bytes();
-                    let mut stable = Vec::with_capacity(name.as_str().len() + bytes.len() + 3);
-                    stable.extend_from_slice(b"h|");
-                    stable.extend_from_slice(name.as_str().as_bytes());
-                    stable.push(b'|');
-                    stable.extend_from_slice(bytes);
                     return (
                         LocalKey::Header(self.hasher.hash_one(bytes)),
                         KeyType::Header,
-                        stable,
+                        Stable::Header(bytes),
                     );
                 }
             }
             RateKeyKind::ApiKey => {
                 if let Some(name) = extensions.get::<ApiKeyName>() {
-                    let stable = [b"k|", name.as_str().as_bytes()].concat();
                     return (
                         LocalKey::ApiKey(self.hasher.hash_one(name.as_str())),
                         KeyType::ApiKey,
-                        stable,
+                        Stable::ApiKey(name.as_str()),
                     );
                 }
             }
@@ -362,11 +378,7 @@ impl RateLimiter {
         }
         // The key is missing (or the key is the address): the client's address decides.
         let ip = client_ip::group(self.client_ip.resolve(peer, headers));
-        (
-            LocalKey::Ip(ip),
-            KeyType::Ip,
-            format!("ip|{ip}").into_bytes(),
-        )
+        (LocalKey::Ip(ip), KeyType::Ip, Stable::Ip(ip))
     }
 
     fn check_local(&self, key: LocalKey, key_type: &mut KeyType) -> Verdict {

@@ -217,9 +217,13 @@ impl RedisLimiter {
     }
 }
 
-/// The Redis key for a stable key description: a digest, never the raw value.
-pub fn redis_key(stable: &[u8]) -> String {
-    let digest = ring::digest::digest(&ring::digest::SHA256, stable);
+/// The Redis key for a stable key description (given in parts): a digest, never the value.
+pub fn redis_key(parts: &[&[u8]]) -> String {
+    let mut context = ring::digest::Context::new(&ring::digest::SHA256);
+    for part in parts {
+        context.update(part);
+    }
+    let digest = context.finish();
     let mut key = String::with_capacity(12 + 32);
     key.push_str("ragscope:rl:");
     for b in &digest.as_ref()[..16] {
@@ -234,15 +238,15 @@ mod tests {
 
     #[test]
     fn keys_are_digests() {
-        let k = redis_key(b"h|x-api-key|sk-secret");
+        let k = redis_key(&[b"h|x-api-key|", b"sk-secret"]);
         assert!(k.starts_with("ragscope:rl:"));
         assert_eq!(k.len(), 12 + 32);
         assert!(!k.contains("secret"));
         assert_eq!(
             k,
-            redis_key(b"h|x-api-key|sk-secret"),
-            "stable across processes"
+            redis_key(&[b"h|x-api-key|sk-secret"]),
+            "the parts are one message: stable across processes"
         );
-        assert_ne!(k, redis_key(b"h|x-api-key|sk-other"));
+        assert_ne!(k, redis_key(&[b"h|x-api-key|", b"sk-other"]));
     }
 }
