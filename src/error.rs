@@ -77,6 +77,16 @@ pub enum ProxyError {
     /// Access control: the API key sent is not an accepted one.
     #[error("the API key is not valid")]
     InvalidApiKey,
+    /// The client is over its rate limit (`RAGSCOPE_RATE_LIMIT`); the upstream was not called.
+    #[error("rate limit exceeded; retry after {retry_after} s")]
+    RateLimited {
+        /// Whole seconds (rounded up) until a request would be allowed.
+        retry_after: u64,
+        /// The bucket size, for `x-ratelimit-limit`.
+        limit: u32,
+        /// Whole seconds until the bucket is full again, for `x-ratelimit-reset`.
+        reset: u64,
+    },
 }
 
 impl ProxyError {
@@ -93,6 +103,7 @@ impl ProxyError {
             ProxyError::BadRequest(_) | ProxyError::ClientBody { .. } => StatusCode::BAD_REQUEST,
             ProxyError::Draining => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::MissingApiKey | ProxyError::InvalidApiKey => StatusCode::UNAUTHORIZED,
+            ProxyError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -109,6 +120,7 @@ impl ProxyError {
             ProxyError::Draining => "draining",
             ProxyError::MissingApiKey => "missing_api_key",
             ProxyError::InvalidApiKey => "invalid_api_key",
+            ProxyError::RateLimited { .. } => "rate_limited",
         }
     }
 
@@ -123,7 +135,8 @@ impl ProxyError {
             | ProxyError::BadRequest(_)
             | ProxyError::ClientBody { .. }
             | ProxyError::MissingApiKey
-            | ProxyError::InvalidApiKey => Origin::Downstream,
+            | ProxyError::InvalidApiKey
+            | ProxyError::RateLimited { .. } => Origin::Downstream,
             ProxyError::Draining => Origin::Proxy,
         }
     }
@@ -179,6 +192,16 @@ impl ProxyError {
                         "Bearer realm=\"ragscope\", error=\"invalid_token\", error_description=\"the API key is not valid\"",
                     ),
                 );
+            }
+            ProxyError::RateLimited {
+                retry_after,
+                limit,
+                reset,
+            } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
+                headers.insert("x-ratelimit-limit", HeaderValue::from(*limit));
+                headers.insert("x-ratelimit-remaining", HeaderValue::from_static("0"));
+                headers.insert("x-ratelimit-reset", HeaderValue::from(*reset));
             }
             _ => {}
         }

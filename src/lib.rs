@@ -2,11 +2,11 @@
 //!
 //! A request's path through the crate, in order:
 //! [`config`] (parsed once) → [`listener`] (accept, [`tls`], HTTP/1.1 + HTTP/2, limits) →
-//! [`proxy`] (admit with [`auth`], forward, respond) → [`telemetry`] (spans, metrics, access
-//! log, recorded when the response body ends). [`admin`] serves health, metrics and the
-//! recent-requests view ([`trace_view`], [`debug_config`]), [`health`] checks the upstream
-//! actively; [`server`] wires it all and drains on shutdown; [`error`] is where a failure becomes
-//! a response; [`reload`] picks up changed certificate and key files.
+//! [`proxy`] (admit with [`auth`] and [`limit`], forward, respond) → [`telemetry`] (spans,
+//! metrics, access log, recorded when the response body ends). [`admin`] serves health,
+//! metrics and the recent-requests view ([`trace_view`], [`debug_config`]), [`health`] checks
+//! the upstream actively; [`server`] wires it all and drains on shutdown; [`error`] is where a
+//! failure becomes a response; [`reload`] picks up changed certificate and key files.
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -17,6 +17,7 @@ pub mod demo;
 pub mod error;
 pub mod health;
 pub mod identity;
+pub mod limit;
 pub mod listener;
 pub mod proxy;
 pub mod reload;

@@ -44,6 +44,9 @@ pub enum StartError {
     /// The API-key file cannot be used.
     #[error(transparent)]
     ApiKeys(#[from] crate::auth::KeyFileError),
+    /// The rate limiter could not be built.
+    #[error(transparent)]
+    RateLimit(#[from] crate::limit::LimitError),
 }
 
 /// A running ragscope: the proxy and admin listeners, bound and serving.
@@ -88,7 +91,9 @@ impl Server {
             None => None,
         };
         let telemetry = Telemetry::start_with_recent(&config.telemetry, config.ops.recent_traces)?;
-        let mut proxy = Proxy::new(config.clone(), telemetry.clone())?;
+        let limiter =
+            crate::limit::RateLimiter::from_config(&config.rate_limit, &telemetry.meter())?;
+        let mut proxy = Proxy::new(config.clone(), telemetry.clone())?.with_rate_limiter(limiter);
         let mut watchers = Vec::new();
         if let Some(keys) = api_keys {
             watchers.push(keys.watch(crate::reload::POLL_INTERVAL));

@@ -4,7 +4,8 @@
 //!    has a span, metrics and a log line.
 //! 2. **admit** — refuse what must not be forwarded: a missing or unknown API key (access
 //!    control, which also names the client for later checks), draining, malformed framing, a
-//!    declared body over the limit.
+//!    declared body over the limit; then the rate limit ([`crate::limit`]), keyed by what
+//!    access control learned, whose headers go on every response.
 //! 3. **forward** — strip hop-by-hop headers, then add ours (forwarded-for, trace context), and
 //!    send the request to the upstream over the pooled client, the body streaming behind it.
 //! 4. **respond** — strip the response's hop-by-hop headers and stream its body back frame by
@@ -29,6 +30,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use crate::auth::{ApiKeys, Refusal};
 use crate::config::Config;
 use crate::error::ProxyError;
+use crate::limit::{Decision, RateLimiter};
 use crate::telemetry::{Exchange, RequestFacts, Telemetry, UpstreamAttributes};
 
 pub use body::{BodyError, RequestBody, RequestBodyFailure, ResponseBody};
@@ -45,6 +47,7 @@ pub struct Proxy {
     draining: AtomicBool,
     /// Access control, when `RAGSCOPE_API_KEYS_FILE` is set.
     api_keys: Option<Arc<ApiKeys>>,
+    rate_limiter: Option<Arc<RateLimiter>>,
 }
 
 /// An upstream client that could not be built.
@@ -115,12 +118,19 @@ impl Proxy {
             telemetry,
             draining: AtomicBool::new(false),
             api_keys: None,
+            rate_limiter: None,
         })
     }
 
     /// Turns access control on: every request must carry one of these keys.
     pub fn with_api_keys(mut self, keys: Arc<ApiKeys>) -> Proxy {
         self.api_keys = Some(keys);
+        self
+    }
+
+    /// Puts requests under `limiter` (`None`: no rate limit).
+    pub fn with_rate_limiter(mut self, limiter: Option<Arc<RateLimiter>>) -> Proxy {
+        self.rate_limiter = limiter;
         self
     }
 
@@ -164,19 +174,53 @@ impl Proxy {
         }
 
         // admit, forward
+        let mut rate = None;
         let admitted = self
             .authenticate(&mut req, &mut exchange)
             .and_then(|()| self.admit(&req));
         let outcome = match admitted {
-            Ok(()) => self.forward(req, peer, scheme, &mut exchange).await,
+            Ok(()) => match self.rate_limit(&req, peer, &mut exchange).await {
+                Ok(decision) => {
+                    rate = decision;
+                    self.forward(req, peer, scheme, &mut exchange).await
+                }
+                Err(e) => Err(e),
+            },
             Err(e) => Err(e),
         };
 
         // respond (record happens when the response body ends)
-        Ok(match outcome {
+        let mut response = match outcome {
             Ok(response) => self.respond(response, exchange, version),
             Err(error) => error_response(&error, exchange, version),
-        })
+        };
+        if let Some(decision) = rate {
+            decision.add_headers(response.headers_mut());
+        }
+        Ok(response)
+    }
+
+    /// Takes the rate-limit decision and records it on the span; refuses when over the limit
+    /// (unless in shadow mode).
+    async fn rate_limit(
+        &self,
+        req: &Request<Incoming>,
+        peer: SocketAddr,
+        exchange: &mut Exchange,
+    ) -> Result<Option<Decision>, ProxyError> {
+        let Some(limiter) = &self.rate_limiter else {
+            return Ok(None);
+        };
+        let decision = limiter
+            .decide(req.headers(), req.extensions(), peer.ip())
+            .await;
+        for attribute in decision.span_attributes() {
+            exchange.set_server_attribute(attribute);
+        }
+        match decision.refusal() {
+            Some(refusal) => Err(refusal),
+            None => Ok(Some(decision)),
+        }
     }
 
     /// Access control: a listed API key admits the request, its name goes into the request's
@@ -346,12 +390,17 @@ fn error_response(
     mut exchange: Exchange,
     version: Version,
 ) -> Response<ResponseBody> {
-    tracing::warn!(
-        origin = error.origin().as_str(),
-        error_type = error.error_type(),
-        detail = error.detail(),
-        "{error}"
-    );
+    if matches!(error, ProxyError::RateLimited { .. }) {
+        // Refusals are routine and can come by the thousand a second: counted, not logged.
+        tracing::debug!(error_type = error.error_type(), "{error}");
+    } else {
+        tracing::warn!(
+            origin = error.origin().as_str(),
+            error_type = error.error_type(),
+            detail = error.detail(),
+            "{error}"
+        );
+    }
     let (mut parts, bytes) = error.to_response().into_parts();
     if version == Version::HTTP_2 {
         // Connection-specific headers are forbidden in HTTP/2.

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Rate limiter cost: the same wrk load through ragscope three ways, with a limit that never
+# triggers, reported as throughput ratios to the run without a limit:
+#   none   - RAGSCOPE_RATE_LIMIT unset
+#   local  - RAGSCOPE_RATE_LIMIT set, in-memory governor limiter
+#   redis  - the same limit shared through a local redis-server (one EVALSHA per request)
+# Knobs: DURATION (s, default 10), WARMUP (s, default 2), CONNECTIONS (default 64),
+#        THREADS (default 2), KEY (RAGSCOPE_RATE_KEY, default ip).
+# Needs wrk and redis-server (Debian packages of those names) and builds the release binaries.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-10} WARMUP=${WARMUP:-2} CONNECTIONS=${CONNECTIONS:-64} THREADS=${THREADS:-2}
+KEY=${KEY:-ip}
+for tool in wrk redis-server; do
+  command -v "$tool" >/dev/null || { echo "rate_limit.sh: needs $tool (apt-get install -y $tool)" >&2; exit 1; }
+done
+
+cargo build --release --example bench_upstream --bin ragscope >&2
+TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/ragscope-rl-bench.XXXXXX")
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$TMP"; }
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
+
+UP_PORT=$(free_port); REDIS_PORT=$(free_port)
+"$TARGET_DIR/release/examples/bench_upstream" "127.0.0.1:$UP_PORT" >"$TMP/upstream.log" 2>&1 &
+PIDS+=($!); wait_port "$UP_PORT"
+redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no >"$TMP/redis.log" 2>&1 &
+PIDS+=($!); wait_port "$REDIS_PORT"
+
+declare -A RPS
+for mode in none local redis; do
+  RS_PORT=$(free_port)
+  env=(RAGSCOPE_LISTEN="127.0.0.1:$RS_PORT" RAGSCOPE_UPSTREAM="http://127.0.0.1:$UP_PORT"
+       RAGSCOPE_ADMIN_LISTEN=off RAGSCOPE_LOG=warn OTEL_SDK_DISABLED=true)
+  # A limit that never triggers: the cost measured is the decision, not refusals.
+  [[ $mode != none ]] && env+=(RAGSCOPE_RATE_LIMIT=100000000/s RAGSCOPE_RATE_KEY="$KEY")
+  [[ $mode == redis ]] && env+=(RAGSCOPE_RATE_LIMIT_REDIS="redis://127.0.0.1:$REDIS_PORT/0")
+  env -i PATH="$PATH" "${env[@]}" "$TARGET_DIR/release/ragscope" >"$TMP/$mode.log" 2>&1 &
+  pid=$!; wait_port "$RS_PORT"
+  url="http://127.0.0.1:$RS_PORT/v1/chat/completions"
+  wrk "-t$THREADS" "-c$CONNECTIONS" "-d${WARMUP}s" -H 'x-api-key: bench' "$url" >/dev/null
+  wrk "-t$THREADS" "-c$CONNECTIONS" "-d${DURATION}s" -H 'x-api-key: bench' "$url" >"$TMP/$mode.wrk"
+  RPS[$mode]=$(awk '/^Requests\/sec:/ {print $2}' "$TMP/$mode.wrk")
+  non2xx=$(awk '/Non-2xx/ {print $NF}' "$TMP/$mode.wrk")
+  [[ -z $non2xx ]] || { echo "$mode: $non2xx non-2xx responses: the limit triggered or failed" >&2; exit 1; }
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+done
+
+echo "rate limiter cost: $(nproc) CPUs, wrk -t$THREADS -c$CONNECTIONS ${DURATION}s, key $KEY, limit never triggers"
+printf '%-6s %12s %8s\n' mode 'req/s' ratio
+for mode in none local redis; do
+  awk -v m="$mode" -v r="${RPS[$mode]}" -v b="${RPS[none]}" 'BEGIN { printf "%-6s %12.0f %8.3f\n", m, r, r / b }'
+done

@@ -1,0 +1,544 @@
+//! Rate limiting in the admit phase: a budget per client (address, header value or API key
+//! name), kept in memory by governor with a cap on keys, or shared by a fleet through Redis.
+//!
+//! A decision is one of allowed, limited (429 unless in shadow mode) and records itself on the
+//! request's span (decision, key type, backend: never the key) and in the
+//! `ragscope.rate_limit.decisions` counter. The store is swept of idle keys on a timer and holds
+//! at most `RAGSCOPE_RATE_MAX_KEYS` keys: a key first seen while it is full shares one overflow
+//! bucket with all other such keys (see [`store`]).
+
+mod client_ip;
+mod redis;
+mod store;
+
+use std::hash::BuildHasher;
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use governor::clock::{Clock, DefaultClock};
+use governor::middleware::StateInformationMiddleware;
+use governor::{Quota, RateLimiter as Governor};
+use http::{Extensions, HeaderMap, HeaderName, HeaderValue};
+use opentelemetry::KeyValue;
+use opentelemetry::metrics::{Counter, Meter, ObservableGauge};
+use tokio::sync::Notify;
+
+use crate::config::{RateKeyKind, RateLimitConfig, RateMode};
+use crate::error::ProxyError;
+use crate::identity::ApiKeyName;
+
+pub use client_ip::{ClientIp, group as group_ip};
+pub use redis::{Fallback, RedisUrlError};
+pub use store::BoundedStore;
+
+/// How often idle keys are swept out of the local store.
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
+/// The least time between two sweeps, however often the store overflows.
+const SWEEP_MIN_GAP: Duration = Duration::from_secs(1);
+
+const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+const X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+const X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
+
+/// The local store's key: an address group, or a digest of a header value or key name (the
+/// raw value is never kept, and a fixed-size key keeps memory per key fixed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum LocalKey {
+    Ip(IpAddr),
+    Header(u64),
+    ApiKey(u64),
+}
+
+/// What a key is, in a form that is the same in every process (for the Redis key).
+#[derive(Debug, Clone, Copy)]
+enum Stable<'a> {
+    Ip(IpAddr),
+    Header(&'a [u8]),
+    ApiKey(&'a str),
+}
+
+impl Stable<'_> {
+    /// The Redis key: a digest of the key's kind and value, never the value.
+    fn redis_key(&self, kind: &RateKeyKind) -> String {
+        match (self, kind) {
+            (Stable::Ip(ip), _) => redis::redis_key(&[b"ip|", ip.to_string().as_bytes()]),
+            (Stable::Header(value), RateKeyKind::Header(name)) => {
+                redis::redis_key(&[b"h|", name.as_str().as_bytes(), b"|", value])
+            }
+            (Stable::Header(value), _) => redis::redis_key(&[b"h||", value]),
+            (Stable::ApiKey(name), _) => redis::redis_key(&[b"k|", name.as_bytes()]),
+        }
+    }
+}
+
+/// What a budget belonged to, for telemetry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyType {
+    /// The client address.
+    Ip,
+    /// A request header's value.
+    Header,
+    /// The API key name.
+    ApiKey,
+    /// A new key while the store was full: the shared overflow bucket.
+    Overflow,
+}
+
+impl KeyType {
+    /// Low-cardinality name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyType::Ip => "ip",
+            KeyType::Header => "header",
+            KeyType::ApiKey => "api_key",
+            KeyType::Overflow => "overflow",
+        }
+    }
+}
+
+/// Who decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// The in-memory limiter (no Redis configured).
+    Local,
+    /// Redis, shared by the fleet.
+    Redis,
+    /// The in-memory limiter because Redis was slow or down.
+    LocalFallback,
+}
+
+impl Backend {
+    /// Low-cardinality name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::Local => "local",
+            Backend::Redis => "redis",
+            Backend::LocalFallback => "local_fallback",
+        }
+    }
+}
+
+/// What a limiter said about one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Verdict {
+    /// Within budget.
+    pub allowed: bool,
+    /// Requests left right now.
+    pub remaining: u32,
+    /// Until the bucket is full again.
+    pub reset: Duration,
+    /// When refused: until a request would be allowed.
+    pub retry_after: Duration,
+}
+
+/// The decision about one request, as the proxy acts on it.
+#[derive(Debug, Clone, Copy)]
+pub struct Decision {
+    verdict: Verdict,
+    limit: u32,
+    mode: RateMode,
+    key_type: KeyType,
+    backend: Backend,
+}
+
+impl Decision {
+    /// `allowed`, `limited` or `shadow_limited` (over the limit, but forwarded).
+    pub fn outcome(&self) -> &'static str {
+        match (self.verdict.allowed, self.mode) {
+            (true, _) => "allowed",
+            (false, RateMode::Enforce) => "limited",
+            (false, RateMode::Shadow) => "shadow_limited",
+        }
+    }
+
+    /// What the budget belonged to.
+    pub fn key_type(&self) -> KeyType {
+        self.key_type
+    }
+
+    /// Who decided.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// The refusal to answer with, when the request must not be forwarded.
+    pub fn refusal(&self) -> Option<ProxyError> {
+        (!self.verdict.allowed && self.mode == RateMode::Enforce).then(|| ProxyError::RateLimited {
+            retry_after: ceil_secs(self.verdict.retry_after).max(1),
+            limit: self.limit,
+            reset: ceil_secs(self.verdict.reset),
+        })
+    }
+
+    /// Span attributes: the decision, key type and backend (never the key).
+    pub fn span_attributes(&self) -> [KeyValue; 3] {
+        [
+            KeyValue::new("ragscope.rate_limit.decision", self.outcome()),
+            KeyValue::new("ragscope.rate_limit.key_type", self.key_type.as_str()),
+            KeyValue::new("ragscope.rate_limit.backend", self.backend.as_str()),
+        ]
+    }
+
+    /// Adds `x-ratelimit-limit`, `-remaining` and `-reset` (seconds until the bucket is full)
+    /// to a response. Shadow mode adds nothing: clients must not see a limit that is not
+    /// enforced.
+    pub fn add_headers(&self, headers: &mut HeaderMap) {
+        if self.mode == RateMode::Shadow {
+            return;
+        }
+        headers.insert(X_RATELIMIT_LIMIT, HeaderValue::from(self.limit));
+        headers.insert(
+            X_RATELIMIT_REMAINING,
+            HeaderValue::from(self.verdict.remaining),
+        );
+        headers.insert(
+            X_RATELIMIT_RESET,
+            HeaderValue::from(ceil_secs(self.verdict.reset)),
+        );
+    }
+}
+
+/// Whole seconds, rounded up.
+fn ceil_secs(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
+/// A rate limiter that could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum LimitError {
+    /// The Redis URL was refused.
+    #[error(transparent)]
+    Redis(#[from] RedisUrlError),
+}
+
+type Local = Governor<LocalKey, BoundedStore<LocalKey>, DefaultClock, StateInformationMiddleware>;
+
+/// The rate limiter every request passes through when `RAGSCOPE_RATE_LIMIT` is set.
+pub struct RateLimiter {
+    mode: RateMode,
+    key_kind: RateKeyKind,
+    client_ip: ClientIp,
+    burst: u32,
+    interval: Duration,
+    local: Local,
+    store: BoundedStore<LocalKey>,
+    /// Seeded per process: local digests of header values cannot be aimed at a collision.
+    hasher: std::hash::RandomState,
+    redis: Option<redis::RedisLimiter>,
+    decisions: Counter<u64>,
+    fallbacks: Counter<u64>,
+    _keys_gauge: ObservableGauge<u64>,
+    sweep: Notify,
+}
+
+impl std::fmt::Debug for RateLimiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RateLimiter")
+            .field("mode", &self.mode)
+            .field("key", &self.key_kind)
+            .field("burst", &self.burst)
+            .field("interval", &self.interval)
+            .field("tracked_keys", &self.store.tracked())
+            .field("redis", &self.redis)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RateLimiter {
+    /// The limiter for `config`, or `None` when rate limiting is off. Starts the sweeper task,
+    /// so it must run inside the tokio runtime.
+    pub fn from_config(
+        config: &RateLimitConfig,
+        meter: &Meter,
+    ) -> Result<Option<Arc<RateLimiter>>, LimitError> {
+        let Some(rate) = config.limit else {
+            return Ok(None);
+        };
+        let burst = NonZeroU32::new(config.burst).unwrap_or(NonZeroU32::MIN);
+        let interval = rate.interval().max(Duration::from_nanos(1));
+        let quota = Quota::with_period(interval)
+            .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
+            .allow_burst(burst);
+        let store = BoundedStore::new(config.max_keys);
+        let local: Local = Governor::new(quota, store.clone(), DefaultClock::default());
+        let redis = config
+            .redis
+            .as_deref()
+            .map(|url| redis::RedisLimiter::new(url, config.redis_timeout, interval, burst.get()))
+            .transpose()?;
+        let gauge_store = store.clone();
+        let limiter = Arc::new(RateLimiter {
+            mode: config.mode,
+            key_kind: config.key.clone(),
+            client_ip: ClientIp::new(config.trusted_proxies.clone()),
+            burst: burst.get(),
+            interval,
+            local,
+            store,
+            hasher: std::hash::RandomState::new(),
+            redis,
+            decisions: meter
+                .u64_counter("ragscope.rate_limit.decisions")
+                .with_unit("{decision}")
+                .with_description(
+                    "Rate-limit decisions by outcome (allowed, limited, shadow_limited), key type and backend.",
+                )
+                .build(),
+            fallbacks: meter
+                .u64_counter("ragscope.rate_limit.redis.fallbacks")
+                .with_unit("{decision}")
+                .with_description(
+                    "Decisions the local limiter took because Redis was slow or down, by reason.",
+                )
+                .build(),
+            _keys_gauge: meter
+                .u64_observable_gauge("ragscope.rate_limit.keys")
+                .with_unit("{key}")
+                .with_description("Keys the local rate limiter tracks in memory.")
+                .with_callback(move |observer| observer.observe(gauge_store.tracked() as u64, &[]))
+                .build(),
+            sweep: Notify::new(),
+        });
+        tokio::spawn(sweeper(Arc::downgrade(&limiter)));
+        Ok(Some(limiter))
+    }
+
+    /// The number of keys the local store tracks.
+    pub fn tracked_keys(&self) -> usize {
+        self.store.tracked()
+    }
+
+    /// Decides about a request from `peer` with `headers` and `extensions`.
+    pub async fn decide(
+        &self,
+        headers: &HeaderMap,
+        extensions: &Extensions,
+        peer: IpAddr,
+    ) -> Decision {
+        let (key, mut key_type, stable) = self.key_for(headers, extensions, peer);
+        let (verdict, backend) = match &self.redis {
+            Some(redis) => match redis.check(&stable.redis_key(&self.key_kind)).await {
+                Ok(verdict) => (verdict, Backend::Redis),
+                Err(reason) => {
+                    self.fallbacks
+                        .add(1, &[KeyValue::new("reason", reason.as_str())]);
+                    (self.check_local(key, &mut key_type), Backend::LocalFallback)
+                }
+            },
+            None => (self.check_local(key, &mut key_type), Backend::Local),
+        };
+        let decision = Decision {
+            verdict,
+            limit: self.burst,
+            mode: self.mode,
+            key_type,
+            backend,
+        };
+        self.decisions.add(
+            1,
+            &[
+                KeyValue::new("outcome", decision.outcome()),
+                KeyValue::new("key_type", key_type.as_str()),
+                KeyValue::new("backend", backend.as_str()),
+            ],
+        );
+        decision
+    }
+
+    /// The local key, its type, and what the Redis key is made from.
+    fn key_for<'a>(
+        &self,
+        headers: &'a HeaderMap,
+        extensions: &'a Extensions,
+        peer: IpAddr,
+    ) -> (LocalKey, KeyType, Stable<'a>) {
+        match &self.key_kind {
+            RateKeyKind::Header(name) => {
+                if let Some(value) = headers.get(name).filter(|v| !v.is_empty()) {
+                    let bytes = value.as_bytes();
+                    return (
+                        LocalKey::Header(self.hasher.hash_one(bytes)),
+                        KeyType::Header,
+                        Stable::Header(bytes),
+                    );
+                }
+            }
+            RateKeyKind::ApiKey => {
+                if let Some(name) = extensions.get::<ApiKeyName>() {
+                    return (
+                        LocalKey::ApiKey(self.hasher.hash_one(name.as_str())),
+                        KeyType::ApiKey,
+                        Stable::ApiKey(name.as_str()),
+                    );
+                }
+            }
+            RateKeyKind::Ip => {}
+        }
+        // The key is missing (or the key is the address): the client's address decides.
+        let ip = client_ip::group(self.client_ip.resolve(peer, headers));
+        (LocalKey::Ip(ip), KeyType::Ip, Stable::Ip(ip))
+    }
+
+    fn check_local(&self, key: LocalKey, key_type: &mut KeyType) -> Verdict {
+        if self.store.would_overflow(&key) {
+            *key_type = KeyType::Overflow;
+            self.sweep.notify_one();
+        }
+        match self.local.check_key(&key) {
+            Ok(snapshot) => {
+                let remaining = snapshot.remaining_burst_capacity();
+                Verdict {
+                    allowed: true,
+                    remaining,
+                    reset: self.interval * (self.burst.saturating_sub(remaining)),
+                    retry_after: Duration::ZERO,
+                }
+            }
+            Err(not_until) => {
+                let retry_after = not_until.wait_time_from(self.local.clock().now());
+                Verdict {
+                    allowed: false,
+                    remaining: 0,
+                    reset: retry_after + self.interval * self.burst.saturating_sub(1),
+                    retry_after,
+                }
+            }
+        }
+    }
+
+    fn sweep_now(&self) {
+        self.local.retain_recent();
+        self.local.shrink_to_fit();
+    }
+}
+
+/// Forgets idle keys every [`SWEEP_EVERY`], and soon after the store overflows; ends with the
+/// limiter.
+async fn sweeper(limiter: Weak<RateLimiter>) {
+    loop {
+        {
+            let Some(l) = limiter.upgrade() else { return };
+            // Waiting holds the limiter: release it when the wait ends, so the task cannot keep
+            // a dropped proxy alive for more than one period.
+            let _ = tokio::time::timeout(SWEEP_EVERY, l.sweep.notified()).await;
+            l.sweep_now();
+        }
+        tokio::time::sleep(SWEEP_MIN_GAP).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Config, RateLimitConfig};
+
+    fn config(vars: &[(&str, &str)]) -> RateLimitConfig {
+        Config::from_source(vars).expect("config").rate_limit
+    }
+
+    fn limiter(vars: &[(&str, &str)]) -> Arc<RateLimiter> {
+        let meter = opentelemetry::global::meter("test");
+        RateLimiter::from_config(&config(vars), &meter)
+            .expect("limiter")
+            .expect("on")
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("ip")
+    }
+
+    #[tokio::test]
+    async fn api_key_name_is_the_key_and_the_address_the_fallback() {
+        let l = limiter(&[
+            ("RAGSCOPE_RATE_LIMIT", "2/m"),
+            ("RAGSCOPE_RATE_BURST", "2"),
+            ("RAGSCOPE_RATE_KEY", "api-key"),
+        ]);
+        let headers = HeaderMap::new();
+        let mut team_a = Extensions::new();
+        team_a.insert(ApiKeyName("team-a".into()));
+        let mut team_b = Extensions::new();
+        team_b.insert(ApiKeyName("team-b".into()));
+        let peer = ip("192.0.2.1");
+
+        for _ in 0..2 {
+            let d = l.decide(&headers, &team_a, peer).await;
+            assert_eq!((d.outcome(), d.key_type()), ("allowed", KeyType::ApiKey));
+        }
+        // The same key name from another address shares the budget.
+        let d = l.decide(&headers, &team_a, ip("192.0.2.2")).await;
+        assert_eq!(d.outcome(), "limited");
+        assert!(d.refusal().is_some());
+        let d = l.decide(&headers, &team_b, peer).await;
+        assert_eq!(d.outcome(), "allowed", "another key has its own budget");
+        // Without a key name, the address is the key.
+        let d = l.decide(&headers, &Extensions::new(), peer).await;
+        assert_eq!((d.outcome(), d.key_type()), ("allowed", KeyType::Ip));
+    }
+
+    #[tokio::test]
+    async fn verdicts_carry_remaining_reset_and_retry_after() {
+        let l = limiter(&[("RAGSCOPE_RATE_LIMIT", "3/m")]);
+        let (h, e, peer) = (HeaderMap::new(), Extensions::new(), ip("192.0.2.1"));
+        let first = l.decide(&h, &e, peer).await;
+        assert_eq!(first.verdict.remaining, 0, "burst defaults to 1 at 3/m");
+        assert_eq!(first.limit, 1);
+        let mut headers = HeaderMap::new();
+        first.add_headers(&mut headers);
+        assert_eq!(headers["x-ratelimit-limit"], "1");
+        assert_eq!(headers["x-ratelimit-remaining"], "0");
+        assert_eq!(headers["x-ratelimit-reset"], "20");
+        let refused = l.decide(&h, &e, peer).await;
+        match refused.refusal() {
+            Some(ProxyError::RateLimited { retry_after, .. }) => {
+                assert!((19..=20).contains(&retry_after), "{retry_after}");
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn shadow_mode_never_refuses_and_adds_no_headers() {
+        let l = limiter(&[
+            ("RAGSCOPE_RATE_LIMIT", "1/m"),
+            ("RAGSCOPE_RATE_MODE", "shadow"),
+        ]);
+        let (h, e, peer) = (HeaderMap::new(), Extensions::new(), ip("192.0.2.1"));
+        let _ = l.decide(&h, &e, peer).await;
+        let d = l.decide(&h, &e, peer).await;
+        assert_eq!(d.outcome(), "shadow_limited");
+        assert!(d.refusal().is_none());
+        let mut headers = HeaderMap::new();
+        d.add_headers(&mut headers);
+        assert!(headers.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_spray_of_keys_stays_at_the_cap() {
+        let l = limiter(&[
+            ("RAGSCOPE_RATE_LIMIT", "10/s"),
+            ("RAGSCOPE_RATE_KEY", "header:x-key"),
+            ("RAGSCOPE_RATE_MAX_KEYS", "1000"),
+        ]);
+        let e = Extensions::new();
+        let mut overflowed = 0;
+        for i in 0..20_000u32 {
+            let mut h = HeaderMap::new();
+            h.insert("x-key", HeaderValue::from(i));
+            let d = l.decide(&h, &e, ip("192.0.2.1")).await;
+            overflowed += usize::from(d.key_type() == KeyType::Overflow);
+        }
+        assert!(l.tracked_keys() <= 1000, "{}", l.tracked_keys());
+        assert_eq!(overflowed, 19_000);
+    }
+
+    #[test]
+    fn seconds_round_up() {
+        assert_eq!(ceil_secs(Duration::from_millis(1)), 1);
+        assert_eq!(ceil_secs(Duration::from_secs(2)), 2);
+        assert_eq!(ceil_secs(Duration::from_millis(2001)), 3);
+        assert_eq!(ceil_secs(Duration::ZERO), 0);
+    }
+}
