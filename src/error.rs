@@ -69,6 +69,9 @@ pub enum ProxyError {
     /// Ragscope is shutting down and takes no new requests.
     #[error("the proxy is shutting down; retry on another instance")]
     Draining,
+    /// A feedback body that does not say what it must (trace id, numeric score).
+    #[error("invalid feedback: {0}")]
+    InvalidFeedback(String),
 }
 
 impl ProxyError {
@@ -82,7 +85,9 @@ impl ProxyError {
                 StatusCode::GATEWAY_TIMEOUT
             }
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            ProxyError::BadRequest(_) | ProxyError::ClientBody { .. } => StatusCode::BAD_REQUEST,
+            ProxyError::BadRequest(_)
+            | ProxyError::ClientBody { .. }
+            | ProxyError::InvalidFeedback(_) => StatusCode::BAD_REQUEST,
             ProxyError::Draining => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -98,6 +103,7 @@ impl ProxyError {
             ProxyError::BadRequest(_) => "bad_request",
             ProxyError::ClientBody { .. } => "client_body_error",
             ProxyError::Draining => "draining",
+            ProxyError::InvalidFeedback(_) => "invalid_feedback",
         }
     }
 
@@ -110,7 +116,8 @@ impl ProxyError {
             | ProxyError::UpstreamReset { .. } => Origin::Upstream,
             ProxyError::BodyTooLarge { .. }
             | ProxyError::BadRequest(_)
-            | ProxyError::ClientBody { .. } => Origin::Downstream,
+            | ProxyError::ClientBody { .. }
+            | ProxyError::InvalidFeedback(_) => Origin::Downstream,
             ProxyError::Draining => Origin::Proxy,
         }
     }

@@ -214,6 +214,19 @@ fn sampler(config: &SamplerConfig) -> Sampler {
     }
 }
 
+/// Access for other concerns that record telemetry of their own (GenAI observation).
+impl Telemetry {
+    /// A meter on the pipeline's provider.
+    pub fn meter(&self, name: &'static str) -> opentelemetry::metrics::Meter {
+        self.meter_provider.meter(name)
+    }
+
+    /// The tracer, when traces are on.
+    pub fn tracer(&self) -> Option<&SdkTracer> {
+        self.tracer.as_ref()
+    }
+}
+
 fn tracer_provider<E>(
     config: &TelemetryConfig,
     resource: Resource,
