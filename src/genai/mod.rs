@@ -839,6 +839,7 @@ mod tests {
         let mut budget = 5;
         assert_eq!(cut("abc", &mut budget), "abc");
         assert_eq!(cut("déf", &mut budget), "d");
-        assert_eq!(cut("x", &mut budget), "");
+        assert_eq!(cut("xy", &mut budget), "x");
+        assert_eq!(cut("z", &mut budget), "");
     }
 }

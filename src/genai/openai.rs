@@ -477,7 +477,9 @@ mod tests {
         let mut s = String::new();
         push_bounded(&mut s, "aé€", 4);
         assert_eq!(s, "aé");
+        push_bounded(&mut s, "€", 4);
+        assert_eq!(s, "aé", "no room for a 3-byte character in the last byte");
         push_bounded(&mut s, "zz", 4);
-        assert_eq!(s, "aé");
+        assert_eq!(s, "aéz");
     }
 }
