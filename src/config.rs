@@ -121,6 +121,8 @@ pub struct Config {
     pub ops: OpsConfig,
     /// `OTEL_*` values that were invalid and ignored, per the OpenTelemetry specification.
     pub warnings: Vec<String>,
+    /// GenAI and RAG observation (`RAGSCOPE_GENAI*`, `RAGSCOPE_PARSE_MAX_BYTES`, ...).
+    pub genai: GenAiConfig,
 }
 
 /// The listener's certificate chain and private key (PEM files).
@@ -269,6 +271,7 @@ impl Config {
         let r = Reader { source };
         let mut warnings = Vec::new();
         let telemetry = TelemetryConfig::from_source(source, &mut warnings);
+        let genai = GenAiConfig::from_source(&r, source, &mut warnings)?;
         let path = |var: &str| non_empty(source.get(var)).map(|v| PathBuf::from(v.trim()));
         let tls = match (path("RAGSCOPE_TLS_CERT"), path("RAGSCOPE_TLS_KEY")) {
             (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
@@ -395,6 +398,7 @@ impl Config {
             telemetry,
             ops: OpsConfig::from_reader(&r)?,
             warnings,
+            genai,
         })
     }
 }
@@ -1140,6 +1144,156 @@ mod rate_limit_tests {
             assert_eq!(err.var, var);
             assert_eq!(err.value, bad);
         }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// GenAI and RAG observation.
+
+/// Content capture (`OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CaptureMode {
+    /// `NO_CONTENT` or unset: no message content anywhere (the default).
+    Off,
+    /// `true` or `SPAN_ONLY`: content as span attributes.
+    Span,
+    /// `EVENT_ONLY`: content on a span event only.
+    Event,
+    /// `SPAN_AND_EVENT`: both.
+    SpanAndEvent,
+}
+
+/// GenAI and RAG observation settings.
+#[derive(Debug, Clone)]
+pub struct GenAiConfig {
+    /// `RAGSCOPE_GENAI` (`on`/`off`): observe GenAI and RAG traffic at all.
+    pub enabled: bool,
+    /// `RAGSCOPE_GENAI_PROVIDER`: `gen_ai.provider.name`.
+    pub provider: String,
+    /// `RAGSCOPE_PARSE_MAX_BYTES`: the bounded copy of one body (or one SSE event).
+    pub parse_max_bytes: usize,
+    /// `RAGSCOPE_EXTRACT`: JSON-pointer rules for other APIs.
+    pub extract: Vec<crate::genai::extract::Rule>,
+    /// `RAGSCOPE_VERSION_HEADER`: response header carrying the model version; `None` when off.
+    pub version_header: Option<http::HeaderName>,
+    /// `OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT`.
+    pub capture: CaptureMode,
+    /// `RAGSCOPE_CAPTURE_MAX_BYTES`: captured content per attribute.
+    pub capture_max_bytes: usize,
+    /// The built-in redaction patterns plus `RAGSCOPE_REDACT_PATTERNS`, compiled.
+    pub redactor: crate::genai::redact::Redactor,
+    /// `RAGSCOPE_FEEDBACK_PATH`: the feedback endpoint; `None` when off.
+    pub feedback_path: Option<String>,
+}
+
+impl GenAiConfig {
+    fn from_source<S: Source + ?Sized>(
+        r: &Reader<'_, S>,
+        source: &S,
+        warnings: &mut Vec<String>,
+    ) -> Result<GenAiConfig, ConfigError> {
+        let capture = match non_empty(
+            source.get("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"),
+        ) {
+            None => CaptureMode::Off,
+            Some(v) => match v.trim().to_ascii_uppercase().as_str() {
+                "TRUE" | "SPAN_ONLY" => CaptureMode::Span,
+                "EVENT_ONLY" => CaptureMode::Event,
+                "SPAN_AND_EVENT" => CaptureMode::SpanAndEvent,
+                "FALSE" | "NO_CONTENT" => CaptureMode::Off,
+                _ => {
+                    warnings.push(format!(
+                        "ignoring invalid OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT={v:?}: \
+                         expected true, NO_CONTENT, SPAN_ONLY, EVENT_ONLY or SPAN_AND_EVENT"
+                    ));
+                    CaptureMode::Off
+                }
+            },
+        };
+        let patterns = non_empty(source.get("RAGSCOPE_REDACT_PATTERNS"));
+        let extra: Vec<String> = patterns
+            .as_deref()
+            .unwrap_or_default()
+            .split(';')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(str::to_owned)
+            .collect();
+        let redactor = crate::genai::redact::Redactor::new(&extra).map_err(|why| ConfigError {
+            var: "RAGSCOPE_REDACT_PATTERNS",
+            value: patterns.clone().unwrap_or_default(),
+            expected: format!("regular expressions separated by ';' ({why})"),
+        })?;
+        let extract_spec = non_empty(source.get("RAGSCOPE_EXTRACT"));
+        let extract = crate::genai::extract::parse_rules(extract_spec.as_deref().unwrap_or(""))
+            .map_err(|why| ConfigError {
+                var: "RAGSCOPE_EXTRACT",
+                value: extract_spec.clone().unwrap_or_default(),
+                expected: format!("{} ({why})", crate::genai::extract::FORM),
+            })?;
+        Ok(GenAiConfig {
+            enabled: r.parse("RAGSCOPE_GENAI", "on", "on or off", |v| {
+                match v.to_ascii_lowercase().as_str() {
+                    "on" | "true" => Some(true),
+                    "off" | "false" => Some(false),
+                    _ => None,
+                }
+            })?,
+            provider: r.parse(
+                "RAGSCOPE_GENAI_PROVIDER",
+                "openai",
+                "a provider name like openai, vllm or azure.ai.openai",
+                |v| (v.len() <= 64).then(|| v.to_owned()),
+            )?,
+            parse_max_bytes: r.parse(
+                "RAGSCOPE_PARSE_MAX_BYTES",
+                "1MiB",
+                "a size between 1KiB and 64MiB, like 1MiB",
+                |v| {
+                    parse_size(v)
+                        .filter(|n| (1024..=64 << 20).contains(n))
+                        .map(|n| n as usize)
+                },
+            )?,
+            extract,
+            version_header: r.parse(
+                "RAGSCOPE_VERSION_HEADER",
+                "x-model-version",
+                "a header name like x-model-version, or off",
+                |v| {
+                    if v.eq_ignore_ascii_case("off") {
+                        Some(None)
+                    } else {
+                        crate::genai::header_name(v).map(Some)
+                    }
+                },
+            )?,
+            capture,
+            capture_max_bytes: r.parse(
+                "RAGSCOPE_CAPTURE_MAX_BYTES",
+                "8KiB",
+                "a size between 16 bytes and 1MiB, like 8KiB",
+                |v| {
+                    parse_size(v)
+                        .filter(|n| (16..=1 << 20).contains(n))
+                        .map(|n| n as usize)
+                },
+            )?,
+            redactor,
+            feedback_path: r.parse(
+                "RAGSCOPE_FEEDBACK_PATH",
+                "/ragscope/feedback",
+                "a path starting with '/', like /ragscope/feedback, or off",
+                |v| {
+                    if v.eq_ignore_ascii_case("off") {
+                        Some(None)
+                    } else {
+                        (v.starts_with('/') && !v.contains(['?', '#', ' ']))
+                            .then(|| Some(v.to_owned()))
+                    }
+                },
+            )?,
+        })
     }
 }
 

@@ -87,6 +87,9 @@ pub enum ProxyError {
         /// Whole seconds until the bucket is full again, for `x-ratelimit-reset`.
         reset: u64,
     },
+    /// A feedback body that does not say what it must (trace id, numeric score).
+    #[error("invalid feedback: {0}")]
+    InvalidFeedback(String),
 }
 
 impl ProxyError {
@@ -100,7 +103,9 @@ impl ProxyError {
                 StatusCode::GATEWAY_TIMEOUT
             }
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            ProxyError::BadRequest(_) | ProxyError::ClientBody { .. } => StatusCode::BAD_REQUEST,
+            ProxyError::BadRequest(_)
+            | ProxyError::ClientBody { .. }
+            | ProxyError::InvalidFeedback(_) => StatusCode::BAD_REQUEST,
             ProxyError::Draining => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::MissingApiKey | ProxyError::InvalidApiKey => StatusCode::UNAUTHORIZED,
             ProxyError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -121,6 +126,7 @@ impl ProxyError {
             ProxyError::MissingApiKey => "missing_api_key",
             ProxyError::InvalidApiKey => "invalid_api_key",
             ProxyError::RateLimited { .. } => "rate_limited",
+            ProxyError::InvalidFeedback(_) => "invalid_feedback",
         }
     }
 
@@ -136,7 +142,8 @@ impl ProxyError {
             | ProxyError::ClientBody { .. }
             | ProxyError::MissingApiKey
             | ProxyError::InvalidApiKey
-            | ProxyError::RateLimited { .. } => Origin::Downstream,
+            | ProxyError::RateLimited { .. }
+            | ProxyError::InvalidFeedback(_) => Origin::Downstream,
             ProxyError::Draining => Origin::Proxy,
         }
     }

@@ -59,6 +59,8 @@ pub struct RequestBody {
     seen: u64,
     counter: Arc<AtomicU64>,
     failure: Arc<RequestBodyFailure>,
+    /// The bounded copy the GenAI observation parses once the exchange ends.
+    tee: Option<crate::genai::RequestTee>,
 }
 
 impl RequestBody {
@@ -75,7 +77,14 @@ impl RequestBody {
             seen: 0,
             counter,
             failure,
+            tee: None,
         }
+    }
+
+    /// Also copies the body (bounded) into `tee` as it streams to the upstream.
+    pub fn with_tee(mut self, tee: Option<crate::genai::RequestTee>) -> Self {
+        self.tee = tee;
+        self
     }
 }
 
@@ -99,6 +108,11 @@ impl Body for RequestBody {
                             .0
                             .store(RequestBodyFailure::TOO_LARGE, Ordering::Release);
                         return Poll::Ready(Some(Err(BodyError::TooLarge(this.limit))));
+                    }
+                    if let Some(tee) = &this.tee
+                        && let Ok(mut tee) = tee.lock()
+                    {
+                        tee.push(data);
                     }
                 }
                 Poll::Ready(Some(Ok(frame)))
@@ -204,7 +218,8 @@ impl Body for ResponseBody {
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
-                    this.exchange.add_response_bytes(data.len() as u64);
+                    // The frame itself is handed on untouched; the exchange reads a copy.
+                    this.exchange.observe_response_data(data);
                 }
                 // The last frame is leaving: the response is complete now, not when hyper
                 // next polls (it may never poll again once it sees the end).

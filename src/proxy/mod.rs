@@ -30,6 +30,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use crate::auth::{ApiKeys, Refusal};
 use crate::config::Config;
 use crate::error::ProxyError;
+use crate::genai::GenAi;
 use crate::limit::{Decision, RateLimiter};
 use crate::telemetry::{Exchange, RequestFacts, Telemetry, UpstreamAttributes};
 
@@ -48,6 +49,7 @@ pub struct Proxy {
     /// Access control, when `RAGSCOPE_API_KEYS_FILE` is set.
     api_keys: Option<Arc<ApiKeys>>,
     rate_limiter: Option<Arc<RateLimiter>>,
+    genai: Arc<GenAi>,
 }
 
 /// An upstream client that could not be built.
@@ -108,7 +110,13 @@ impl Proxy {
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(std::time::Duration::from_secs(90))
             .build(connector);
+        let genai = Arc::new(GenAi::new(
+            config.genai.clone(),
+            &telemetry.meter(),
+            telemetry.tracer().cloned(),
+        ));
         Ok(Proxy {
+            genai,
             upstream_attributes: UpstreamAttributes::new(
                 &config.upstream.host,
                 config.upstream.port,
@@ -173,13 +181,22 @@ impl Proxy {
             }
         }
 
-        // admit, forward
+        self.genai.remember(exchange.span_context());
+
+        // admit, forward (the feedback endpoint is answered here, after admission)
         let mut rate = None;
         let admitted = self
             .authenticate(&mut req, &mut exchange)
             .and_then(|()| self.admit(&req));
         let outcome = match admitted {
             Ok(()) => match self.rate_limit(&req, peer, &mut exchange).await {
+                Ok(decision) if self.genai.is_feedback(req.method(), req.uri().path()) => {
+                    let mut response = self.feedback(req, exchange, version).await;
+                    if let Some(decision) = decision {
+                        decision.add_headers(response.headers_mut());
+                    }
+                    return Ok(response);
+                }
                 Ok(decision) => {
                     rate = decision;
                     self.forward(req, peer, scheme, &mut exchange).await
@@ -316,13 +333,21 @@ impl Proxy {
         parts.uri = uri;
         parts.version = Version::HTTP_11;
 
+        let observation = self.genai.observe(&parts.method, parts.uri.path());
+        let tee = observation
+            .as_ref()
+            .and_then(|o| o.request_tee(&parts.headers));
+        if let Some(o) = observation {
+            exchange.set_genai(o);
+        }
         let failure = Arc::new(RequestBodyFailure::default());
         let body = RequestBody::new(
             body,
             self.config.max_request_body,
             exchange.request_bytes(),
             failure.clone(),
-        );
+        )
+        .with_tee(tee);
         let timeout = self.config.response_timeout;
         match tokio::time::timeout(
             timeout,
@@ -372,6 +397,9 @@ impl Proxy {
         parts.version = version;
         headers::strip_hop_by_hop(&mut parts.headers, false);
         exchange.respond(parts.status, None);
+        if let Some(genai) = exchange.genai_mut() {
+            genai.response_head(&parts.headers);
+        }
         if let Some(v) = exchange.traceresponse() {
             parts.headers.insert(TRACERESPONSE, v);
         }
@@ -379,6 +407,33 @@ impl Proxy {
             parts,
             ResponseBody::upstream(body, exchange, self.config.idle_timeout),
         )
+    }
+}
+
+impl Proxy {
+    /// Answers the feedback endpoint (never forwarded): 202, or 400/413 with a JSON error.
+    async fn feedback(
+        &self,
+        req: Request<Incoming>,
+        mut exchange: Exchange,
+        version: Version,
+    ) -> Response<ResponseBody> {
+        let timeout = self.config.response_timeout;
+        match crate::genai::feedback::handle(&self.genai, req.into_body(), timeout).await {
+            Ok((response, trace_id)) => {
+                let (mut parts, bytes) = response.into_parts();
+                exchange.set_server_attribute(opentelemetry::KeyValue::new(
+                    "ragscope.feedback.trace_id",
+                    trace_id.to_string(),
+                ));
+                exchange.respond(parts.status, None);
+                if let Some(v) = exchange.traceresponse() {
+                    parts.headers.insert(TRACERESPONSE, v);
+                }
+                Response::from_parts(parts, ResponseBody::local(bytes, exchange))
+            }
+            Err(error) => error_response(&error, exchange, version),
+        }
     }
 }
 

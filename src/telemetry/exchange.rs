@@ -164,6 +164,8 @@ pub struct Exchange {
     request_bytes: Arc<AtomicU64>,
     response_bytes: u64,
     finished: bool,
+    /// The GenAI/RAG observation, when the request is observed.
+    genai: Option<crate::genai::Observation>,
 }
 
 impl Exchange {
@@ -235,6 +237,7 @@ impl Exchange {
             request_bytes: Arc::new(AtomicU64::new(0)),
             response_bytes: 0,
             finished: false,
+            genai: None,
         }
     }
 
@@ -331,6 +334,25 @@ impl Exchange {
         self.response_bytes += n;
     }
 
+    /// Attaches the request's GenAI observation; it is concluded when the exchange finishes.
+    pub fn set_genai(&mut self, observation: crate::genai::Observation) {
+        self.genai = Some(observation);
+    }
+
+    /// The GenAI observation, if the request has one.
+    pub fn genai_mut(&mut self) -> Option<&mut crate::genai::Observation> {
+        self.genai.as_mut()
+    }
+
+    /// A response frame was handed to the client: count it and let the GenAI observation
+    /// read its copy.
+    pub fn observe_response_data(&mut self, data: &[u8]) {
+        self.response_bytes += data.len() as u64;
+        if let Some(genai) = &mut self.genai {
+            genai.response_data(data);
+        }
+    }
+
     /// Adds an attribute to the SERVER span (no-op when traces are off). For facts other
     /// phases learn about the request: who the client is, what was decided about it.
     pub fn set_server_attribute(&mut self, attribute: KeyValue) {
@@ -406,6 +428,17 @@ impl Exchange {
             instruments
                 .client_duration
                 .record(now.duration_since(upstream_start).as_secs_f64(), &attrs);
+        }
+
+        // GenAI attributes, span name and metrics, before either span ends.
+        if let Some(genai) = self.genai.take() {
+            let error_type = self.client_error_type();
+            genai.finish(
+                self.client_span.as_mut(),
+                self.server_span.as_mut(),
+                self.start,
+                error_type.as_deref(),
+            );
         }
 
         // Spans: the CLIENT span ends before its parent.

@@ -312,6 +312,14 @@ fn sampler(config: &SamplerConfig) -> Sampler {
     }
 }
 
+/// Access for other concerns that record telemetry of their own (GenAI observation).
+impl Telemetry {
+    /// The tracer, when traces are on.
+    pub fn tracer(&self) -> Option<&SdkTracer> {
+        self.tracer.as_ref()
+    }
+}
+
 fn tracer_provider<E>(
     config: &TelemetryConfig,
     resource: Resource,

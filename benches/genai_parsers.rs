@@ -1,0 +1,59 @@
+//! Parser throughput: how many bytes per second the GenAI observation reads, for a streamed
+//! chat answer (SSE, in network-sized frames) and a JSON chat response.
+//!
+//! `cargo bench --bench genai_parsers`
+
+use std::hint::black_box;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use ragscope::genai::openai::ResponseInfo;
+use ragscope::genai::sse::SseParser;
+
+fn sse_stream(events: usize) -> Vec<u8> {
+    let mut s = String::new();
+    for i in 0..events {
+        s.push_str(&format!(
+            "data: {{\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1,\
+             \"model\":\"rag-model\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"tok{i} \"}},\
+             \"finish_reason\":null}}]}}\n\n"
+        ));
+    }
+    s.push_str("data: {\"id\":\"chatcmpl-1\",\"choices\":[],\"usage\":{\"prompt_tokens\":10,\"completion_tokens\":500}}\n\ndata: [DONE]\n\n");
+    s.into_bytes()
+}
+
+fn parsers(c: &mut Criterion) {
+    let stream = sse_stream(500);
+    let mut group = c.benchmark_group("genai");
+    group.throughput(Throughput::Bytes(stream.len() as u64));
+    group.bench_function("sse_chat_stream_1400B_frames", |b| {
+        b.iter(|| {
+            let mut parser = SseParser::new(1 << 20);
+            let mut info = ResponseInfo::default();
+            for frame in stream.chunks(1400) {
+                parser.feed(black_box(frame), |e| {
+                    let _ = info.on_event(&e.data, None);
+                });
+            }
+            black_box(info.output_tokens)
+        })
+    });
+
+    let answer = "word ".repeat(400);
+    let body = serde_json::json!({
+        "id": "chatcmpl-1", "object": "chat.completion", "model": "rag-model",
+        "choices": [{"index": 0, "finish_reason": "stop",
+                     "message": {"role": "assistant", "content": answer}}],
+        "usage": {"prompt_tokens": 100, "completion_tokens": 400}
+    })
+    .to_string()
+    .into_bytes();
+    group.throughput(Throughput::Bytes(body.len() as u64));
+    group.bench_function("json_chat_response", |b| {
+        b.iter(|| black_box(ResponseInfo::parse_body(black_box(&body), None).ok()))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, parsers);
+criterion_main!(benches);
