@@ -6,7 +6,8 @@
 use serde_json::{Value, json};
 
 use crate::config::{
-    Config, ExporterKind, LogFormat, OtlpProtocol, OtlpSignal, ParentRoot, SamplerConfig,
+    Config, ExporterKind, LogFormat, OtlpProtocol, OtlpSignal, ParentRoot, RateKeyKind, RateMode,
+    SamplerConfig,
 };
 
 /// What a masked value is shown as.
@@ -14,6 +15,17 @@ pub const MASK: &str = "***";
 
 /// The effective configuration, secrets masked.
 pub fn render(config: &Config) -> Value {
+    let mut all = core(config);
+    for part in [guard(config), genai(config)] {
+        if let (Some(all), Value::Object(part)) = (all.as_object_mut(), part) {
+            all.extend(part);
+        }
+    }
+    all
+}
+
+/// Listener, proxy, operations and telemetry settings.
+fn core(config: &Config) -> Value {
     let t = &config.telemetry;
     json!({
         "RAGSCOPE_LISTEN": config.listen.to_string(),
@@ -57,6 +69,54 @@ pub fn render(config: &Config) -> Value {
         "OTEL_METRIC_EXPORT_INTERVAL": duration(t.metric_export_interval),
         "OTEL_METRIC_EXPORT_TIMEOUT": duration(t.metric_export_timeout),
         "warnings": config.warnings,
+    })
+}
+
+/// TLS, access control and rate limiting.
+fn guard(config: &Config) -> Value {
+    json!({
+        // Paths of key and certificate files are not secret; their contents are never shown.
+        "RAGSCOPE_TLS_CERT": config.tls.as_ref().map(|f| f.cert.display().to_string()),
+        "RAGSCOPE_TLS_KEY": config.tls.as_ref().map(|f| f.key.display().to_string()),
+        "RAGSCOPE_TLS_CLIENT_CA": config.tls_client_ca.as_ref().map(|p| p.display().to_string()),
+        "RAGSCOPE_TLS_HANDSHAKE_TIMEOUT": duration(config.tls_handshake_timeout),
+        "RAGSCOPE_UPSTREAM_CA": config.upstream_ca.as_ref().map(|p| p.display().to_string()),
+        "RAGSCOPE_API_KEYS_FILE": config.api_keys_file.as_ref().map(|p| p.display().to_string()),
+        "RAGSCOPE_API_KEYS_FORWARD": config.api_keys_forward,
+        "RAGSCOPE_RATE_LIMIT": config.rate_limit.limit.map_or("off".to_owned(), |l| {
+            let unit = match l.period.as_secs() {
+                1 => "s",
+                60 => "m",
+                _ => "h",
+            };
+            format!("{}/{unit}", l.count)
+        }),
+        "RAGSCOPE_RATE_BURST": config.rate_limit.burst,
+        "RAGSCOPE_RATE_KEY": match &config.rate_limit.key {
+            RateKeyKind::Ip => "ip".to_owned(),
+            RateKeyKind::ApiKey => "api-key".to_owned(),
+            RateKeyKind::Header(name) => format!("header:{name}"),
+        },
+        "RAGSCOPE_TRUSTED_PROXIES": config.rate_limit.trusted_proxies.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+        "RAGSCOPE_RATE_MAX_KEYS": config.rate_limit.max_keys,
+        "RAGSCOPE_RATE_MODE": match config.rate_limit.mode { RateMode::Enforce => "enforce", RateMode::Shadow => "shadow" },
+        // A Redis URL may carry a password.
+        "RAGSCOPE_RATE_LIMIT_REDIS": config.rate_limit.redis.as_deref().map(mask_userinfo),
+        "RAGSCOPE_RATE_LIMIT_REDIS_TIMEOUT": duration(config.rate_limit.redis_timeout),
+    })
+}
+
+/// GenAI and RAG observation.
+fn genai(config: &Config) -> Value {
+    json!({
+        "RAGSCOPE_GENAI": config.genai.enabled,
+        "RAGSCOPE_GENAI_PROVIDER": config.genai.provider,
+        "RAGSCOPE_PARSE_MAX_BYTES": config.genai.parse_max_bytes,
+        "RAGSCOPE_EXTRACT_RULES": config.genai.extract.len(),
+        "RAGSCOPE_VERSION_HEADER": config.genai.version_header.as_ref().map(|h| h.to_string()),
+        "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT": format!("{:?}", config.genai.capture),
+        "RAGSCOPE_CAPTURE_MAX_BYTES": config.genai.capture_max_bytes,
+        "RAGSCOPE_FEEDBACK_PATH": config.genai.feedback_path,
     })
 }
 
@@ -163,6 +223,28 @@ mod tests {
             "http://***@collector:4318/v1/traces"
         );
         assert_eq!(v["RAGSCOPE_RECENT_TRACES"], 1000);
+    }
+
+    #[test]
+    fn guard_and_genai_settings_are_shown_with_the_redis_password_masked() {
+        let config = Config::from_source(
+            [
+                ("RAGSCOPE_RATE_LIMIT", "50/s"),
+                ("RAGSCOPE_RATE_KEY", "header:x-tenant"),
+                ("RAGSCOPE_RATE_LIMIT_REDIS", "redis://:hunter2@redis:6379/0"),
+                ("RAGSCOPE_API_KEYS_FORWARD", "true"),
+            ]
+            .as_slice(),
+        )
+        .expect("valid");
+        let v = render(&config);
+        assert!(!v.to_string().contains("hunter2"), "{v}");
+        assert_eq!(v["RAGSCOPE_RATE_LIMIT_REDIS"], "redis://***@redis:6379/0");
+        assert_eq!(v["RAGSCOPE_RATE_KEY"], "header:x-tenant");
+        assert_eq!(v["RAGSCOPE_RATE_LIMIT"], "50/s");
+        assert_eq!(v["RAGSCOPE_API_KEYS_FORWARD"], true);
+        assert_eq!(v["RAGSCOPE_GENAI"], true);
+        assert_eq!(v["RAGSCOPE_LISTEN"], "0.0.0.0:8080");
     }
 
     #[test]

@@ -332,3 +332,49 @@ async fn a_bad_key_file_stops_start_up_naming_the_line() {
         missing.stderr_lines()
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rate_limits_can_follow_the_key_name_access_control_admitted() {
+    let up = Upstream::start().await;
+    let keys = KeyFile::new(&format!(
+        "{}\n{}\n",
+        hash_key("alice", ALICE),
+        hash_key("bob", BOB)
+    ));
+    let proxy = guarded_proxy(
+        &up,
+        &keys,
+        &[
+            ("RAGSCOPE_RATE_LIMIT", "2/m"),
+            ("RAGSCOPE_RATE_BURST", "2"),
+            ("RAGSCOPE_RATE_KEY", "api-key"),
+        ],
+    )
+    .await;
+    let client = Client::http1();
+    let alice = format!("Bearer {ALICE}");
+
+    // Alice spends her budget from one address...
+    for _ in 0..2 {
+        let reply = client
+            .request(get_with(&proxy.url("/json"), &[("authorization", &alice)]))
+            .await;
+        assert_eq!(reply.status, StatusCode::OK);
+    }
+    let reply = client
+        .request(get_with(&proxy.url("/json"), &[("authorization", &alice)]))
+        .await;
+    assert_eq!(reply.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(reply.error_type(), "rate_limited");
+
+    // ...while Bob, from the very same address, still has his own.
+    let reply = client
+        .request(get_with(&proxy.url("/json"), &[("x-api-key", BOB)]))
+        .await;
+    assert_eq!(
+        reply.status,
+        StatusCode::OK,
+        "budgets follow the key name, not the IP"
+    );
+    proxy.shutdown().await;
+}
