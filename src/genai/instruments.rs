@@ -111,7 +111,9 @@ impl GenAiInstruments {
                 .build(),
             feedback_score: meter
                 .f64_histogram("ragscope.feedback.score")
-                .with_unit("1")
+                // No unit on purpose: scores are whatever scale the application uses, and a
+                // unit of "1" would turn the Prometheus name into `..._ratio`, which the alert
+                // rules and dashboard do not expect.
                 .with_description("User feedback scores.")
                 .with_boundaries(FEEDBACK_BUCKETS.to_vec())
                 .build(),
