@@ -14,24 +14,16 @@ use bytes::Bytes;
 use http::{Request, StatusCode, header};
 use http_body_util::Empty;
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Histogram, Meter, ObservableGauge};
 
 use crate::config::{HealthCheckConfig, Upstream};
+use crate::proxy::Connector;
 
 /// The health checker could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum HealthError {
-    /// https upstream but no trust anchors to check it with.
-    #[error(
-        "RAGSCOPE_HEALTH_PATH is set for an https upstream but no system root certificates were found"
-    )]
-    NoRoots,
-    /// rustls refused the configuration.
-    #[error("cannot configure TLS for the upstream health checks: {0}")]
-    Tls(#[from] rustls::Error),
     /// The upstream URL and the health path do not make a URL.
     #[error("RAGSCOPE_HEALTH_PATH does not make a valid URL with RAGSCOPE_UPSTREAM: {0}")]
     Url(#[from] http::Error),
@@ -95,10 +87,12 @@ pub struct HealthChecker {
 }
 
 impl HealthChecker {
-    /// Starts checking `upstream` per `config`; the first check runs at once.
+    /// Starts checking `upstream` per `config` through `connector` (the proxy's, so checks
+    /// trust the same certificates); the first check runs at once.
     pub fn start(
         config: &HealthCheckConfig,
         upstream: &Upstream,
+        connector: Connector,
         meter: &Meter,
     ) -> Result<HealthChecker, HealthError> {
         let health = UpstreamHealth::new();
@@ -126,7 +120,10 @@ impl HealthChecker {
             .build();
         let uri = upstream.uri_for(Some(&config.path))?;
         let checker = Checker {
-            client: client(upstream, config.timeout)?,
+            client: Client::builder(TokioExecutor::new())
+                .pool_timer(TokioTimer::new())
+                .pool_idle_timeout(Duration::from_secs(90))
+                .build(connector),
             uri,
             host: upstream.authority.to_string(),
             config: config.clone(),
@@ -152,35 +149,7 @@ impl Drop for HealthChecker {
     }
 }
 
-type HealthClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>;
-
-fn client(upstream: &Upstream, timeout: Duration) -> Result<HealthClient, HealthError> {
-    let mut http = HttpConnector::new();
-    http.set_connect_timeout(Some(timeout));
-    http.set_nodelay(true);
-    http.enforce_http(false);
-    let native = rustls_native_certs::load_native_certs();
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add_parsable_certificates(native.certs);
-    if upstream.scheme == http::uri::Scheme::HTTPS && roots.is_empty() {
-        return Err(HealthError::NoRoots);
-    }
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let connector = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(http);
-    Ok(Client::builder(TokioExecutor::new())
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .build(connector))
-}
+type HealthClient = Client<Connector, Empty<Bytes>>;
 
 struct Checker {
     client: HealthClient,

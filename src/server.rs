@@ -111,6 +111,7 @@ impl Server {
             Some(health) => Some(crate::health::HealthChecker::start(
                 health,
                 &config.upstream,
+                crate::proxy::upstream_connector(&config, health.timeout)?,
                 &telemetry.meter(),
             )?),
             None => None,

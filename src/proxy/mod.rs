@@ -36,7 +36,8 @@ use crate::telemetry::{Exchange, RequestFacts, Telemetry, UpstreamAttributes};
 
 pub use body::{BodyError, RequestBody, RequestBodyFailure, ResponseBody};
 
-type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+/// TCP, then TLS for an https upstream.
+pub type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
 
 /// Shared state of the proxy: configuration, the upstream client, telemetry.
 #[derive(Debug)]
@@ -69,42 +70,7 @@ pub enum ClientError {
 impl Proxy {
     /// Builds the proxy and its pooled upstream client.
     pub fn new(config: Arc<Config>, telemetry: Arc<Telemetry>) -> Result<Proxy, ClientError> {
-        let mut http = HttpConnector::new();
-        http.set_connect_timeout(Some(config.connect_timeout));
-        http.set_nodelay(true);
-        http.enforce_http(false);
-        http.set_keepalive(Some(std::time::Duration::from_secs(60)));
-
-        // A private CA replaces the system roots rather than adding to them: an upstream
-        // with an internal certificate should not also be trusted on a public CA's word.
-        let roots = match &config.upstream_ca {
-            Some(path) => crate::tls::load_ca_bundle("RAGSCOPE_UPSTREAM_CA", path)?,
-            None => {
-                let native = rustls_native_certs::load_native_certs();
-                let mut roots = rustls::RootCertStore::empty();
-                roots.add_parsable_certificates(native.certs);
-                if config.upstream.scheme == http::uri::Scheme::HTTPS && roots.is_empty() {
-                    let why = native
-                        .errors
-                        .first()
-                        .map(|e| e.to_string())
-                        .unwrap_or_else(|| "none installed".to_owned());
-                    return Err(ClientError::NoRoots(why));
-                }
-                roots
-            }
-        };
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
+        let connector = upstream_connector(&config, config.connect_timeout)?;
         let client = Client::builder(TokioExecutor::new())
             .timer(TokioTimer::new())
             .pool_timer(TokioTimer::new())
@@ -435,6 +401,51 @@ impl Proxy {
             Err(error) => error_response(&error, exchange, version),
         }
     }
+}
+
+/// The connector to the upstream: TCP with the given connect timeout, then TLS for an https
+/// upstream, verified against the system roots or `RAGSCOPE_UPSTREAM_CA`. Shared by the proxy's
+/// client and the active health checks, so both trust the same certificates.
+pub fn upstream_connector(
+    config: &Config,
+    connect_timeout: std::time::Duration,
+) -> Result<Connector, ClientError> {
+    let mut http = HttpConnector::new();
+    http.set_connect_timeout(Some(connect_timeout));
+    http.set_nodelay(true);
+    http.enforce_http(false);
+    http.set_keepalive(Some(std::time::Duration::from_secs(60)));
+
+    // A private CA replaces the system roots rather than adding to them: an upstream
+    // with an internal certificate should not also be trusted on a public CA's word.
+    let roots = match &config.upstream_ca {
+        Some(path) => crate::tls::load_ca_bundle("RAGSCOPE_UPSTREAM_CA", path)?,
+        None => {
+            let native = rustls_native_certs::load_native_certs();
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add_parsable_certificates(native.certs);
+            if config.upstream.scheme == http::uri::Scheme::HTTPS && roots.is_empty() {
+                let why = native
+                    .errors
+                    .first()
+                    .map(|e| e.to_string())
+                    .unwrap_or_else(|| "none installed".to_owned());
+                return Err(ClientError::NoRoots(why));
+            }
+            roots
+        }
+    };
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http))
 }
 
 const TRACERESPONSE: header::HeaderName = header::HeaderName::from_static("traceresponse");
