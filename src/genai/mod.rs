@@ -513,8 +513,11 @@ impl Observation {
 
         // The inference span is the upstream call's CLIENT span; without one (the upstream
         // was never reached) the server span takes everything.
-        let has_client = client.is_some();
-        if let Some(span) = client {
+        let (inference, copy_to) = match (client, server) {
+            (Some(client), server) => (Some(client), server),
+            (None, server) => (server, None),
+        };
+        if let Some(span) = inference {
             write_span(
                 span,
                 &genai,
@@ -526,21 +529,9 @@ impl Observation {
                 &self.first_token,
             );
         }
-        if let Some(span) = server {
-            if has_client {
-                span.set_attributes(copied);
-            } else {
-                write_span(
-                    span,
-                    &genai,
-                    &operation,
-                    &facts,
-                    &attrs,
-                    &content,
-                    &self.first_byte,
-                    &self.first_token,
-                );
-            }
+        // Model and token counts also go on the server span, so a search on either finds them.
+        if let Some(span) = copy_to {
+            span.set_attributes(copied);
         }
 
         // Metrics.
