@@ -18,7 +18,11 @@ async fn any_method_path_and_query_reach_the_upstream() {
     for method in ["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "PURGE"] {
         let m = Method::from_bytes(method.as_bytes()).expect("method");
         let reply = client
-            .send_body(m, &proxy.url("/echo?q=rag&top_k=5"), Bytes::from_static(b"hello"))
+            .send_body(
+                m,
+                &proxy.url("/echo?q=rag&top_k=5"),
+                Bytes::from_static(b"hello"),
+            )
             .await;
         assert_eq!(reply.status, 200, "{method}");
         let echo = reply.json();
@@ -55,7 +59,10 @@ async fn forwarded_headers_are_set_and_host_is_the_upstreams() {
     let reply = Client::http1()
         .get_with(
             proxy.url("/echo"),
-            &[("host", "rag.example.com"), ("x-forwarded-for", "203.0.113.9")],
+            &[
+                ("host", "rag.example.com"),
+                ("x-forwarded-for", "203.0.113.9"),
+            ],
         )
         .await;
     let seen = up.last_request();
@@ -201,7 +208,11 @@ async fn request_body_over_the_limit_is_413() {
 
     // Declared too large: refused before the upstream is called.
     let reply = Client::http1()
-        .send_body(Method::POST, &proxy.url("/upload"), Bytes::from(vec![0u8; 4096]))
+        .send_body(
+            Method::POST,
+            &proxy.url("/upload"),
+            Bytes::from(vec![0u8; 4096]),
+        )
         .await;
     assert_eq!(reply.status, 413);
     assert_eq!(reply.error_type(), "request_body_too_large");
@@ -221,7 +232,11 @@ async fn request_body_over_the_limit_is_413() {
 
     // At the limit is fine.
     let reply = Client::http1()
-        .send_body(Method::POST, &proxy.url("/upload"), Bytes::from(vec![0u8; 1024]))
+        .send_body(
+            Method::POST,
+            &proxy.url("/upload"),
+            Bytes::from(vec![0u8; 1024]),
+        )
         .await;
     assert_eq!(reply.status, 200);
 }

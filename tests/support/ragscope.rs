@@ -236,12 +236,7 @@ impl Binary {
         })
         .await
         .flatten()
-        .unwrap_or_else(|| {
-            panic!(
-                "ragscope did not start; stderr: {:?}",
-                self.stderr_lines()
-            )
-        });
+        .unwrap_or_else(|| panic!("ragscope did not start; stderr: {:?}", self.stderr_lines()));
         let v: serde_json::Value = serde_json::from_str(&line).expect("JSON log line");
         let listen = v["listen"]
             .as_str()
