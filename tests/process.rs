@@ -616,11 +616,7 @@ async fn large_bodies_stream_through_without_growing_the_process() {
     );
 
     let res = client
-        .send(
-            request(Method::GET, &format!("http://{proxy}/large?bytes={SIZE}"))
-                .body(Full::default())
-                .expect("request"),
-        )
+        .get_streaming(format!("http://{proxy}/large?bytes={SIZE}"))
         .await;
     assert_eq!(res.status(), 200);
     let mut body = res.into_body();
@@ -670,13 +666,7 @@ struct SseReader {
 
 impl SseReader {
     async fn open(url: &str) -> SseReader {
-        let res = Client::http1()
-            .send(
-                request(Method::GET, url)
-                    .body(Full::default())
-                    .expect("request"),
-            )
-            .await;
+        let res = Client::http1().get_streaming(url).await;
         assert_eq!(res.status(), 200, "{url}");
         SseReader {
             body: res.into_body(),

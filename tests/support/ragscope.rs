@@ -449,6 +449,14 @@ impl Client {
         }
     }
 
+    /// GET `url` and return the response head with its body still streaming.
+    pub async fn get_streaming(
+        &self,
+        url: impl AsRef<str>,
+    ) -> http::Response<hyper::body::Incoming> {
+        self.send(get_with(url.as_ref(), &[])).await
+    }
+
     /// GET `url`.
     pub async fn get(&self, url: impl AsRef<str>) -> Reply {
         self.get_with(url, &[]).await
