@@ -449,6 +449,19 @@ impl Client {
         }
     }
 
+    /// GET `url`, or `None` when there is no complete answer (refused, reset): for polling
+    /// a server that may not be up yet.
+    pub async fn try_get(&self, url: impl AsRef<str>) -> Option<Reply> {
+        let res = self.inner.request(get_with(url.as_ref(), &[])).await.ok()?;
+        let (parts, body) = res.into_parts();
+        let body = body.collect().await.ok()?.to_bytes();
+        Some(Reply {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        })
+    }
+
     /// GET `url` and return the response head with its body still streaming.
     pub async fn get_streaming(
         &self,
