@@ -762,9 +762,14 @@ async fn feedback_lands_in_the_original_trace() {
     assert_eq!(count.number_points()[0].as_i64(), Some(1));
     assert_eq!(up_requests_other_than_chat(&otlp), 0);
     assert!(
-        up.requests().iter().all(|r| r.path() == "/v1/chat/completions"),
+        up.requests()
+            .iter()
+            .all(|r| r.path() == "/v1/chat/completions"),
         "only the chat reached the upstream: {:?}",
-        up.requests().iter().map(|r| r.uri.clone()).collect::<Vec<_>>()
+        up.requests()
+            .iter()
+            .map(|r| r.uri.clone())
+            .collect::<Vec<_>>()
     );
     proxy.shutdown().await;
 }
