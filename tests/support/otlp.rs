@@ -59,7 +59,6 @@ pub const HTTP_TRACES_PATH: &str = "/v1/traces";
 /// OTLP/HTTP path for metrics.
 pub const HTTP_METRICS_PATH: &str = "/v1/metrics";
 
-
 // ---------------------------------------------------------------------------
 // Flattened data model
 // ---------------------------------------------------------------------------
