@@ -17,9 +17,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 
-use crate::config::Config;
 use crate::health::{UpstreamHealth, UpstreamState};
 use crate::proxy::Proxy;
+use crate::settings::Config;
 
 /// What the admin endpoints read.
 #[derive(Debug, Clone)]

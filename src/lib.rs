@@ -1,7 +1,7 @@
 //! ragscope: an observability sidecar proxy for RAG and LLM servers.
 //!
 //! A request's path through the crate, in order:
-//! [`config`] (parsed once) → [`listener`] (accept, [`tls`], HTTP/1.1 + HTTP/2, limits) →
+//! [`settings`] (parsed once, per concern, with the readers in [`config`]) → [`listener`] (accept, [`tls`], HTTP/1.1 + HTTP/2, limits) →
 //! [`proxy`] (admit with [`auth`] and [`limit`], forward, respond) → [`telemetry`] (spans,
 //! metrics, access log, recorded when the response body ends), with [`genai`] reading GenAI/RAG
 //! traffic on the way. [`admin`] serves health, metrics and the recent-requests view
@@ -24,9 +24,11 @@ pub mod listener;
 pub mod proxy;
 pub mod reload;
 pub mod server;
+pub mod settings;
 pub mod telemetry;
 pub mod tls;
 pub mod trace_view;
 
-pub use config::{Config, ConfigError, Env, Source};
+pub use config::{ConfigError, Env, Source};
 pub use server::{Server, StartError};
+pub use settings::Config;

@@ -19,8 +19,8 @@ use opentelemetry::KeyValue;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 
-use crate::config::Config;
 use crate::proxy::Proxy;
+use crate::settings::Config;
 use crate::tls::ListenerTls;
 
 /// Builds the connection builder with every limit set on purpose.

@@ -9,8 +9,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::config::Config;
 use crate::proxy::{ClientError, Proxy};
+use crate::settings::Config;
 use crate::telemetry::{Telemetry, TelemetryError};
 
 /// Longest wait for the exporters to flush at exit, whatever the collector does.
@@ -78,11 +78,11 @@ impl Server {
         let config_upstream = format!("{}://{}", config.upstream.scheme, config.upstream.authority);
         // Files are checked before anything starts: a bad certificate or key file stops
         // start-up with a line naming it.
-        let tls = match &config.tls {
+        let tls = match &config.tls.files {
             Some(files) => Some(Arc::new(crate::tls::ListenerTls::new(
                 files,
-                config.tls_client_ca.as_deref(),
-                config.tls_handshake_timeout,
+                config.tls.client_ca.as_deref(),
+                config.tls.handshake_timeout,
             )?)),
             None => None,
         };

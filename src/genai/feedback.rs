@@ -16,8 +16,8 @@ use opentelemetry::trace::{
 use opentelemetry::{Context, KeyValue};
 use serde_json::Value;
 
+use super::CaptureMode;
 use super::{GenAi, openai::push_bounded};
-use crate::config::CaptureMode;
 use crate::error::ProxyError;
 
 /// Largest feedback body accepted.

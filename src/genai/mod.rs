@@ -13,24 +13,25 @@ pub mod feedback;
 mod instruments;
 pub mod openai;
 pub mod redact;
+mod settings;
 pub mod sse;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
-use http::{HeaderMap, HeaderName, Method, header};
+use http::{HeaderMap, Method, header};
 use opentelemetry::trace::{Span as _, SpanContext, SpanId, TraceId};
 use opentelemetry::{KeyValue, StringValue, Value};
 use opentelemetry_sdk::trace::{SdkTracer, Span};
 use serde_json::json;
 
-use crate::config::{CaptureMode, GenAiConfig};
 use extract::{Extracted, Side, Target};
 use openai::{Operation, RequestInfo, ResponseInfo};
 use redact::Redactor;
 
 pub use instruments::GenAiInstruments;
+pub use settings::{CaptureMode, Settings};
 
 /// Documents listed in `gen_ai.retrieval.documents`, at most.
 const MAX_DOCUMENTS: usize = 20;
@@ -43,7 +44,7 @@ const RECENT_TRACES: usize = 4096;
 /// feedback refers to.
 #[derive(Debug)]
 pub struct GenAi {
-    config: GenAiConfig,
+    config: Settings,
     redactor: Redactor,
     instruments: GenAiInstruments,
     tracer: Option<SdkTracer>,
@@ -54,7 +55,7 @@ pub struct GenAi {
 impl GenAi {
     /// Builds the shared state. `tracer` is `None` when traces are off.
     pub fn new(
-        config: GenAiConfig,
+        config: Settings,
         meter: &opentelemetry::metrics::Meter,
         tracer: Option<SdkTracer>,
     ) -> GenAi {
@@ -70,7 +71,7 @@ impl GenAi {
     }
 
     /// The configuration.
-    pub fn config(&self) -> &GenAiConfig {
+    pub fn config(&self) -> &Settings {
         &self.config
     }
 
@@ -786,11 +787,6 @@ fn is_json_or_unlabelled(headers: &HeaderMap) -> bool {
         None => true,
         Some(ct) => ct.to_ascii_lowercase().contains("json"),
     }
-}
-
-/// The version header name, for the configuration parser.
-pub fn header_name(v: &str) -> Option<HeaderName> {
-    HeaderName::from_bytes(v.as_bytes()).ok()
 }
 
 #[cfg(test)]

@@ -28,10 +28,10 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::auth::{ApiKeys, Refusal};
-use crate::config::Config;
 use crate::error::ProxyError;
 use crate::genai::GenAi;
 use crate::limit::{Decision, RateLimiter};
+use crate::settings::Config;
 use crate::telemetry::{Exchange, RequestFacts, Telemetry, UpstreamAttributes};
 
 pub use body::{BodyError, RequestBody, RequestBodyFailure, ResponseBody};

@@ -13,6 +13,7 @@ pub mod logging;
 mod metrics;
 pub mod prometheus;
 pub mod recent;
+mod settings;
 pub mod trace_context;
 
 use std::sync::Arc;
@@ -30,14 +31,14 @@ use opentelemetry_sdk::trace::{
     BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracer, SdkTracerProvider,
 };
 
-use crate::config::{
-    ExporterKind, OtlpProtocol, OtlpSignal, ParentRoot, SamplerConfig, TelemetryConfig,
-};
-
 pub use exchange::{Ending, Exchange, RequestFacts, UpstreamAttributes};
 pub use metrics::Instruments;
 pub use prometheus::PrometheusEndpoint;
 pub use recent::{RecentTraces, TraceFilter};
+pub use settings::{
+    ExporterKind, LogFormat, OtlpProtocol, OtlpSignal, ParentRoot, Propagators, SamplerConfig,
+    TelemetryConfig, read_log,
+};
 
 /// A telemetry pipeline that could not be built.
 #[derive(Debug, thiserror::Error)]
