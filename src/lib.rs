@@ -21,6 +21,7 @@ pub mod health;
 pub mod identity;
 pub mod limit;
 pub mod listener;
+pub mod observe;
 pub mod proxy;
 pub mod reload;
 pub mod server;
