@@ -224,7 +224,10 @@ impl Body for ResponseBody {
                     this.exchange.observe_response_data(data);
                 }
                 // The last frame is leaving: the response is complete now, not when hyper
-                // next polls (it may never poll again once it sees the end).
+                // next polls (it may never poll again once it sees the end). The record is
+                // handed to telemetry here, before hyper writes this frame; recording after it
+                // (issue 11) means ending here and recording on the drop, left for the queue
+                // of issue 18, which takes the recording off this task altogether.
                 if this.source_done() {
                     this.exchange.finish(Ending::Complete);
                 }

@@ -18,6 +18,7 @@
 mod body;
 mod exchange;
 mod headers;
+mod respond;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -33,7 +34,6 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::auth::{ApiKeys, Refusal};
 use crate::config::Config;
-use crate::error::Origin;
 use crate::error::ProxyError;
 use crate::genai::GenAi;
 use crate::limit::{Decision, RateLimiter};
@@ -42,6 +42,7 @@ use crate::telemetry::Telemetry;
 
 pub use body::{BodyError, RequestBody, RequestBodyFailure, ResponseBody};
 pub use exchange::Exchange;
+use respond::{Answer, error_response, finish_head};
 
 /// TCP, then TLS for an https upstream.
 pub type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
@@ -399,27 +400,6 @@ impl Proxy {
     }
 }
 
-/// What the proxy answers with when a request was admitted.
-enum Answer {
-    /// The upstream's response, streamed back.
-    Upstream(Response<Incoming>),
-    /// A complete answer of the proxy's own (the feedback endpoint).
-    Local(Response<Bytes>),
-}
-
-/// Finishes a response head, the one place this happens: the status (and, for the proxy's own
-/// error, its `error.type` and origin) goes into the record, `traceresponse` onto the head.
-fn finish_head(
-    parts: &mut http::response::Parts,
-    exchange: &mut Exchange,
-    error: Option<(&'static str, Origin)>,
-) {
-    exchange.respond(parts.status, error);
-    if let Some(v) = exchange.traceresponse() {
-        parts.headers.insert(TRACERESPONSE, v);
-    }
-}
-
 /// The connector to the upstream: TCP with the given connect timeout, then TLS for an https
 /// upstream, verified against the system roots or `RAGSCOPE_UPSTREAM_CA`. Shared by the proxy's
 /// client and the active health checks, so both trust the same certificates.
@@ -463,38 +443,6 @@ pub fn upstream_connector(
         .https_or_http()
         .enable_http1()
         .wrap_connector(http))
-}
-
-const TRACERESPONSE: header::HeaderName = header::HeaderName::from_static("traceresponse");
-
-/// Turns an error into the client's response and records it on the exchange.
-fn error_response(
-    error: &ProxyError,
-    mut exchange: Exchange,
-    version: Version,
-) -> Response<ResponseBody> {
-    if matches!(error, ProxyError::RateLimited { .. }) {
-        // Refusals are routine and can come by the thousand a second: counted, not logged.
-        tracing::debug!(error_type = error.error_type(), "{error}");
-    } else {
-        tracing::warn!(
-            origin = error.origin().as_str(),
-            error_type = error.error_type(),
-            detail = error.detail(),
-            "{error}"
-        );
-    }
-    let (mut parts, bytes) = error.to_response().into_parts();
-    if version == Version::HTTP_2 {
-        // Connection-specific headers are forbidden in HTTP/2.
-        parts.headers.remove(header::CONNECTION);
-    }
-    finish_head(
-        &mut parts,
-        &mut exchange,
-        Some((error.error_type(), error.origin())),
-    );
-    Response::from_parts(parts, ResponseBody::local(bytes, exchange))
 }
 
 /// The request's declared body length, if it has a valid one.
