@@ -18,16 +18,17 @@ static FILE: LazyLock<PathBuf> = LazyLock::new(|| {
 fuzz_target!(|data: &[u8]| {
     // Input: `name NUL key NUL file contents`; the name and key make one extra, valid line.
     let mut parts = data.splitn(3, |b| *b == 0);
-    let (Some(name), Some(key), Some(contents)) = (parts.next(), parts.next(), parts.next())
-    else {
+    let (Some(name), Some(key), Some(contents)) = (parts.next(), parts.next(), parts.next()) else {
         return;
     };
     let (Ok(name), Ok(key)) = (std::str::from_utf8(name), std::str::from_utf8(key)) else {
         return;
     };
     // `ragscope hash-key` refuses such names; a key is read trimmed from its header.
-    let usable_name = !name.is_empty() && !name.contains('#') && !name.contains(char::is_whitespace);
-    let usable_key = !key.is_empty() && key.trim_ascii() == key && HeaderValue::from_str(key).is_ok();
+    let usable_name =
+        !name.is_empty() && !name.contains('#') && !name.contains(char::is_whitespace);
+    let usable_key =
+        !key.is_empty() && key.trim_ascii() == key && HeaderValue::from_str(key).is_ok();
 
     let mut file = contents.to_vec();
     if usable_name && usable_key {
@@ -52,7 +53,10 @@ fuzz_target!(|data: &[u8]| {
         (X_API_KEY, format!(" {key} ")),
     ] {
         let mut headers = HeaderMap::new();
-        headers.insert(header.clone(), HeaderValue::from_str(&value).expect("checked above"));
+        headers.insert(
+            header.clone(),
+            HeaderValue::from_str(&value).expect("checked above"),
+        );
         let accepted = keys.check(&headers).expect("a listed key is admitted");
         assert_eq!(&*accepted.name.0, name);
         assert_eq!(accepted.header, header);

@@ -101,7 +101,10 @@ fuzz_target!(|data: &[u8]| {
             assert!(!only_otel, "an OTEL_* value stopped start-up: {e}");
             assert!(e.var.starts_with("RAGSCOPE_"), "{e}");
             let line = e.to_string();
-            assert!(!line.contains('\n'), "the start-up error is one line: {line:?}");
+            assert!(
+                !line.contains('\n'),
+                "the start-up error is one line: {line:?}"
+            );
             assert!(line.contains(e.var), "{line}");
         }
     }

@@ -35,7 +35,10 @@ fuzz_target!(|data: &[u8]| {
     };
     assert_eq!(extractor.get("traceparent").is_some(), lone_valid.is_some());
     if let Some(state) = extractor.get("tracestate") {
-        assert!(lone_valid.is_some(), "tracestate read without a valid traceparent");
+        assert!(
+            lone_valid.is_some(),
+            "tracestate read without a valid traceparent"
+        );
         assert!(state.split(',').filter(|m| !m.trim().is_empty()).count() <= 32);
     }
     let _ = extractor.keys();
