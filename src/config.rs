@@ -92,6 +92,9 @@ pub struct Config {
     pub header_read_timeout: Duration,
     /// `RAGSCOPE_MAX_CONNECTIONS`: open client connections; past it, accepting pauses.
     pub max_connections: usize,
+    /// `RAGSCOPE_WORKERS`: proxy worker threads, each with its own runtime, listener and
+    /// upstream pool (`auto`: one per available core).
+    pub workers: usize,
     /// `RAGSCOPE_MAX_HEADER_BYTES`: request header block size; larger gets 431.
     pub max_header_bytes: usize,
     /// `RAGSCOPE_MAX_HEADERS`: request header count; more gets 431.
@@ -372,6 +375,12 @@ impl Config {
                 "a whole number of connections, at least 1",
                 |v| v.parse::<usize>().ok().filter(|n| *n >= 1),
             )?,
+            workers: r.parse(
+                "RAGSCOPE_WORKERS",
+                "auto",
+                "auto (one per available core) or a whole number of threads from 1 to 1024",
+                parse_workers,
+            )?,
             max_header_bytes: r.parse(
                 "RAGSCOPE_MAX_HEADER_BYTES",
                 "64KiB",
@@ -518,6 +527,14 @@ impl<S: Source + ?Sized> Reader<'_, S> {
 
 fn non_empty(v: Option<String>) -> Option<String> {
     v.filter(|s| !s.trim().is_empty())
+}
+
+/// `auto` (the cores this process may run on) or 1..=1024 worker threads.
+fn parse_workers(v: &str) -> Option<usize> {
+    if v.eq_ignore_ascii_case("auto") {
+        return Some(std::thread::available_parallelism().map_or(1, |n| n.get()));
+    }
+    v.parse::<usize>().ok().filter(|n| (1..=1024).contains(n))
 }
 
 /// `0.0.0.0:8080`, `[::]:8080`, `localhost:8080`.
@@ -1400,6 +1417,17 @@ mod tests {
     }
 
     #[test]
+    fn workers_default_to_the_cores_and_take_a_count() {
+        assert!(parse_workers("auto").is_some_and(|n| n >= 1));
+        assert_eq!(parse_workers("AUTO"), parse_workers("auto"));
+        assert_eq!(parse_workers("3"), Some(3));
+        assert_eq!(parse_workers("1024"), Some(1024));
+        for bad in ["0", "1025", "-1", "two", "1.5"] {
+            assert_eq!(parse_workers(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
     fn bad_value_names_variable_value_and_form() {
         let err = parse(&[("RAGSCOPE_CONNECT_TIMEOUT", "5x")]).expect_err("must fail");
         assert_eq!(err.var, "RAGSCOPE_CONNECT_TIMEOUT");
@@ -1420,6 +1448,9 @@ mod tests {
             ("RAGSCOPE_IDLE_TIMEOUT", "-1s"),
             ("RAGSCOPE_DRAIN_TIMEOUT", "30 s s"),
             ("RAGSCOPE_MAX_CONNECTIONS", "0"),
+            ("RAGSCOPE_WORKERS", "0"),
+            ("RAGSCOPE_WORKERS", "1025"),
+            ("RAGSCOPE_WORKERS", "many"),
         ] {
             let err = parse(&[(var, bad)]).expect_err(var);
             assert_eq!(err.var, var);

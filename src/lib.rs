@@ -27,6 +27,7 @@ pub mod server;
 pub mod telemetry;
 pub mod tls;
 pub mod trace_view;
+pub mod workers;
 
 pub use config::{Config, ConfigError, Env, Source};
 pub use server::{Server, StartError};

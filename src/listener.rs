@@ -54,17 +54,18 @@ fn connection_builder(config: &Config) -> auto::Builder<TokioExecutor> {
 }
 
 /// Accepts and serves connections until `shutdown` turns true, then stops accepting at once
-/// and lets open connections finish for up to the drain timeout.
+/// and lets open connections finish for up to the drain timeout. Each worker runs one of these
+/// on its own listener; `permits` (`RAGSCOPE_MAX_CONNECTIONS`) is shared by all of them.
 pub async fn serve(
     listener: TcpListener,
     proxy: Arc<Proxy>,
     config: Arc<Config>,
     tls: Option<Arc<ListenerTls>>,
+    permits: Arc<Semaphore>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let builder = Arc::new(connection_builder(&config));
     let graceful = GracefulShutdown::new();
-    let permits = Arc::new(Semaphore::new(config.max_connections));
     let instruments = proxy.telemetry().instruments().clone();
 
     loop {
