@@ -105,7 +105,7 @@ mod tests {
 
     #[test]
     fn each_thread_gets_its_own_value() {
-        let values = PerWorker::new(2, |i| Ok::<_, ()>(i)).expect("builds");
+        let values = PerWorker::new(2, Ok::<_, ()>).expect("builds");
         assert_eq!(*values.get(), 2, "non-worker threads use the last value");
         WORKER.with(|w| w.set(Some(1)));
         assert_eq!(*values.get(), 1);
