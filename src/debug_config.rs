@@ -41,6 +41,7 @@ fn core(config: &Config) -> Value {
         "RAGSCOPE_DRAIN_TIMEOUT": duration(config.drain_timeout),
         "RAGSCOPE_HEADER_READ_TIMEOUT": duration(config.header_read_timeout),
         "RAGSCOPE_MAX_CONNECTIONS": config.max_connections,
+        "RAGSCOPE_WORKERS": config.workers,
         "RAGSCOPE_MAX_HEADER_BYTES": config.max_header_bytes,
         "RAGSCOPE_MAX_HEADERS": config.max_headers,
         "RAGSCOPE_H2_MAX_CONCURRENT_STREAMS": config.h2_max_concurrent_streams,

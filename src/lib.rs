@@ -30,6 +30,7 @@ pub mod settings;
 pub mod telemetry;
 pub mod tls;
 pub mod trace_view;
+pub mod workers;
 
 pub use config::{ConfigError, Env, Source};
 pub use server::{Server, StartError};

@@ -29,6 +29,8 @@ use bytes::Bytes;
 use http::{HeaderValue, Request, Response, Version, header};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
+
+use crate::workers::PerWorker;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
@@ -51,7 +53,9 @@ pub type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
 #[derive(Debug)]
 pub struct Proxy {
     config: Arc<Config>,
-    client: Client<Connector, RequestBody>,
+    /// One pooled client per worker thread: a request's upstream connection task then runs on
+    /// the thread that serves the request ([`crate::workers`]), never waking another core.
+    client: PerWorker<Client<Connector, RequestBody>>,
     telemetry: Arc<Telemetry>,
     upstream_address: UpstreamAddress,
     draining: AtomicBool,
@@ -79,11 +83,15 @@ impl Proxy {
     /// Builds the proxy and its pooled upstream client.
     pub fn new(config: Arc<Config>, telemetry: Arc<Telemetry>) -> Result<Proxy, ClientError> {
         let connector = upstream_connector(&config, config.connect_timeout)?;
-        let client = Client::builder(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(std::time::Duration::from_secs(90))
-            .build(connector);
+        let client = PerWorker::new(config.workers, |_| {
+            Ok::<_, ClientError>(
+                Client::builder(TokioExecutor::new())
+                    .timer(TokioTimer::new())
+                    .pool_timer(TokioTimer::new())
+                    .pool_idle_timeout(std::time::Duration::from_secs(90))
+                    .build(connector.clone()),
+            )
+        })?;
         let genai = Arc::new(GenAi::new(config.genai.clone()));
         Ok(Proxy {
             genai,
@@ -322,7 +330,7 @@ impl Proxy {
         )
         .with_tee(tee);
         let timeout = self.config.response_timeout;
-        let upstream = self.client.request(Request::from_parts(parts, body));
+        let upstream = self.client.get().request(Request::from_parts(parts, body));
         match tokio::time::timeout(timeout, upstream).await {
             Err(_) => Err(ProxyError::UpstreamTimeout(timeout)),
             Ok(Ok(response)) => Ok(response),

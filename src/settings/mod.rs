@@ -47,6 +47,9 @@ pub struct Config {
     pub header_read_timeout: Duration,
     /// `RAGSCOPE_MAX_CONNECTIONS`: open client connections; past it, accepting pauses.
     pub max_connections: usize,
+    /// `RAGSCOPE_WORKERS`: proxy worker threads, each with its own runtime, listener and
+    /// upstream pool (`auto`: one per available core).
+    pub workers: usize,
     /// `RAGSCOPE_MAX_HEADER_BYTES`: request header block size; larger gets 431.
     pub max_header_bytes: usize,
     /// `RAGSCOPE_MAX_HEADERS`: request header count; more gets 431.
@@ -111,6 +114,12 @@ impl Config {
             drain_timeout: r.duration("RAGSCOPE_DRAIN_TIMEOUT", "30s")?,
             header_read_timeout: r.duration("RAGSCOPE_HEADER_READ_TIMEOUT", "10s")?,
             max_connections: r.count_in("RAGSCOPE_MAX_CONNECTIONS", 10_000, "connections", 1..)?,
+            workers: r.parse(
+                "RAGSCOPE_WORKERS",
+                "auto",
+                "auto (one per available core) or a whole number of threads from 1 to 1024",
+                parse_workers,
+            )?,
             max_header_bytes: r.size_in("RAGSCOPE_MAX_HEADER_BYTES", 64 << 10, 8192..=1 << 20)?,
             max_headers: r.count_in("RAGSCOPE_MAX_HEADERS", 100, "headers", 1..=1000)?,
             h2_max_concurrent_streams: r.count_in(
@@ -134,3 +143,11 @@ impl Config {
 
 #[cfg(test)]
 mod tests;
+
+/// `auto` (the cores this process may run on) or 1..=1024 worker threads.
+pub(crate) fn parse_workers(v: &str) -> Option<usize> {
+    if v.eq_ignore_ascii_case("auto") {
+        return Some(std::thread::available_parallelism().map_or(1, |n| n.get()));
+    }
+    v.parse::<usize>().ok().filter(|n| (1..=1024).contains(n))
+}

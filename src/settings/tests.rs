@@ -92,6 +92,9 @@ fn bad_value_names_variable_value_and_form() {
         ("RAGSCOPE_IDLE_TIMEOUT", "-1s"),
         ("RAGSCOPE_DRAIN_TIMEOUT", "30 s s"),
         ("RAGSCOPE_MAX_CONNECTIONS", "0"),
+        ("RAGSCOPE_WORKERS", "0"),
+        ("RAGSCOPE_WORKERS", "1025"),
+        ("RAGSCOPE_WORKERS", "many"),
     ] {
         let err = parse(&[(var, bad)]).expect_err(var);
         assert_eq!(err.var, var);
@@ -242,4 +245,15 @@ fn resource_attributes() {
             ("team".to_owned(), "rag ops".to_owned())
         ]
     );
+}
+
+#[test]
+fn workers_default_to_the_cores_and_take_a_count() {
+    assert!(parse_workers("auto").is_some_and(|n| n >= 1));
+    assert_eq!(parse_workers("AUTO"), parse_workers("auto"));
+    assert_eq!(parse_workers("3"), Some(3));
+    assert_eq!(parse_workers("1024"), Some(1024));
+    for bad in ["0", "1025", "-1", "two", "1.5"] {
+        assert_eq!(parse_workers(bad), None, "{bad}");
+    }
 }
