@@ -11,11 +11,13 @@ pub mod access_log;
 mod export;
 mod genai;
 mod genai_instruments;
+mod held;
 pub mod logging;
 mod metrics;
 pub mod prometheus;
 pub mod recent;
 mod record;
+mod sampling;
 mod settings;
 mod spans;
 pub mod trace_context;
@@ -40,6 +42,7 @@ pub use genai_instruments::GenAiInstruments;
 pub use metrics::Instruments;
 pub use prometheus::PrometheusEndpoint;
 pub use recent::{RecentTraces, TraceFilter};
+pub use sampling::{TAIL_SAMPLING_FORM, TailRules, Verdict, read_tail_sampling};
 pub use settings::{
     ExporterKind, LogFormat, OtlpProtocol, OtlpSignal, ParentRoot, Propagators, SamplerConfig,
     TelemetryConfig, read_log,
@@ -102,6 +105,8 @@ pub struct Telemetry {
     prometheus: Option<PrometheusEndpoint>,
     /// Recent requests for `/traces`; `None` when the ring is off or the SDK is disabled.
     recent: Option<Arc<RecentTraces>>,
+    /// `RAGSCOPE_TAIL_SAMPLING`; `None` when off (every recorded trace is exported).
+    tail: Option<sampling::Tail>,
 }
 
 impl Telemetry {
@@ -163,6 +168,11 @@ impl Telemetry {
         let recent =
             (!config.sdk_disabled && recent_traces > 0).then(|| RecentTraces::new(recent_traces));
         let ring = recent.as_ref().map(|r| r.processor());
+        let tail = config
+            .tail_sampling
+            .clone()
+            .filter(|_| !config.sdk_disabled)
+            .map(|rules| sampling::Tail::new(rules, &meter_provider.meter("ragscope")));
         let spans = if config.sdk_disabled {
             None
         } else {
@@ -183,7 +193,11 @@ impl Telemetry {
             if let Some(ring) = ring {
                 processors.push(Box::new(ring));
             }
-            processors.extend(exporter);
+            // The one point tail sampling acts: between the record and the export processor.
+            processors.extend(exporter.map(|e| match &tail {
+                Some(tail) => Box::new(tail.gate(e)) as Box<dyn SpanProcessor>,
+                None => e,
+            }));
             (!processors.is_empty()).then(|| {
                 Arc::new(spans::Spans::new(
                     sampler(&config.sampler),
@@ -215,6 +229,7 @@ impl Telemetry {
             meter_provider,
             prometheus,
             recent,
+            tail,
         }))
     }
 
