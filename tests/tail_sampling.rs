@@ -263,6 +263,7 @@ async fn low_feedback_exports_a_dropped_trace_that_is_still_held() {
         .await;
     for s in &spans {
         assert_eq!(s.str_attr("ragscope.sampling.reason"), Some("low_feedback"));
+        assert_eq!(s.resource_str("service.name"), Some("ragscope"));
     }
     let marker = trace_id(3, false);
     get_in(&client, proxy.url("/status/500"), &marker).await;

@@ -87,8 +87,9 @@ impl Held {
         })
     }
 
-    pub(super) fn set_exporter(&self, exporter: Arc<dyn SpanProcessor>) {
-        let _ = self.exporter.set(exporter);
+    /// The export processor released traces go to; the first one given stays.
+    pub(super) fn set_exporter(&self, exporter: &Arc<dyn SpanProcessor>) {
+        self.exporter.get_or_init(|| exporter.clone());
     }
 
     /// Holds a span of a dropped trace, evicting the oldest traces past the bounds.

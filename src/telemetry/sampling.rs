@@ -19,6 +19,7 @@ use opentelemetry_sdk::trace::{
 
 use super::held::Held;
 use crate::config::{ConfigError, Reader, Source, parse_duration, parse_size};
+use crate::error::Origin;
 use crate::observe::{Ending, Record};
 
 /// The attribute every span of a tail-sampled trace carries: why it was kept.
@@ -108,9 +109,12 @@ impl TailRules {
 
     /// The verdict on a finished exchange.
     pub fn decide(&self, r: &Record) -> Verdict {
+        // A client's own fault (a 413, a refused key, a bad body) is not an error here; the
+        // upstream's or the proxy's is, including a stream that broke off.
         let server_error = r.status.is_none_or(|s| s.is_server_error())
-            || r.error.is_some()
-            || matches!(r.ending, Ending::Failed(..));
+            || r.error
+                .as_ref()
+                .is_some_and(|e| e.origin != Origin::Downstream);
         let cancelled = r.ending == Ending::Cancelled;
         if self.errors && server_error && !cancelled {
             return Verdict::Keep("error");
@@ -265,9 +269,6 @@ impl Tail {
     /// The gate in front of the export processor `inner`.
     pub(super) fn gate(&self, inner: Box<dyn SpanProcessor>) -> TailGate {
         let inner: Arc<dyn SpanProcessor> = Arc::from(inner);
-        if let Some(held) = &self.held {
-            held.set_exporter(inner.clone());
-        }
         TailGate {
             inner,
             held: self.held.clone(),
@@ -297,6 +298,7 @@ impl SpanProcessor for TailGate {
         if !dropped {
             self.inner.on_end(span);
         } else if let Some(held) = &self.held {
+            held.set_exporter(&self.inner);
             held.hold(span);
         }
     }
@@ -312,6 +314,7 @@ impl SpanProcessor for TailGate {
     fn set_resource(&mut self, resource: &Resource) {
         // The gate is built around the export processor before `Spans` tells processors the
         // resource, and it is the only owner then.
+        // The held traces get their exporter after this, on the first hold.
         if let Some(inner) = Arc::get_mut(&mut self.inner) {
             inner.set_resource(resource);
         }
@@ -352,6 +355,52 @@ mod tests {
         ] {
             assert_eq!(TailRules::parse(bad), None, "{bad}");
         }
+    }
+
+    fn record(status: u16, error: Option<(&'static str, Origin)>, ending: Ending) -> Record {
+        let mut r = Record::new(
+            None,
+            crate::observe::HttpFacts {
+                method: http::Method::GET,
+                path: "/".into(),
+                redacted_query: None,
+                scheme: "http",
+                version: http::Version::HTTP_11,
+                server_address: None,
+                peer: ([127, 0, 0, 1], 1).into(),
+                user_agent: None,
+            },
+        );
+        r.respond(http::StatusCode::from_u16(status).expect("status"), error);
+        r.end(ending);
+        r
+    }
+
+    #[test]
+    fn a_clients_own_fault_is_not_an_error_but_a_refusal_is_kept_as_one() {
+        let rules = TailRules::parse("errors,refused,cancelled").expect("rules");
+        let decide = |status, error, ending| rules.decide(&record(status, error, ending));
+        let done = Ending::Complete;
+        assert_eq!(decide(200, None, done), Verdict::Drop);
+        assert_eq!(decide(502, None, done), Verdict::Keep("error"));
+        let unreachable = Some(("upstream_unreachable", Origin::Upstream));
+        assert_eq!(decide(502, unreachable, done), Verdict::Keep("error"));
+        let limited = Some(("rate_limited", Origin::Downstream));
+        assert_eq!(decide(429, limited, done), Verdict::Keep("refused"));
+        let missing = Some(("missing_api_key", Origin::Downstream));
+        assert_eq!(decide(401, missing, done), Verdict::Keep("refused"));
+        let big = Some(("body_too_large", Origin::Downstream));
+        assert_eq!(decide(413, big, done), Verdict::Drop);
+        let broke = Ending::Failed("upstream_reset", Origin::Upstream);
+        assert_eq!(decide(200, None, broke), Verdict::Keep("error"));
+        assert_eq!(
+            decide(200, None, Ending::Cancelled),
+            Verdict::Keep("cancelled")
+        );
+        assert_eq!(
+            decide(503, None, Ending::Cancelled),
+            Verdict::Keep("cancelled")
+        );
     }
 
     #[test]
