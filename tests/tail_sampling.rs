@@ -83,6 +83,16 @@ fn decisions(otlp: &OtlpReceiver, decision: &str, reason: Option<&str>) -> i64 {
         .unwrap_or(0)
 }
 
+/// ragscope in front of `up`, exporting to `otlp`, with these tail-sampling rules.
+async fn start(up: &Upstream, otlp: &OtlpReceiver, rules: &str) -> Proxy {
+    Proxy::builder()
+        .upstream(up)
+        .otlp(otlp)
+        .env("RAGSCOPE_TAIL_SAMPLING", rules)
+        .run()
+        .await
+}
+
 fn gauge(otlp: &OtlpReceiver, name: &str) -> Option<i64> {
     otlp.latest_metric(name)
         .and_then(|m| m.number_points().first().and_then(|p| p.as_i64()))
@@ -92,15 +102,12 @@ fn gauge(otlp: &OtlpReceiver, name: &str) -> Option<i64> {
 async fn the_rules_export_exactly_the_traces_they_keep_and_metrics_count_every_request() {
     let up = Upstream::start().await;
     let otlp = OtlpReceiver::start().await;
-    let proxy = Proxy::builder()
-        .upstream(&up)
-        .otlp(&otlp)
-        .env(
-            "RAGSCOPE_TAIL_SAMPLING",
-            "errors,refused,cancelled,slow=1s,ttft=300ms,rest=0.25",
-        )
-        .run()
-        .await;
+    let proxy = start(
+        &up,
+        &otlp,
+        "errors,refused,cancelled,slow=1s,ttft=300ms,rest=0.25",
+    )
+    .await;
     let client = Client::http1();
     let mut expected = BTreeSet::new();
     let mut total = 0;
@@ -221,7 +228,15 @@ async fn the_rules_export_exactly_the_traces_they_keep_and_metrics_count_every_r
         decisions(&otlp, "dropped", None),
         total as i64 - expected.len() as i64
     );
-    // The /traces ring keeps every request too; covered by the access log being complete.
+    // The /traces ring holds every request too, dropped ones marked as such.
+    let ring = client.get(proxy.admin_url("/traces.json")).await.json();
+    let ring = ring["traces"].as_array().expect("traces");
+    assert_eq!(ring.len() as u64, total);
+    let dropped = ring
+        .iter()
+        .filter(|t| t["spans"][0]["attributes"]["ragscope.sampling.reason"] == "dropped")
+        .count() as u64;
+    assert_eq!(dropped, total - expected.len() as u64);
     proxy.shutdown().await;
 }
 
@@ -229,12 +244,7 @@ async fn the_rules_export_exactly_the_traces_they_keep_and_metrics_count_every_r
 async fn low_feedback_exports_a_dropped_trace_that_is_still_held() {
     let up = Upstream::start().await;
     let otlp = OtlpReceiver::start().await;
-    let proxy = Proxy::builder()
-        .upstream(&up)
-        .otlp(&otlp)
-        .env("RAGSCOPE_TAIL_SAMPLING", "errors,low_feedback=0.3")
-        .run()
-        .await;
+    let proxy = start(&up, &otlp, "errors,low_feedback=0.3").await;
     let client = Client::http1();
 
     let bad = trace_id(1, true);
@@ -289,15 +299,12 @@ async fn low_feedback_exports_a_dropped_trace_that_is_still_held() {
 async fn held_traces_stay_within_their_count_and_byte_bounds_under_a_spray() {
     let up = Upstream::start().await;
     let otlp = OtlpReceiver::start().await;
-    let proxy = Proxy::builder()
-        .upstream(&up)
-        .otlp(&otlp)
-        .env(
-            "RAGSCOPE_TAIL_SAMPLING",
-            "errors,low_feedback=0.3,hold=20,hold_bytes=1MiB",
-        )
-        .run()
-        .await;
+    let proxy = start(
+        &up,
+        &otlp,
+        "errors,low_feedback=0.3,hold=20,hold_bytes=1MiB",
+    )
+    .await;
     let client = Client::http1();
     let ids: Vec<String> = (0..100).map(|n| trace_id(n, true)).collect();
     for id in &ids {
@@ -329,15 +336,7 @@ async fn held_traces_stay_within_their_count_and_byte_bounds_under_a_spray() {
 
     // The byte bound binds before the count.
     let otlp = OtlpReceiver::start().await;
-    let proxy = Proxy::builder()
-        .upstream(&up)
-        .otlp(&otlp)
-        .env(
-            "RAGSCOPE_TAIL_SAMPLING",
-            "errors,low_feedback=0.3,hold_bytes=16KiB",
-        )
-        .run()
-        .await;
+    let proxy = start(&up, &otlp, "errors,low_feedback=0.3,hold_bytes=16KiB").await;
     for n in 0..100 {
         get_in(&client, proxy.url("/json"), &trace_id(n, true)).await;
     }

@@ -18,7 +18,9 @@ use opentelemetry_sdk::trace::{
 };
 
 use super::held::Held;
-use crate::config::{ConfigError, Reader, Source, parse_duration, parse_size};
+use crate::config::{
+    ConfigError, Reader, Source, parse_duration, parse_size, show_duration, show_size,
+};
 use crate::error::Origin;
 use crate::observe::{Ending, Record};
 
@@ -150,6 +152,34 @@ impl TailRules {
             return Verdict::Ratio(self.rest);
         }
         Verdict::Drop
+    }
+}
+
+/// The rules in the form [`TailRules::parse`] reads, every default spelled out (for
+/// `/debug/config`).
+impl std::fmt::Display for TailRules {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut items: Vec<String> = [
+            (self.errors, "errors"),
+            (self.refused, "refused"),
+            (self.cancelled, "cancelled"),
+        ]
+        .into_iter()
+        .filter_map(|(on, name)| on.then(|| name.to_owned()))
+        .collect();
+        items.extend(self.slow.map(|d| format!("slow={}", show_duration(d))));
+        items.extend(self.ttft.map(|d| format!("ttft={}", show_duration(d))));
+        items.push(format!("rest={}", self.rest));
+        items.extend(self.low_feedback.map(|s| format!("low_feedback={s}")));
+        items.push(format!("hold={}", self.hold_traces));
+        let bytes = show_size(self.hold_bytes);
+        let bytes = if bytes.ends_with("bytes") {
+            self.hold_bytes.to_string()
+        } else {
+            bytes
+        };
+        items.push(format!("hold_bytes={bytes}"));
+        f.write_str(&items.join(","))
     }
 }
 
@@ -339,6 +369,13 @@ mod tests {
         assert_eq!(r.hold_traces, DEFAULT_HOLD_TRACES);
         let r = TailRules::parse("errors,hold=10,hold_bytes=1MiB").expect("rules");
         assert_eq!((r.rest, r.hold_traces, r.hold_bytes), (0.0, 10, 1 << 20));
+        for given in [
+            "errors,slow=250ms,ttft=1500ms,rest=0.05,low_feedback=0.3",
+            "refused,hold_bytes=1000",
+        ] {
+            let r = TailRules::parse(given).expect("rules");
+            assert_eq!(TailRules::parse(&r.to_string()), Some(r), "{given}");
+        }
         for bad in [
             "",
             "errors,,rest=0.1",
