@@ -279,6 +279,13 @@ async fn low_feedback_exports_a_dropped_trace_that_is_still_held() {
     get_in(&client, proxy.url("/status/500"), &marker).await;
     wait_trace(&otlp, &marker).await;
     assert_eq!(exported(&otlp), BTreeSet::from([bad.clone(), marker]));
+    // The feedback span of the trace still held waits with it; the released one's follows it.
+    let feedback: BTreeSet<String> = otlp
+        .spans_named("ragscope.feedback")
+        .into_iter()
+        .map(|s| s.trace_id)
+        .collect();
+    assert_eq!(feedback, BTreeSet::from([bad.clone()]));
     otlp.wait_for_metric_where(
         "ragscope.tail_sampling.traces",
         |m| {

@@ -96,7 +96,7 @@ impl Held {
     pub(super) fn hold(&self, span: SpanData) {
         let size = estimate(&span);
         let trace_id = span.span_context.trace_id();
-        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut inner = self.lock();
         let mut evicted = 0;
         if size > self.max_bytes {
             // Larger than the whole store: holding it would evict everything else.
@@ -136,10 +136,24 @@ impl Held {
         }
     }
 
+    /// Adds `span` to its trace when that trace is held; otherwise gives it back.
+    pub(super) fn join(&self, span: SpanData) -> Option<SpanData> {
+        let trace_id = span.span_context.trace_id();
+        if !self.lock().traces.contains_key(&trace_id) {
+            return Some(span);
+        }
+        self.hold(span);
+        None
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Exports a held trace, its reason now `low_feedback`; false when it is not held.
     pub(super) fn release(&self, trace_id: TraceId) -> bool {
         let entry = {
-            let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut inner = self.lock();
             let Some(entry) = inner.traces.remove(&trace_id) else {
                 return false;
             };

@@ -325,11 +325,20 @@ impl SpanProcessor for TailGate {
             .iter()
             .take(2)
             .any(|kv| kv.key.as_str() == REASON && kv.value == Value::from(DROPPED));
-        if !dropped {
-            self.inner.on_end(span);
-        } else if let Some(held) = &self.held {
-            held.set_exporter(&self.inner);
-            held.hold(span);
+        match &self.held {
+            Some(held) if dropped => {
+                held.set_exporter(&self.inner);
+                held.hold(span);
+            }
+            // A span outside any exchange (feedback) for a trace that is held waits with it,
+            // so a dropped trace does not show up in the backend as a lone feedback span.
+            Some(held) => {
+                if let Some(span) = held.join(span) {
+                    self.inner.on_end(span);
+                }
+            }
+            None if dropped => {}
+            None => self.inner.on_end(span),
         }
     }
 
