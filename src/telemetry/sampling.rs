@@ -165,7 +165,8 @@ impl std::fmt::Display for TailRules {
             (self.cancelled, "cancelled"),
         ]
         .into_iter()
-        .filter_map(|(on, name)| on.then(|| name.to_owned()))
+        .filter(|(on, _)| *on)
+        .map(|(_, name)| name.to_owned())
         .collect();
         items.extend(self.slow.map(|d| format!("slow={}", show_duration(d))));
         items.extend(self.ttft.map(|d| format!("ttft={}", show_duration(d))));
