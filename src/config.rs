@@ -123,6 +123,8 @@ pub struct Config {
     pub warnings: Vec<String>,
     /// GenAI and RAG observation (`RAGSCOPE_GENAI*`, `RAGSCOPE_PARSE_MAX_BYTES`, ...).
     pub genai: GenAiConfig,
+    /// Operator's view (issue 16): `RAGSCOPE_ADMIN_TOKEN`, `RAGSCOPE_MODEL_PRICES`.
+    pub overview: OverviewConfig,
 }
 
 /// The listener's certificate chain and private key (PEM files).
@@ -397,6 +399,8 @@ impl Config {
             rate_limit: RateLimitConfig::from_reader(&r)?,
             telemetry,
             ops: OpsConfig::from_reader(&r)?,
+            // issue 16: the operator's view.
+            overview: OverviewConfig::from_reader(&r)?,
             warnings,
             genai,
         })
@@ -1294,6 +1298,147 @@ impl GenAiConfig {
                 },
             )?,
         })
+    }
+}
+
+// -- issue 16: the operator's view (admin token, model prices) --
+
+/// The admin token: a secret, so its `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AdminToken(String);
+
+impl AdminToken {
+    /// The token's bytes, for the constant-time comparison.
+    pub fn as_bytes(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken(***)")
+    }
+}
+
+/// A model's price in US dollars per million tokens.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ModelPrice {
+    /// Per million input tokens.
+    pub input: f64,
+    /// Per million output tokens.
+    pub output: f64,
+}
+
+/// The operator's view settings.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct OverviewConfig {
+    /// `RAGSCOPE_ADMIN_TOKEN`: bearer token for the admin pages that show request data.
+    pub admin_token: Option<AdminToken>,
+    /// `RAGSCOPE_MODEL_PRICES`: `model=input/output` USD per million tokens, for the cost column.
+    pub model_prices: Vec<(String, ModelPrice)>,
+}
+
+impl OverviewConfig {
+    fn from_reader<S: Source + ?Sized>(r: &Reader<'_, S>) -> Result<OverviewConfig, ConfigError> {
+        let admin_token = r.parse(
+            "RAGSCOPE_ADMIN_TOKEN",
+            "",
+            "at least 16 visible ASCII characters without spaces (e.g. from `openssl rand -hex 32`)",
+            |v| {
+                if v.is_empty() {
+                    return Some(None);
+                }
+                (v.len() >= 16 && v.bytes().all(|b| b.is_ascii_graphic()))
+                    .then(|| Some(AdminToken(v.to_owned())))
+            },
+        );
+        // The value is a secret: the error must not repeat it.
+        let admin_token = admin_token.map_err(|mut e| {
+            e.value = "***".to_owned();
+            e
+        })?;
+        let model_prices = r.parse(
+            "RAGSCOPE_MODEL_PRICES",
+            "",
+            "comma-separated model=input/output prices in USD per million tokens, like gpt-4o=2.5/10,llama-3-8b=0/0 (at most 64 models)",
+            parse_model_prices,
+        )?;
+        Ok(OverviewConfig {
+            admin_token,
+            model_prices,
+        })
+    }
+}
+
+/// `gpt-4o=2.5/10,small=0.1/0.4`.
+fn parse_model_prices(v: &str) -> Option<Vec<(String, ModelPrice)>> {
+    let mut out: Vec<(String, ModelPrice)> = Vec::new();
+    for item in v.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let (model, prices) = item.rsplit_once('=')?;
+        let (input, output) = prices.split_once('/')?;
+        let price = |p: &str| {
+            p.trim()
+                .parse::<f64>()
+                .ok()
+                .filter(|p| p.is_finite() && *p >= 0.0)
+        };
+        let model = model.trim();
+        if model.is_empty() || out.iter().any(|(m, _)| m == model) {
+            return None;
+        }
+        out.push((
+            model.to_owned(),
+            ModelPrice {
+                input: price(input)?,
+                output: price(output)?,
+            },
+        ));
+    }
+    (out.len() <= 64).then_some(out)
+}
+
+#[cfg(test)]
+mod overview_config_tests {
+    use super::*;
+
+    #[test]
+    fn admin_token_and_prices() {
+        let c = Config::from_source(
+            &[
+                ("RAGSCOPE_ADMIN_TOKEN", "0123456789abcdef0123"),
+                ("RAGSCOPE_MODEL_PRICES", "gpt-4o=2.5/10, small=0/0.4"),
+            ][..],
+        )
+        .expect("parse");
+        assert_eq!(
+            c.overview.admin_token.as_ref().map(AdminToken::as_bytes),
+            Some(&b"0123456789abcdef0123"[..])
+        );
+        assert_eq!(
+            format!("{:?}", c.overview.admin_token),
+            "Some(AdminToken(***))"
+        );
+        assert_eq!(c.overview.model_prices.len(), 2);
+        assert_eq!(
+            c.overview.model_prices[0].1,
+            ModelPrice {
+                input: 2.5,
+                output: 10.0
+            }
+        );
+        let none = Config::from_source(&[][..] as &[(&str, &str)]).expect("parse");
+        assert_eq!(none.overview, OverviewConfig::default());
+    }
+
+    #[test]
+    fn bad_values_stop_start_up_without_echoing_the_token() {
+        let e = Config::from_source(&[("RAGSCOPE_ADMIN_TOKEN", "short")][..]).expect_err("short");
+        assert_eq!(e.var, "RAGSCOPE_ADMIN_TOKEN");
+        assert!(!e.to_string().contains("short"), "{e}");
+        for bad in ["m=1", "m=a/1", "=1/1", "m=1/-1", "m=1/1,m=2/2"] {
+            let e = Config::from_source(&[("RAGSCOPE_MODEL_PRICES", bad)][..]).expect_err(bad);
+            assert_eq!(e.var, "RAGSCOPE_MODEL_PRICES");
+        }
     }
 }
 

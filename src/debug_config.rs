@@ -117,6 +117,11 @@ fn genai(config: &Config) -> Value {
         "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT": format!("{:?}", config.genai.capture),
         "RAGSCOPE_CAPTURE_MAX_BYTES": config.genai.capture_max_bytes,
         "RAGSCOPE_FEEDBACK_PATH": config.genai.feedback_path,
+        // issue 16: the token is a secret; only whether it is set is shown.
+        "RAGSCOPE_ADMIN_TOKEN": config.overview.admin_token.as_ref().map(|_| MASK),
+        "RAGSCOPE_MODEL_PRICES": config.overview.model_prices.iter()
+            .map(|(m, p)| (m.clone(), json!({"input": p.input, "output": p.output})))
+            .collect::<serde_json::Map<_, _>>(),
     })
 }
 

@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod admin_auth;
 pub mod auth;
 pub mod config;
 pub mod debug_config;
@@ -21,6 +22,7 @@ pub mod health;
 pub mod identity;
 pub mod limit;
 pub mod listener;
+pub mod overview;
 pub mod proxy;
 pub mod reload;
 pub mod server;

@@ -16,8 +16,7 @@ use opentelemetry::trace::{
 use opentelemetry::{Context, KeyValue};
 use serde_json::Value;
 
-use super::{GenAi, openai::push_bounded};
-use crate::config::CaptureMode;
+use super::GenAi;
 use crate::error::ProxyError;
 
 /// Largest feedback body accepted.
@@ -77,7 +76,7 @@ pub async fn handle(
     genai: &GenAi,
     body: Incoming,
     timeout: Duration,
-) -> Result<(Response<Bytes>, TraceId), ProxyError> {
+) -> Result<(Response<Bytes>, Feedback), ProxyError> {
     let collected = tokio::time::timeout(timeout, Limited::new(body, MAX_BODY).collect())
         .await
         .map_err(|_| ProxyError::InvalidFeedback("the body did not arrive in time".to_owned()))?;
@@ -102,7 +101,7 @@ pub async fn handle(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    Ok((response, feedback.trace_id))
+    Ok((response, feedback))
 }
 
 /// Records the evaluation event and the metrics.
@@ -144,15 +143,7 @@ pub fn record(genai: &GenAi, feedback: &Feedback) {
             label.chars().take(128).collect::<String>(),
         ));
     }
-    if genai.config.capture != CaptureMode::Off
-        && let Some(comment) = &feedback.comment
-    {
-        let mut text = String::new();
-        push_bounded(
-            &mut text,
-            &genai.redact(comment),
-            genai.config.capture_max_bytes,
-        );
+    if let Some(text) = feedback.comment.as_deref().and_then(|c| genai.captured(c)) {
         event.push(KeyValue::new("gen_ai.evaluation.explanation", text));
     }
     let mut span = tracer

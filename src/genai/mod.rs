@@ -118,6 +118,13 @@ impl GenAi {
         (self.config.capture != CaptureMode::Off).then_some(self.config.capture_max_bytes)
     }
 
+    /// `text` as content capture records it: redacted and bounded when capture is on, else
+    /// `None` (issue 16: feedback comments on the review page).
+    pub fn captured(&self, text: &str) -> Option<String> {
+        let limit = self.capture_limit()?;
+        Some(cut(&self.redact(text), &mut { limit }))
+    }
+
     /// Redacts `text`, counting what was replaced.
     fn redact(&self, text: &str) -> String {
         let mut counts = Vec::new();
@@ -313,13 +320,14 @@ impl Observation {
 
     /// The exchange is ending: parse what was copied, set the attributes on the spans, record
     /// the metrics. `start` is when the request arrived; `error_type` is the exchange's.
+    /// Returns the facts the operator's view counts (issue 16), for GenAI/RAG traffic.
     pub fn finish(
         self,
         client: Option<&mut Span>,
         server: Option<&mut Span>,
         start: Instant,
         error_type: Option<&str>,
-    ) {
+    ) -> Option<crate::overview::GenAiSample> {
         let genai = self.genai.clone();
         let capture = genai.capture_limit();
         let now = Instant::now();
@@ -372,7 +380,7 @@ impl Observation {
         let operation = facts.operation.clone();
         if operation.is_none() && documents.is_none() && facts.is_empty() {
             // Not GenAI or RAG traffic; only a parse problem of a recognised API is worth noting.
-            return;
+            return None;
         }
 
         // Span attributes.
@@ -602,6 +610,45 @@ impl Observation {
                 i.rag_top_score.record(top, &a);
             }
         }
+
+        // issue 16: the facts the operator's view counts (moved, not copied, where possible).
+        let question = capture.and_then(|limit| {
+            let (_, text) = request
+                .messages
+                .iter()
+                .rev()
+                .find(|(role, _)| role == "user")?;
+            Some(cut(&genai.redact(text), &mut { limit }))
+        });
+        let answer = capture.and_then(|limit| {
+            let text = response.output.first()?;
+            Some(cut(&genai.redact(text), &mut { limit }))
+        });
+        Some(crate::overview::GenAiSample {
+            model: facts
+                .response_model
+                .as_deref()
+                .or(facts.request_model.as_deref())
+                .map(bounded),
+            ttft: ttft
+                .filter(|_| streamed)
+                .and_then(|s| std::time::Duration::try_from_secs_f64(s).ok()),
+            input_tokens: facts.input_tokens.and_then(|n| u64::try_from(n).ok()),
+            output_tokens: facts.output_tokens.and_then(|n| u64::try_from(n).ok()),
+            cost: None,
+            documents: documents
+                .as_ref()
+                .map(|d| u32::try_from(d.len()).unwrap_or(u32::MAX)),
+            top_score: documents.as_ref().and_then(|d| {
+                d.iter()
+                    .filter_map(|d| d.score)
+                    .filter(|s| s.is_finite())
+                    .reduce(f64::max)
+            }),
+            version: self.version,
+            question,
+            answer,
+        })
     }
 }
 

@@ -51,6 +51,8 @@ pub struct Proxy {
     api_keys: Option<Arc<ApiKeys>>,
     rate_limiter: Option<Arc<RateLimiter>>,
     genai: Arc<GenAi>,
+    /// issue 16: the operator's view, fed by every exchange and feedback.
+    overview: Arc<crate::overview::Overview>,
 }
 
 /// An upstream client that could not be built.
@@ -83,6 +85,9 @@ impl Proxy {
         ));
         Ok(Proxy {
             genai,
+            overview: Arc::new(crate::overview::Overview::new(
+                config.overview.model_prices.clone(),
+            )),
             upstream_attributes: UpstreamAttributes::new(
                 &config.upstream.host,
                 config.upstream.port,
@@ -118,6 +123,11 @@ impl Proxy {
         self.draining.load(Ordering::Acquire)
     }
 
+    /// The operator's view (issue 16) the admin pages read.
+    pub fn overview(&self) -> &Arc<crate::overview::Overview> {
+        &self.overview
+    }
+
     /// The telemetry pipeline requests record into.
     pub fn telemetry(&self) -> &Arc<Telemetry> {
         &self.telemetry
@@ -140,6 +150,7 @@ impl Proxy {
             scheme,
         );
         let mut exchange = Exchange::begin(self.telemetry.clone(), facts, req.headers());
+        exchange.set_overview(self.overview.clone()); // issue 16
         let version = req.version();
         if let Some(tls) = req.extensions().get::<Arc<crate::tls::TlsInfo>>() {
             for attribute in tls.attributes() {
@@ -386,12 +397,24 @@ impl Proxy {
     ) -> Response<ResponseBody> {
         let timeout = self.config.response_timeout;
         match crate::genai::feedback::handle(&self.genai, req.into_body(), timeout).await {
-            Ok((response, trace_id)) => {
+            Ok((response, feedback)) => {
                 let (mut parts, bytes) = response.into_parts();
                 exchange.set_server_attribute(opentelemetry::KeyValue::new(
                     "ragscope.feedback.trace_id",
-                    trace_id.to_string(),
+                    feedback.trace_id.to_string(),
                 ));
+                // issue 16: feed the feedback review (moves to the record consumer on merge).
+                self.overview
+                    .record_feedback(crate::overview::FeedbackSample {
+                        trace_id: feedback.trace_id.to_bytes(),
+                        time: std::time::SystemTime::now(),
+                        score: feedback.score,
+                        comment: feedback
+                            .comment
+                            .as_deref()
+                            .and_then(|c| self.genai.captured(c)),
+                        label: feedback.label,
+                    });
                 exchange.respond(parts.status, None);
                 if let Some(v) = exchange.traceresponse() {
                     parts.headers.insert(TRACERESPONSE, v);

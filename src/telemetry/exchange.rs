@@ -166,6 +166,8 @@ pub struct Exchange {
     finished: bool,
     /// The GenAI/RAG observation, when the request is observed.
     genai: Option<crate::genai::Observation>,
+    /// issue 16: the operator's view this exchange is counted in.
+    overview: Option<Arc<crate::overview::Overview>>,
 }
 
 impl Exchange {
@@ -238,6 +240,7 @@ impl Exchange {
             response_bytes: 0,
             finished: false,
             genai: None,
+            overview: None,
         }
     }
 
@@ -339,6 +342,11 @@ impl Exchange {
         self.genai = Some(observation);
     }
 
+    /// issue 16: counts this exchange in the operator's view when it finishes.
+    pub fn set_overview(&mut self, overview: Arc<crate::overview::Overview>) {
+        self.overview = Some(overview);
+    }
+
     /// The GenAI observation, if the request has one.
     pub fn genai_mut(&mut self) -> Option<&mut crate::genai::Observation> {
         self.genai.as_mut()
@@ -431,14 +439,31 @@ impl Exchange {
         }
 
         // GenAI attributes, span name and metrics, before either span ends.
+        let mut genai_sample = None;
         if let Some(genai) = self.genai.take() {
             let error_type = self.client_error_type();
-            genai.finish(
+            genai_sample = genai.finish(
                 self.client_span.as_mut(),
                 self.server_span.as_mut(),
                 self.start,
                 error_type.as_deref(),
             );
+        }
+        // issue 16: the operator's view (the lead moves this to the record consumer).
+        if let Some(overview) = &self.overview {
+            overview.record(crate::overview::ExchangeSample {
+                end: std::time::SystemTime::now(),
+                duration: now.duration_since(self.start),
+                status: self.status.map(|s| s.as_u16()),
+                error: self.error_type.is_some(),
+                rate_limited: self.error_type.as_deref() == Some("rate_limited"),
+                cancelled,
+                trace_id: self
+                    .server_span
+                    .as_ref()
+                    .map(|s| s.span_context().trace_id().to_bytes()),
+                genai: genai_sample,
+            });
         }
 
         // Spans: the CLIENT span ends before its parent.
