@@ -76,7 +76,7 @@ impl Overview {
             })
             .collect();
         let total = inner.overall.total(secs);
-        let window_seconds = width * inner.overall.len() as u64;
+        let window_seconds = width * inner.overall.buckets() as u64;
         let mut models: Vec<Value> = inner
             .models
             .iter()

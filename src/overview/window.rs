@@ -178,7 +178,7 @@ impl Window {
     }
 
     /// Number of buckets.
-    pub fn len(&self) -> usize {
+    pub fn buckets(&self) -> usize {
         self.slots.len()
     }
 
@@ -279,6 +279,6 @@ mod tests {
                 .iter()
                 .all(|(start, s)| s.is_none() || *start == 1050)
         );
-        assert_eq!(w.len(), 4);
+        assert_eq!(w.buckets(), 4);
     }
 }
