@@ -478,6 +478,8 @@ impl Observation {
 
         // Content, only when the operator opted in; redacted, bounded.
         let mut content = Vec::new();
+        // issue 16: the last user message and the first answer, as captured, for feedback review.
+        let (mut question, mut answer) = (None, None);
         if let Some(limit) = capture {
             if !request.messages.is_empty() {
                 let mut budget = limit;
@@ -486,6 +488,9 @@ impl Observation {
                     .iter()
                     .map(|(role, text)| {
                         let text = cut(&genai.redact(text), &mut budget);
+                        if role == "user" {
+                            question = Some(text.clone());
+                        }
                         json!({"role": role, "parts": [{"type": "text", "content": text}]})
                     })
                     .collect();
@@ -502,6 +507,9 @@ impl Observation {
                     .enumerate()
                     .map(|(i, text)| {
                         let text = cut(&genai.redact(text), &mut budget);
+                        if i == 0 {
+                            answer = Some(text.clone());
+                        }
                         let mut m = json!({
                             "role": "assistant",
                             "parts": [{"type": "text", "content": text}],
@@ -611,25 +619,9 @@ impl Observation {
             }
         }
 
-        // issue 16: the facts the operator's view counts (moved, not copied, where possible).
-        let question = capture.and_then(|limit| {
-            let (_, text) = request
-                .messages
-                .iter()
-                .rev()
-                .find(|(role, _)| role == "user")?;
-            Some(cut(&genai.redact(text), &mut { limit }))
-        });
-        let answer = capture.and_then(|limit| {
-            let text = response.output.first()?;
-            Some(cut(&genai.redact(text), &mut { limit }))
-        });
+        // issue 16: the facts the operator's view counts (moved, not copied).
         Some(crate::overview::GenAiSample {
-            model: facts
-                .response_model
-                .as_deref()
-                .or(facts.request_model.as_deref())
-                .map(bounded),
+            model: facts.response_model.take().or(facts.request_model.take()),
             ttft: ttft
                 .filter(|_| streamed)
                 .and_then(|s| std::time::Duration::try_from_secs_f64(s).ok()),

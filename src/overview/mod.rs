@@ -176,7 +176,13 @@ impl Overview {
     }
 
     /// Counts one finished request.
-    pub fn record(&self, sample: ExchangeSample) {
+    pub fn record(&self, mut sample: ExchangeSample) {
+        // A model name past the cap is cut once, here, so equal prefixes share one row.
+        if let Some(model) = sample.genai.as_mut().and_then(|g| g.model.as_mut())
+            && model.len() > MAX_MODEL_CHARS
+        {
+            *model = model.chars().take(MAX_MODEL_CHARS).collect();
+        }
         let secs = unix_secs(sample.end);
         let cost = sample.genai.as_ref().and_then(|g| self.cost(g));
         let mut inner = self.lock();
@@ -187,10 +193,10 @@ impl Overview {
             let window = match inner.models.iter().position(|(m, _)| m == model) {
                 Some(i) => &mut inner.models[i].1,
                 None if inner.models.len() < MAX_MODELS => {
-                    let name: String = model.chars().take(MAX_MODEL_CHARS).collect();
-                    inner
-                        .models
-                        .push((name, Window::new(MODEL_BUCKETS, MODEL_BUCKET_SECONDS)));
+                    inner.models.push((
+                        model.clone(),
+                        Window::new(MODEL_BUCKETS, MODEL_BUCKET_SECONDS),
+                    ));
                     let last = inner.models.len() - 1;
                     &mut inner.models[last].1
                 }
