@@ -143,11 +143,17 @@ async fn route(req: Request<Incoming>, cx: &AdminContext) -> Response<Full<Bytes
             };
             if path == "/traces.json" {
                 let filter = crate::trace_view::filter_from_query(req.uri().query());
-                respond(
-                    StatusCode::OK,
-                    "application/json",
-                    crate::trace_view::json(ring, &filter).to_string().into(),
-                )
+                let mut data = crate::trace_view::json(ring, &filter);
+                // issue 16: the twin of a trace's page carries its feedback too.
+                if let Some(id) = filter
+                    .trace_id
+                    .as_deref()
+                    .and_then(crate::overview::parse_trace_id)
+                {
+                    let feedback = cx.proxy.overview().feedback(false, Some(id));
+                    data["feedback"] = feedback.iter().map(crate::overview::entry_json).collect();
+                }
+                respond(StatusCode::OK, "application/json", data.to_string().into())
             } else {
                 html(crate::trace_view::list_page(ring))
             }

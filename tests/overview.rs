@@ -308,6 +308,11 @@ async fn overview_feedback_and_rag_pages_after_real_traffic() {
     assert_eq!(json["traces"][0]["documents"], 3);
     assert_eq!(json["traces"][0]["top_score"], 0.92);
     assert_eq!(json["traces"][0]["empty_retrieval"], false);
+    assert_eq!(
+        json["feedback"][0]["label"], "good",
+        "the trace's twin has its feedback"
+    );
+    assert_eq!(json["feedback"].as_array().map(Vec::len), Some(1));
     proxy.shutdown().await;
 }
 
