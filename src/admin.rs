@@ -21,9 +21,9 @@ use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 
 use crate::admin_auth::{AdminGuard, Denied};
-use crate::config::Config;
 use crate::health::{UpstreamHealth, UpstreamState};
 use crate::proxy::Proxy;
+use crate::settings::Config;
 
 /// What the admin endpoints read.
 #[derive(Debug, Clone)]
@@ -46,15 +46,12 @@ pub async fn serve(listener: TcpListener, context: AdminContext) {
         .timer(TokioTimer::new())
         .header_read_timeout(Duration::from_secs(5));
     let builder = Arc::new(builder);
-    // issue 16: who may read the pages that show request data, decided once from the bind.
-    let guard = match listener.local_addr() {
-        Ok(bind) => AdminGuard::new(context.config.overview.admin_token.clone(), bind),
-        // Unknown bind: treat it as exposed.
-        Err(_) => AdminGuard::new(
-            context.config.overview.admin_token.clone(),
-            std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
-        ),
-    };
+    // Who may read the pages that show request data, decided once from the bind; an unknown
+    // bind is treated as exposed.
+    let bind = listener
+        .local_addr()
+        .unwrap_or_else(|_| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
+    let guard = AdminGuard::new(context.config.admin.token.clone(), bind);
     if let Some(warning) = guard.startup_warning() {
         tracing::warn!("{warning}");
     }
@@ -121,7 +118,7 @@ async fn route(req: Request<Incoming>, cx: &AdminContext) -> Response<Full<Bytes
             crate::debug_config::render(&cx.config).to_string().into(),
         ),
         "/" | "/overview" | "/overview.json" => {
-            let data = cx.proxy.overview().json(std::time::SystemTime::now());
+            let data = telemetry.overview().json(std::time::SystemTime::now());
             if path == "/overview.json" {
                 respond(StatusCode::OK, "application/json", data.to_string().into())
             } else {
@@ -130,7 +127,7 @@ async fn route(req: Request<Incoming>, cx: &AdminContext) -> Response<Full<Bytes
         }
         "/feedback" | "/feedback.json" => {
             let (lowest_first, limit) = feedback_query(req.uri().query());
-            let data = cx.proxy.overview().feedback_json(lowest_first, limit);
+            let data = telemetry.overview().feedback_json(lowest_first, limit);
             if path == "/feedback.json" {
                 respond(StatusCode::OK, "application/json", data.to_string().into())
             } else {
@@ -144,13 +141,13 @@ async fn route(req: Request<Incoming>, cx: &AdminContext) -> Response<Full<Bytes
             if path == "/traces.json" {
                 let filter = crate::trace_view::filter_from_query(req.uri().query());
                 let mut data = crate::trace_view::json(ring, &filter);
-                // issue 16: the twin of a trace's page carries its feedback too.
+                // The twin of a trace's page carries its feedback too.
                 if let Some(id) = filter
                     .trace_id
                     .as_deref()
                     .and_then(crate::overview::parse_trace_id)
                 {
-                    let feedback = cx.proxy.overview().feedback(false, Some(id));
+                    let feedback = telemetry.overview().feedback(false, Some(id));
                     data["feedback"] = feedback.iter().map(crate::overview::entry_json).collect();
                 }
                 respond(StatusCode::OK, "application/json", data.to_string().into())
@@ -164,9 +161,9 @@ async fn route(req: Request<Incoming>, cx: &AdminContext) -> Response<Full<Bytes
                     return traces_off();
                 };
                 if crate::trace_view::is_trace_id(id) {
-                    // issue 16: the feedback given about this trace, joined in.
+                    // The feedback given about this trace, joined in.
                     let feedback = crate::overview::parse_trace_id(id)
-                        .map(|t| cx.proxy.overview().feedback(false, Some(t)))
+                        .map(|t| telemetry.overview().feedback(false, Some(t)))
                         .unwrap_or_default();
                     return html(crate::trace_view::trace_page(ring, id, &feedback));
                 }

@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 use http::{HeaderMap, header};
 use subtle::ConstantTimeEq;
 
-use crate::config::AdminToken;
+use crate::settings::AdminToken;
 
 /// Paths that stay open whatever the bind and token.
 pub fn is_open(path: &str) -> bool {
@@ -115,12 +115,12 @@ impl AdminGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
+    use crate::settings::Config;
 
     fn token() -> AdminToken {
         let c = Config::from_source(&[("RAGSCOPE_ADMIN_TOKEN", "0123456789abcdef")][..])
             .expect("config");
-        c.overview.admin_token.expect("token")
+        c.admin.token.expect("token")
     }
 
     fn headers(auth: Option<&str>) -> HeaderMap {

@@ -85,7 +85,6 @@ impl Overview {
             .filter_map(|(name, w)| {
                 let s = w.total(secs);
                 (s.requests > 0).then(|| {
-                    let priced = name != "other" && self.prices.iter().any(|(m, _)| m == name);
                     json!({
                         "model": name,
                         "requests": s.requests,
@@ -95,7 +94,8 @@ impl Overview {
                         "ttft_p95_ms": ms(s.ttft.quantile(0.95)),
                         "input_tokens": s.input_tokens,
                         "output_tokens": s.output_tokens,
-                        "cost_usd": (priced || s.costed > 0).then_some(s.cost),
+                        // Known only when a price was: no figure rather than a made-up zero.
+                        "cost_usd": (s.costed > 0).then_some(s.cost),
                     })
                 })
             })

@@ -3,10 +3,12 @@
 //! Prometheus, Grafana or Jaeger is needed to see them.
 //!
 //! Input is plain data: one [`ExchangeSample`] per finished request and one [`FeedbackSample`]
-//! per accepted feedback, handed to [`Overview::record`] / [`Overview::record_feedback`]. Each
-//! takes one short lock and does bounded work (a bucket update, a histogram increment, a push
-//! into a ring); strings in the samples are moved in, never copied. Everything else (merging
-//! buckets, percentiles, JSON, HTML) happens when a page is read.
+//! per accepted feedback, which telemetry builds from each finished record, beside the metrics,
+//! and hands to [`Overview::record`] / [`Overview::record_feedback`]. Those may run on any
+//! thread, in any order relative to the pages: each takes one short lock and does bounded work
+//! (a bucket update, a histogram increment, a push into a ring); strings in the samples are
+//! moved in, never copied. Everything else (merging buckets, percentiles, reading the captured
+//! question and answer, JSON, HTML) happens when a page is read or a feedback joins.
 
 mod json;
 pub mod page;
@@ -16,7 +18,6 @@ use std::collections::VecDeque;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::config::ModelPrice;
 pub use json::entry_json;
 use window::Window;
 
@@ -71,7 +72,7 @@ pub struct GenAiSample {
     pub input_tokens: Option<u64>,
     /// `gen_ai.usage.output_tokens`.
     pub output_tokens: Option<u64>,
-    /// Cost in USD when the server or a configured price says so.
+    /// The inference's cost in USD, when a price is known for it.
     pub cost: Option<f64>,
     /// Documents the retrieval returned; `Some(0)` is an empty retrieval.
     pub documents: Option<u32>,
@@ -79,10 +80,12 @@ pub struct GenAiSample {
     pub top_score: Option<f64>,
     /// The upstream's model version (`RAGSCOPE_VERSION_HEADER`), for a future canary split.
     pub version: Option<String>,
-    /// The last user message, only with content capture on, redacted and bounded.
-    pub question: Option<String>,
-    /// The first answer, only with content capture on, redacted and bounded.
-    pub answer: Option<String>,
+    /// `gen_ai.input.messages` as captured (redacted, bounded JSON), only with content
+    /// capture on: the feedback review shows its last user message as the question.
+    pub input_messages: Option<String>,
+    /// `gen_ai.output.messages` as captured, only with content capture on: the feedback review
+    /// shows its first message as the answer.
+    pub output_messages: Option<String>,
 }
 
 /// One accepted feedback, as the review page needs it.
@@ -121,14 +124,13 @@ struct Joined {
     trace_id: [u8; 16],
     model: Option<String>,
     documents: Option<u32>,
-    question: Option<String>,
-    answer: Option<String>,
+    input_messages: Option<String>,
+    output_messages: Option<String>,
 }
 
 /// The shared aggregation.
 #[derive(Debug)]
 pub struct Overview {
-    prices: Vec<(String, ModelPrice)>,
     inner: Mutex<Inner>,
 }
 
@@ -142,10 +144,9 @@ struct Inner {
 }
 
 impl Overview {
-    /// An empty overview; `prices` gives the cost of models that have one.
-    pub fn new(prices: Vec<(String, ModelPrice)>) -> Overview {
+    /// An empty overview.
+    pub fn new() -> Overview {
         Overview {
-            prices,
             inner: Mutex::new(Inner {
                 overall: Window::new(BUCKETS, BUCKET_SECONDS),
                 models: Vec::with_capacity(MAX_MODELS),
@@ -161,20 +162,6 @@ impl Overview {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The cost of `input`/`output` tokens of `model`, when its price is configured.
-    fn cost(&self, genai: &GenAiSample) -> Option<f64> {
-        if genai.cost.is_some() {
-            return genai.cost;
-        }
-        let model = genai.model.as_deref()?;
-        let (_, price) = self.prices.iter().find(|(m, _)| m == model)?;
-        if genai.input_tokens.is_none() && genai.output_tokens.is_none() {
-            return None;
-        }
-        let tokens = |n: Option<u64>| n.unwrap_or(0) as f64 / 1_000_000.0;
-        Some(tokens(genai.input_tokens) * price.input + tokens(genai.output_tokens) * price.output)
-    }
-
     /// Counts one finished request.
     pub fn record(&self, mut sample: ExchangeSample) {
         // A model name past the cap is cut once, here, so equal prefixes share one row.
@@ -184,10 +171,9 @@ impl Overview {
             *model = model.chars().take(MAX_MODEL_CHARS).collect();
         }
         let secs = unix_secs(sample.end);
-        let cost = sample.genai.as_ref().and_then(|g| self.cost(g));
         let mut inner = self.lock();
         let inner = &mut *inner;
-        add(inner.overall.at(secs), &sample, cost);
+        add(inner.overall.at(secs), &sample);
         let Some(genai) = &sample.genai else { return };
         if let Some(model) = &genai.model {
             let window = match inner.models.iter().position(|(m, _)| m == model) {
@@ -202,19 +188,18 @@ impl Overview {
                 }
                 None => &mut inner.other,
             };
-            add(window.at(secs), &sample, cost);
+            add(window.at(secs), &sample);
         }
-        if let Some(trace_id) = sample.trace_id {
+        if let (Some(trace_id), Some(genai)) = (sample.trace_id, sample.genai) {
             if inner.joined.len() >= JOIN_CAPACITY {
                 inner.joined.pop_front();
             }
-            let Some(genai) = sample.genai else { return };
             inner.joined.push_back(Joined {
                 trace_id,
                 model: genai.model,
                 documents: genai.documents,
-                question: genai.question,
-                answer: genai.answer,
+                input_messages: genai.input_messages,
+                output_messages: genai.output_messages,
             });
         }
     }
@@ -238,8 +223,12 @@ impl Overview {
         let entry = FeedbackEntry {
             model: joined.and_then(|j| j.model.clone()),
             documents: joined.and_then(|j| j.documents),
-            question: joined.and_then(|j| j.question.clone()),
-            answer: joined.and_then(|j| j.answer.clone()),
+            question: joined
+                .and_then(|j| j.input_messages.as_deref())
+                .and_then(|m| message_text(m, Some("user"), true)),
+            answer: joined
+                .and_then(|j| j.output_messages.as_deref())
+                .and_then(|m| message_text(m, None, false)),
             feedback: sample,
         };
         if inner.feedback.len() >= FEEDBACK_CAPACITY {
@@ -266,18 +255,47 @@ impl Overview {
     }
 }
 
-fn add(stats: &mut window::Stats, s: &ExchangeSample, cost: Option<f64>) {
+impl Default for Overview {
+    fn default() -> Overview {
+        Overview::new()
+    }
+}
+
+/// The text of one captured message (semantic-conventions JSON: `[{"role", "parts": [{"type",
+/// "content"}]}]`): the last (`last`) or first one with `role` (any role when `None`).
+fn message_text(messages: &str, role: Option<&str>, last: bool) -> Option<String> {
+    let messages: Vec<serde_json::Value> = serde_json::from_str(messages).ok()?;
+    let text = |m: &serde_json::Value| -> Option<String> {
+        let parts = m["parts"].as_array()?;
+        let text: Vec<&str> = parts
+            .iter()
+            .filter(|p| p["type"] == "text")
+            .filter_map(|p| p["content"].as_str())
+            .collect();
+        (!text.is_empty()).then(|| text.concat())
+    };
+    let matching = messages
+        .iter()
+        .filter(|m| role.is_none_or(|r| m["role"] == r));
+    if last {
+        matching.filter_map(text).next_back()
+    } else {
+        matching.filter_map(text).next()
+    }
+}
+
+fn add(stats: &mut window::Stats, s: &ExchangeSample) {
     stats.requests += 1;
     stats.errors += u64::from(s.error);
     stats.rate_limited += u64::from(s.rate_limited);
     stats.cancelled += u64::from(s.cancelled);
     stats.latency.record(s.duration.as_secs_f64());
     if let Some(g) = &s.genai {
-        add_genai(stats, g, cost);
+        add_genai(stats, g);
     }
 }
 
-fn add_genai(stats: &mut window::Stats, g: &GenAiSample, cost: Option<f64>) {
+fn add_genai(stats: &mut window::Stats, g: &GenAiSample) {
     if let Some(ttft) = g.ttft {
         stats.ttft.record(ttft.as_secs_f64());
     }
@@ -287,7 +305,7 @@ fn add_genai(stats: &mut window::Stats, g: &GenAiSample, cost: Option<f64>) {
         stats.retrievals += 1;
         stats.empty_retrievals += u64::from(n == 0);
     }
-    if let Some(c) = cost {
+    if let Some(c) = g.cost.filter(|c| c.is_finite()) {
         stats.cost += c;
         stats.costed += 1;
     }

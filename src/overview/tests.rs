@@ -27,7 +27,7 @@ const NOW: u64 = 1_800_000_000;
 
 #[test]
 fn totals_series_and_percentiles() {
-    let o = Overview::new(vec![]);
+    let o = Overview::new();
     for i in 1..=100 {
         o.record(sample(NOW - 30, i, None));
     }
@@ -64,25 +64,27 @@ fn totals_series_and_percentiles() {
 }
 
 #[test]
-fn models_are_bounded_and_priced() {
-    let prices = vec![(
-        "m-0".to_owned(),
-        ModelPrice {
-            input: 2.0,
-            output: 10.0,
-        },
-    )];
-    let o = Overview::new(prices);
-    for i in 0..(MAX_MODELS + 5) {
+fn models_are_bounded_and_cost_is_summed_where_known() {
+    let o = Overview::new();
+    let priced = |cost: Option<f64>| {
+        let mut s = sample(NOW, 10, Some("m-0"));
+        if let Some(g) = &mut s.genai {
+            g.cost = cost;
+        }
+        s
+    };
+    o.record(priced(Some(0.007)));
+    for i in 1..(MAX_MODELS + 5) {
         o.record(sample(NOW, 10, Some(&format!("m-{i}"))));
     }
-    o.record(sample(NOW, 10, Some("m-0")));
+    o.record(priced(Some(0.007)));
+    // Not a figure: ignored rather than spoiling the sum.
+    o.record(priced(Some(f64::NAN)));
     let v = o.json(at(NOW));
     let models = v["models"].as_array().expect("models");
     assert_eq!(models.len(), MAX_MODELS + 1, "named ones plus other");
     assert_eq!(models[0]["model"], "m-0");
-    assert_eq!(models[0]["requests"], 2);
-    // 2 × (1000 in × $2/M + 500 out × $10/M) = 2 × 0.007
+    assert_eq!(models[0]["requests"], 3);
     let cost = models[0]["cost_usd"].as_f64().expect("cost");
     assert!((cost - 0.014).abs() < 1e-9, "{cost}");
     assert!(models[1]["cost_usd"].is_null(), "no price, no cost");
@@ -91,13 +93,19 @@ fn models_are_bounded_and_priced() {
         .find(|m| m["model"] == "other")
         .expect("other");
     assert_eq!(other["requests"], 5);
-    assert_eq!(v["totals"]["input_tokens"], 1000 * (MAX_MODELS as u64 + 6));
+    assert_eq!(v["totals"]["input_tokens"], 1000 * (MAX_MODELS as u64 + 7));
+    let total = v["cost_usd"].as_f64().expect("total cost");
+    assert!((total - 0.014).abs() < 1e-9, "{total}");
+    let none = Overview::new();
+    none.record(sample(NOW, 10, Some("m")));
+    let v = none.json(at(NOW));
+    assert!(v["cost_usd"].is_null() && v["models"][0]["cost_usd"].is_null());
     assert!(v["totals"]["ttft_p95_ms"].as_f64().is_some());
 }
 
 #[test]
 fn retrievals_and_feedback() {
-    let o = Overview::new(vec![]);
+    let o = Overview::new();
     let t1 = [1u8; 16];
     let t2 = [2u8; 16];
     let mut rag = sample(NOW, 10, Some("m"));
@@ -105,7 +113,19 @@ fn retrievals_and_feedback() {
     if let Some(g) = &mut rag.genai {
         g.documents = Some(3);
         g.top_score = Some(0.9);
-        g.question = Some("why?".to_owned());
+        g.input_messages = Some(
+            serde_json::json!([
+                {"role": "system", "parts": [{"type": "text", "content": "be brief"}]},
+                {"role": "user", "parts": [{"type": "text", "content": "first"}]},
+                {"role": "user", "parts": [{"type": "text", "content": "why?"}]},
+            ])
+            .to_string(),
+        );
+        g.output_messages = Some(
+            serde_json::json!([{"role": "assistant", "parts": [{"type": "text", "content": "because"}],
+                "finish_reason": "stop"}])
+            .to_string(),
+        );
     }
     o.record(rag);
     let mut empty = sample(NOW, 10, Some("m"));
@@ -135,7 +155,13 @@ fn retrievals_and_feedback() {
     let lowest = o.feedback(true, None);
     assert_eq!(lowest[0].feedback.score, -1.0);
     assert_eq!(lowest[0].documents, Some(0));
-    assert_eq!(lowest[2].question.as_deref(), Some("why?"));
+    assert_eq!(
+        lowest[2].question.as_deref(),
+        Some("why?"),
+        "the last user message"
+    );
+    assert_eq!(lowest[2].answer.as_deref(), Some("because"));
+    assert_eq!(lowest[0].question, None, "nothing captured, nothing shown");
     assert_eq!(
         lowest[2].feedback.label.as_ref().map(|l| l.len()),
         Some(MAX_LABEL_CHARS)
@@ -152,7 +178,7 @@ fn retrievals_and_feedback() {
 
 #[test]
 fn feedback_is_bounded() {
-    let o = Overview::new(vec![]);
+    let o = Overview::new();
     for i in 0..(FEEDBACK_CAPACITY + 10) {
         o.record_feedback(FeedbackSample {
             trace_id: [0; 16],

@@ -202,7 +202,7 @@ impl RecentTrace {
             "input_tokens": self.find("gen_ai.usage.input_tokens").map(value_json),
             "output_tokens": self.find("gen_ai.usage.output_tokens").map(value_json),
             "ttft_ms": self.find("gen_ai.response.time_to_first_chunk").and_then(seconds_to_ms),
-            // issue 16: RAG in the request list.
+            // RAG in the request list.
             "documents": self.find("ragscope.rag.documents").map(value_json),
             "top_score": self.top_score(),
             "empty_retrieval": self.find("ragscope.rag.documents").is_some_and(|v| matches!(v, Value::I64(0))),
