@@ -161,66 +161,69 @@ pub fn overview(data: &Value) -> String {
         body,
         "<p class=\"legend\">One point per {bucket} s; newest on the right.</p><div class=\"charts\">"
     );
-    let s = &data["series"];
-    body.push_str(&chart(
-        "chart-rate",
-        "Requests per second",
-        " /s",
-        s,
-        &[("request_rate", "requests/s")],
-    ));
-    body.push_str(&chart(
-        "chart-errors",
-        "Error rate",
-        "",
-        s,
-        &[("error_rate", "errors/requests")],
-    ));
-    body.push_str(&chart(
-        "chart-latency",
-        "Latency",
-        " ms",
-        s,
-        &[("p50_ms", "p50"), ("p95_ms", "p95")],
-    ));
-    body.push_str(&chart(
-        "chart-ttft",
-        "Time to first token, p95",
-        " ms",
-        s,
-        &[("ttft_p95_ms", "p95 TTFT")],
-    ));
-    body.push_str(&chart(
-        "chart-tokens",
-        "Tokens per minute",
-        "",
-        s,
-        &[
-            ("input_tokens_per_minute", "input"),
-            ("output_tokens_per_minute", "output"),
-        ],
-    ));
-    body.push_str(&chart(
-        "chart-rate-limited",
-        "Rate-limited requests",
-        "",
-        s,
-        &[("rate_limited", "429")],
-    ));
-    body.push_str(&chart(
-        "chart-empty",
-        "Empty-retrieval rate",
-        "",
-        s,
-        &[("empty_retrieval_rate", "empty/retrievals")],
-    ));
-    body.push_str(&chart(
-        "chart-feedback",
-        "Mean feedback score",
-        "",
-        s,
-        &[("feedback_mean", "mean score")],
-    ));
+    // (id, title, unit, [(series field, legend)]), in the order they are shown.
+    type Chart = (
+        &'static str,
+        &'static str,
+        &'static str,
+        &'static [(&'static str, &'static str)],
+    );
+    const CHARTS: &[Chart] = &[
+        (
+            "chart-rate",
+            "Requests per second",
+            " /s",
+            &[("request_rate", "requests/s")],
+        ),
+        (
+            "chart-errors",
+            "Error rate",
+            "",
+            &[("error_rate", "errors/requests")],
+        ),
+        (
+            "chart-latency",
+            "Latency",
+            " ms",
+            &[("p50_ms", "p50"), ("p95_ms", "p95")],
+        ),
+        (
+            "chart-ttft",
+            "Time to first token, p95",
+            " ms",
+            &[("ttft_p95_ms", "p95 TTFT")],
+        ),
+        (
+            "chart-tokens",
+            "Tokens per minute",
+            "",
+            &[
+                ("input_tokens_per_minute", "input"),
+                ("output_tokens_per_minute", "output"),
+            ],
+        ),
+        (
+            "chart-rate-limited",
+            "Rate-limited requests",
+            "",
+            &[("rate_limited", "429")],
+        ),
+        (
+            "chart-empty",
+            "Empty-retrieval rate",
+            "",
+            &[("empty_retrieval_rate", "empty/retrievals")],
+        ),
+        (
+            "chart-feedback",
+            "Mean feedback score",
+            "",
+            &[("feedback_mean", "mean score")],
+        ),
+    ];
+    for (id, title, unit, keys) in CHARTS {
+        body.push_str(&chart(id, title, unit, &data["series"], keys));
+    }
     body.push_str("</div><h2>Per model</h2>");
     let models = data["models"]
         .as_array()

@@ -30,10 +30,7 @@ pub(super) fn record(t: &Telemetry, record: Record) {
     }
     if let Some(fact) = &record.feedback {
         genai::record_feedback(&t.genai_instruments, t.spans.as_deref(), fact);
-        t.overview
-            .record_feedback(overview::feedback(fact, &record.times));
     }
-    t.overview.record(overview::exchange(&record));
     if let (Some(sink), Some(ids)) = (&t.spans, &record.ids)
         && ids.sampled
     {
@@ -59,6 +56,8 @@ pub(super) fn record(t: &Telemetry, record: Record) {
         cancelled,
         client: record.http.peer.ip(),
     });
+    // Last: the operator's view takes what it keeps out of the record.
+    overview::feed(&t.overview, record);
 }
 
 /// HTTP metrics: bounded attributes only (no path, no client address).
