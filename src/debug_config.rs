@@ -32,6 +32,8 @@ fn core(config: &Config) -> Value {
         "RAGSCOPE_LISTEN": config.listen.to_string(),
         "RAGSCOPE_UPSTREAM": format!("{}://{}", config.upstream.scheme, config.upstream.authority),
         "RAGSCOPE_ADMIN_LISTEN": config.admin_listen.map_or("off".to_owned(), |a| a.to_string()),
+        // The token is a secret; only whether it is set is shown.
+        "RAGSCOPE_ADMIN_TOKEN": config.admin.token.as_ref().map(|_| MASK),
         "RAGSCOPE_LOG": config.log,
         "RAGSCOPE_LOG_FORMAT": match config.log_format { LogFormat::Json => "json", LogFormat::Text => "text" },
         "RAGSCOPE_CONNECT_TIMEOUT": duration(config.connect_timeout),

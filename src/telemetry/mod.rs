@@ -14,6 +14,7 @@ mod genai_instruments;
 mod held;
 pub mod logging;
 mod metrics;
+mod overview;
 pub mod prometheus;
 pub mod recent;
 mod record;
@@ -105,6 +106,8 @@ pub struct Telemetry {
     prometheus: Option<PrometheusEndpoint>,
     /// Recent requests for `/traces`; `None` when the ring is off or the SDK is disabled.
     recent: Option<Arc<RecentTraces>>,
+    /// The operator's view (`/overview`, `/feedback`), fed from every record like the metrics.
+    overview: Arc<crate::overview::Overview>,
     /// `RAGSCOPE_TAIL_SAMPLING`; `None` when off (every recorded trace is exported).
     tail: Option<sampling::Tail>,
 }
@@ -229,6 +232,7 @@ impl Telemetry {
             meter_provider,
             prometheus,
             recent,
+            overview: Arc::new(crate::overview::Overview::new()),
             tail,
         }))
     }
@@ -241,6 +245,11 @@ impl Telemetry {
     /// The recent requests behind `/traces`, unless the ring is off.
     pub fn recent_traces(&self) -> Option<&Arc<RecentTraces>> {
         self.recent.as_ref()
+    }
+
+    /// The operator's view behind `/overview` and `/feedback`.
+    pub fn overview(&self) -> &Arc<crate::overview::Overview> {
+        &self.overview
     }
 
     /// A meter on the provider every instrument of ragscope lives on, for parts that own their
@@ -290,7 +299,8 @@ impl Telemetry {
         HeaderValue::from_str(&header).ok()
     }
 
-    /// Records a finished exchange: metrics, spans (when sampled), the access-log line.
+    /// Records a finished exchange: metrics, the operator's view, spans (when sampled), the
+    /// access-log line.
     pub fn record(&self, record: Record) {
         record::record(self, record);
     }

@@ -1,5 +1,6 @@
-//! A finished [`Record`] becomes telemetry here, once: the HTTP metrics, the SERVER and
-//! CLIENT spans (when sampled) with the GenAI facts on them, and the access-log line.
+//! A finished [`Record`] becomes telemetry here, once: the HTTP metrics, the operator's view,
+//! the SERVER and CLIENT spans (when sampled) with the GenAI facts on them, and the access-log
+//! line.
 
 use std::borrow::Cow;
 
@@ -11,7 +12,7 @@ use opentelemetry_semantic_conventions::attribute as semconv;
 use super::access_log::{self, AccessRecord};
 use super::sampling::Verdict;
 use super::spans::{self, Spans};
-use super::{Telemetry, genai};
+use super::{Telemetry, genai, overview};
 use crate::observe::{Ending, HttpFacts, Record, TraceIds, UpstreamCall};
 
 /// Records everything the exchange says.
@@ -61,6 +62,8 @@ pub(super) fn record(t: &Telemetry, record: Record) {
         cancelled,
         client: record.http.peer.ip(),
     });
+    // Last: the operator's view takes what it keeps out of the record.
+    overview::feed(&t.overview, record);
 }
 
 /// HTTP metrics: bounded attributes only (no path, no client address).
