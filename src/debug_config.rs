@@ -48,6 +48,7 @@ fn core(config: &Config) -> Value {
         "RAGSCOPE_MAX_HEADERS": config.max_headers,
         "RAGSCOPE_H2_MAX_CONCURRENT_STREAMS": config.h2_max_concurrent_streams,
         "RAGSCOPE_RECENT_TRACES": config.ops.recent_traces,
+        "RAGSCOPE_TAIL_SAMPLING": t.tail_sampling.as_ref().map_or("off".to_owned(), |r| r.to_string()),
         "RAGSCOPE_HEALTH_PATH": config.ops.health.as_ref().map_or("off".to_owned(), |h| h.path.to_string()),
         "RAGSCOPE_HEALTH_INTERVAL": config.ops.health.as_ref().map(|h| duration(h.interval)),
         "RAGSCOPE_HEALTH_TIMEOUT": config.ops.health.as_ref().map(|h| duration(h.timeout)),

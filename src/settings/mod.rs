@@ -87,7 +87,8 @@ impl Config {
     /// variable.
     pub fn from_source(source: &(impl Source + ?Sized)) -> Result<Config, ConfigError> {
         let r = Reader::new(source);
-        let telemetry = TelemetryConfig::from_reader(&r);
+        let mut telemetry = TelemetryConfig::from_reader(&r);
+        telemetry.tail_sampling = crate::telemetry::read_tail_sampling(&r)?;
         let genai = genai::Settings::from_reader(&r)?;
         let tls = crate::tls::Settings::from_reader(&r)?;
         let (log, log_format) = crate::telemetry::read_log(&r)?;

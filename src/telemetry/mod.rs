@@ -11,12 +11,14 @@ pub mod access_log;
 mod export;
 mod genai;
 mod genai_instruments;
+mod held;
 pub mod logging;
 mod metrics;
 mod overview;
 pub mod prometheus;
 pub mod recent;
 mod record;
+mod sampling;
 mod settings;
 mod spans;
 pub mod trace_context;
@@ -41,6 +43,7 @@ pub use genai_instruments::GenAiInstruments;
 pub use metrics::Instruments;
 pub use prometheus::PrometheusEndpoint;
 pub use recent::{RecentTraces, TraceFilter};
+pub use sampling::{TAIL_SAMPLING_FORM, TailRules, Verdict, read_tail_sampling};
 pub use settings::{
     ExporterKind, LogFormat, OtlpProtocol, OtlpSignal, ParentRoot, Propagators, SamplerConfig,
     TelemetryConfig, read_log,
@@ -105,6 +108,8 @@ pub struct Telemetry {
     recent: Option<Arc<RecentTraces>>,
     /// The operator's view (`/overview`, `/feedback`), fed from every record like the metrics.
     overview: Arc<crate::overview::Overview>,
+    /// `RAGSCOPE_TAIL_SAMPLING`; `None` when off (every recorded trace is exported).
+    tail: Option<sampling::Tail>,
 }
 
 impl Telemetry {
@@ -166,6 +171,11 @@ impl Telemetry {
         let recent =
             (!config.sdk_disabled && recent_traces > 0).then(|| RecentTraces::new(recent_traces));
         let ring = recent.as_ref().map(|r| r.processor());
+        let tail = config
+            .tail_sampling
+            .clone()
+            .filter(|_| !config.sdk_disabled)
+            .map(|rules| sampling::Tail::new(rules, &meter_provider.meter("ragscope")));
         let spans = if config.sdk_disabled {
             None
         } else {
@@ -186,7 +196,11 @@ impl Telemetry {
             if let Some(ring) = ring {
                 processors.push(Box::new(ring));
             }
-            processors.extend(exporter);
+            // The one point tail sampling acts: between the record and the export processor.
+            processors.extend(exporter.map(|e| match &tail {
+                Some(tail) => Box::new(tail.gate(e)) as Box<dyn SpanProcessor>,
+                None => e,
+            }));
             (!processors.is_empty()).then(|| {
                 Arc::new(spans::Spans::new(
                     sampler(&config.sampler),
@@ -219,6 +233,7 @@ impl Telemetry {
             prometheus,
             recent,
             overview: Arc::new(crate::overview::Overview::new()),
+            tail,
         }))
     }
 
