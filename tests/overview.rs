@@ -450,6 +450,8 @@ async fn the_binary_never_logs_the_token_and_refuses_a_weak_one() {
         .spawn();
     let status = weak.wait_exit(WAIT).await.expect("exits");
     assert_eq!(status.code(), Some(2));
+    // The process has exited, but its stderr may still be in flight to our reader.
+    weak.wait_output_closed(WAIT).await;
     let stderr = weak.stderr_lines().join("\n");
     assert!(stderr.contains("RAGSCOPE_ADMIN_TOKEN"), "{stderr}");
     assert!(
