@@ -32,7 +32,7 @@ fn parsers(c: &mut Criterion) {
             let mut info = ResponseInfo::default();
             for frame in stream.chunks(1400) {
                 parser.feed(black_box(frame), |e| {
-                    let _ = info.on_event(&e.data, None);
+                    let _ = ragscope::genai::openai::on_event(&mut info, &e.data, None);
                 });
             }
             black_box(info.output_tokens)
@@ -50,7 +50,7 @@ fn parsers(c: &mut Criterion) {
     .into_bytes();
     group.throughput(Throughput::Bytes(body.len() as u64));
     group.bench_function("json_chat_response", |b| {
-        b.iter(|| black_box(ResponseInfo::parse_body(black_box(&body), None).ok()))
+        b.iter(|| black_box(ragscope::genai::openai::parse_body(black_box(&body), None).ok()))
     });
     group.finish();
 }

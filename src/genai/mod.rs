@@ -8,11 +8,16 @@
 //! `RAGSCOPE_PARSE_MAX_BYTES` and parsed once, when the exchange ends. A body over the bound is
 //! not parsed at all and the span says so; input that does not parse only sets an attribute.
 
+pub mod anthropic;
+pub mod api;
 pub mod extract;
 pub mod feedback;
+pub mod gemini;
+pub mod inference;
 mod instruments;
 pub mod openai;
 pub mod redact;
+pub mod responses;
 pub mod sse;
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -103,7 +108,7 @@ impl GenAi {
         }
         Some(Observation {
             genai: self.clone(),
-            operation: Operation::from_path(path),
+            operation: openai::operation_from_path(path),
             request: Arc::new(Mutex::new(Tee::new(self.config.parse_max_bytes))),
             response: ResponseState::Pending,
             first_byte: None,
@@ -296,13 +301,15 @@ impl Observation {
             ResponseState::Sse { parser, info } => {
                 let first_token = &mut self.first_token;
                 let parse_error = &mut self.parse_error;
-                let report = parser.feed(data, |event| match info.on_event(&event.data, capture) {
-                    Ok(kind) => {
-                        if kind.content && first_token.is_none() {
-                            *first_token = Some((Instant::now(), SystemTime::now()));
+                let report = parser.feed(data, |event| {
+                    match openai::on_event(info, &event.data, capture) {
+                        Ok(kind) => {
+                            if kind.content && first_token.is_none() {
+                                *first_token = Some((Instant::now(), SystemTime::now()));
+                            }
                         }
+                        Err(_) => *parse_error = Some("malformed_sse_event"),
                     }
-                    Err(_) => *parse_error = Some("malformed_sse_event"),
                 });
                 self.response_truncated |= report.truncated;
             }
@@ -355,7 +362,7 @@ impl Observation {
                     match serde_json::from_slice::<serde_json::Value>(&tee.buf) {
                         Ok(v) => {
                             if self.operation.is_some() {
-                                info = ResponseInfo::from_value(&v, capture);
+                                info = openai::from_value(&v, capture);
                             }
                             apply_rules(&genai, Side::Response, &v, &mut extracted, &mut documents);
                         }
