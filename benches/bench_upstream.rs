@@ -24,8 +24,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 
-/// The fixed response body: a minimal OpenAI-style chat completion.
-const BODY: &[u8] = br#"{"id":"chatcmpl-bench","object":"chat.completion","choices":[{"message":{"role":"assistant","content":"ok"}}],"usage":{"total_tokens":6}}"#;
+/// The fixed response body: an OpenAI-style chat completion with usage, ~300 bytes, so the
+/// proxy's GenAI observation has a model, finish reason and token counts to read.
+const BODY: &[u8] = br#"{"id":"chatcmpl-bench","object":"chat.completion","created":1700000000,"model":"bench-model","choices":[{"index":0,"message":{"role":"assistant","content":"Retrieval-augmented generation answers from documents it retrieves."},"finish_reason":"stop"}],"usage":{"prompt_tokens":12,"completion_tokens":9,"total_tokens":21}}"#;
 
 const DEFAULT_ADDR: &str = "127.0.0.1:8000";
 

@@ -1,16 +1,25 @@
 #!/usr/bin/env bash
 # Side-by-side load benchmark: the same wrk load against
 #   direct   - the fast upstream (benches/bench_upstream.rs) with nothing in front,
-#   nginx    - nginx as a keep-alive reverse proxy in front of it (access log on),
-#   ragscope - ragscope in front of it, telemetry on, exporting OTLP to rotel-agent.
-# Prints req/s, p50 and p99 per target and the ragscope/nginx ratios.
+#   nginx    - nginx (2 workers, upstream keep-alive, proxy_buffering off, access_log off),
+#   ragscope - ragscope in front of it, DEFAULT telemetry on: spans 100% sampled exported
+#              over OTLP to rotel-agent, metrics over OTLP and on /metrics (admin listener
+#              on), JSON access log, /traces ring, GenAI parsing.
+# Prints req/s, p50, p99 and proxy CPU per request (utime+stime of the proxy's processes
+# from /proc over the measured window / requests) per target, the ratios to nginx, and
+# ragscope's span drop counter. Scenarios (SCENARIOS, default "full off idle"):
+#   full - the above;  off - ragscope with all telemetry off (OTEL_SDK_DISABLED, no access
+#   log, no ring, no GenAI);  idle - 10,000 idle keep-alive connections: memory per
+#   connection (RSS delta / connections) for ragscope and nginx.
 # See benches/README.md.
 #
 # Env: DURATION (measured seconds, default 10), WARMUP (seconds, default 2),
 #      CONNECTIONS (default 64), THREADS (wrk threads, default 2),
 #      TARGETS (default "direct nginx ragscope"),
-#      REQUEST (post = POST /v1/chat/completions with a small JSON body, the
+#      REQUEST (post = POST /v1/chat/completions with a ~200-byte JSON body, the
 #               default; get = GET /v1/chat/completions),
+#      SCENARIOS (default "full off idle"), IDLE_CONNECTIONS (default 10000),
+#      RAGSCOPE_WORKERS (passed through to ragscope when set),
 #      KEEP_TMP=1 keeps the temporary directory (logs, configs) for inspection.
 # Everything listens on and talks to 127.0.0.1 only.
 set -euo pipefail
@@ -20,6 +29,8 @@ WARMUP=${WARMUP:-2}
 CONNECTIONS=${CONNECTIONS:-64}
 THREADS=${THREADS:-2}
 TARGETS=${TARGETS:-direct nginx ragscope}
+SCENARIOS=${SCENARIOS:-full off idle}
+IDLE_CONNECTIONS=${IDLE_CONNECTIONS:-10000}
 REQUEST=${REQUEST:-post}
 ROTEL_PKG="rotel==0.0.1a15"
 REQ_PATH=/v1/chat/completions
@@ -30,11 +41,15 @@ REPO=$(cd "$HERE/.." && pwd)
 log() { printf '[load.sh] %s\n' "$*" >&2; }
 die() { printf '[load.sh] ERROR: %s\n' "$*" >&2; exit 1; }
 
-for v in DURATION WARMUP CONNECTIONS THREADS; do
+for v in DURATION WARMUP CONNECTIONS THREADS IDLE_CONNECTIONS; do
   [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive integer (got '${!v}')"
 done
 case $REQUEST in post|get) ;; *) die "REQUEST must be post or get (got '$REQUEST')";; esac
 want() { [[ " $TARGETS " == *" $1 "* ]]; }
+scenario() { [[ " $SCENARIOS " == *" $1 "* ]]; }
+for sc in $SCENARIOS; do
+  case $sc in full|off|idle) ;; *) die "unknown scenario '$sc' in SCENARIOS (use full, off, idle)";; esac
+done
 for t in $TARGETS; do
   case $t in direct|nginx|ragscope) ;; *) die "unknown target '$t' in TARGETS (use direct, nginx, ragscope)";; esac
 done
@@ -173,7 +188,7 @@ log "${BUILD[*]}"
 waited "${BUILD[@]}" >&2 || die "build failed: ${BUILD[*]}"
 TARGET_DIR=${CARGO_TARGET_DIR:-$REPO/target}
 UPSTREAM_BIN=$TARGET_DIR/release/examples/bench_upstream
-RAGSCOPE_BIN=$TARGET_DIR/release/ragscope
+RAGSCOPE_BIN=${RAGSCOPE_BIN:-$TARGET_DIR/release/ragscope}   # override to compare builds
 [[ -x $UPSTREAM_BIN ]] || die "missing $UPSTREAM_BIN"
 if want ragscope; then [[ -x $RAGSCOPE_BIN ]] || die "missing $RAGSCOPE_BIN"; fi
 
@@ -206,6 +221,7 @@ NGINX_PORT=$(free_port); USED_PORTS+="$NGINX_PORT "
 RS_PORT=$(free_port);    USED_PORTS+="$RS_PORT "
 OTLP_GRPC=$(free_port);  USED_PORTS+="$OTLP_GRPC "
 OTLP_HTTP=$(free_port);  USED_PORTS+="$OTLP_HTTP "
+RS_ADMIN=$(free_port);   USED_PORTS+="$RS_ADMIN "
 
 # wait_port NAME PID PORT LOGFILE: bounded wait until PORT accepts.
 wait_port() {
@@ -225,18 +241,23 @@ wait_port() {
 }
 
 # --------------------------------------------------------------- start
+# 10,000 idle connections need as many descriptors in the proxies and the idle client
+# (children inherit this limit).
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
 "$UPSTREAM_BIN" "127.0.0.1:$UP_PORT" >"$TMP/upstream.log" 2>&1 &
 PIDS+=($!); UP_PID=$!
 wait_port upstream "$UP_PID" "$UP_PORT" "$TMP/upstream.log"
 log "upstream  pid $UP_PID on 127.0.0.1:$UP_PORT"
 
+NGINX_PID=""
 if want nginx; then
   NGX_USER=""
   [[ $(id -u) == 0 ]] && NGX_USER="user root;"
   mkdir -p "$TMP/nginx"
   cat >"$TMP/nginx/nginx.conf" <<EOF
 $NGX_USER
-worker_processes auto;
+worker_processes 2;
 worker_rlimit_nofile 65536;
 pid $TMP/nginx/nginx.pid;
 error_log $TMP/nginx/error.log warn;
@@ -249,8 +270,8 @@ http {
     fastcgi_temp_path $TMP/nginx/fastcgi;
     uwsgi_temp_path $TMP/nginx/uwsgi;
     scgi_temp_path $TMP/nginx/scgi;
-    access_log $TMP/nginx/access.log combined buffer=64k flush=1s;
-    keepalive_timeout 75s;
+    access_log off;
+    keepalive_timeout 300s;
     keepalive_requests 1000000;
     upstream bench_upstream {
         server 127.0.0.1:$UP_PORT;
@@ -263,6 +284,7 @@ http {
             proxy_pass http://bench_upstream;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
+            proxy_buffering off;
         }
     }
 }
@@ -274,7 +296,6 @@ EOF
   log "nginx     pid $NGINX_PID on 127.0.0.1:$NGINX_PORT ($("$NGINX" -v 2>&1 | sed 's/.*: //'))"
 fi
 
-RS_PID=""
 if want ragscope; then
   "$ROTEL" start --exporter blackhole \
     --otlp-grpc-endpoint "127.0.0.1:$OTLP_GRPC" \
@@ -284,27 +305,58 @@ if want ragscope; then
   PIDS+=($!); ROTEL_PID=$!
   wait_port rotel-agent "$ROTEL_PID" "$OTLP_HTTP" "$TMP/rotel.stdout"
   log "rotel     pid $ROTEL_PID on 127.0.0.1:$OTLP_HTTP (OTLP/HTTP, blackhole exporter)"
-
-  RAGSCOPE_LISTEN="127.0.0.1:$RS_PORT" \
-  RAGSCOPE_UPSTREAM="http://127.0.0.1:$UP_PORT" \
-  RAGSCOPE_ADMIN_LISTEN=off \
-  RAGSCOPE_LOG=info \
-  RAGSCOPE_GENAI="${GENAI:-on}" \
-  OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$OTLP_HTTP" \
-  OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf \
-  OTEL_METRIC_EXPORT_INTERVAL=5000 \
-    "$RAGSCOPE_BIN" >"$TMP/ragscope.stdout" 2>"$TMP/ragscope.stderr" &
-  PIDS+=($!); RS_PID=$!
-  wait_port ragscope "$RS_PID" "$RS_PORT" "$TMP/ragscope.stderr"
-  log "ragscope  pid $RS_PID on 127.0.0.1:$RS_PORT"
 fi
+
+# start_ragscope MODE (full|off): (re)starts ragscope on RS_PORT; sets RS_PID.
+RS_PID=""
+start_ragscope() {
+  stop_ragscope
+  local mode=$1
+  local vars=(
+    RAGSCOPE_LISTEN="127.0.0.1:$RS_PORT"
+    RAGSCOPE_UPSTREAM="http://127.0.0.1:$UP_PORT"
+    RAGSCOPE_MAX_CONNECTIONS=20000
+  )
+  [[ -n ${RAGSCOPE_WORKERS:-} ]] && vars+=(RAGSCOPE_WORKERS="$RAGSCOPE_WORKERS")
+  if [[ $mode == full ]]; then
+    vars+=(
+      RAGSCOPE_ADMIN_LISTEN="127.0.0.1:$RS_ADMIN"
+      RAGSCOPE_LOG=info
+      RAGSCOPE_GENAI=on
+      OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$OTLP_HTTP"
+      OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf
+      OTEL_METRIC_EXPORT_INTERVAL=5000
+    )
+  else
+    vars+=(
+      RAGSCOPE_ADMIN_LISTEN=off
+      RAGSCOPE_LOG=warn
+      RAGSCOPE_GENAI=off
+      RAGSCOPE_RECENT_TRACES=0
+      OTEL_SDK_DISABLED=true
+    )
+  fi
+  env "${vars[@]}" "$RAGSCOPE_BIN" >"$TMP/ragscope.$mode.stdout" 2>"$TMP/ragscope.$mode.stderr" &
+  RS_PID=$!
+  PIDS+=("$RS_PID")
+  wait_port ragscope "$RS_PID" "$RS_PORT" "$TMP/ragscope.$mode.stderr"
+  log "ragscope  pid $RS_PID on 127.0.0.1:$RS_PORT (telemetry $mode)"
+}
+stop_ragscope() {
+  [[ -n $RS_PID ]] || return 0
+  kill -TERM "$RS_PID" 2>/dev/null || true
+  for _ in $(seq 100); do kill -0 "$RS_PID" 2>/dev/null || break; sleep 0.1; done
+  kill -KILL "$RS_PID" 2>/dev/null || true
+  wait "$RS_PID" 2>/dev/null || true
+  RS_PID=""
+}
 
 # --------------------------------------------------------------- load
 WRK_SCRIPT=$TMP/request.lua
 if [[ $REQUEST == post ]]; then
   cat >"$WRK_SCRIPT" <<'EOF'
 wrk.method = "POST"
-wrk.body = '{"model":"bench","messages":[{"role":"user","content":"What is RAG?"}]}'
+wrk.body = '{"model":"bench-model","messages":[{"role":"system","content":"Answer from the documents."},{"role":"user","content":"What is retrieval-augmented generation, in one sentence?"}],"temperature":0.2,"max_tokens":64}'
 wrk.headers["Content-Type"] = "application/json"
 EOF
 else
@@ -312,9 +364,36 @@ else
 fi
 
 port_of() {
-  case $1 in direct) echo "$UP_PORT";; nginx) echo "$NGINX_PORT";; ragscope) echo "$RS_PORT";; esac
+  case $1 in direct) echo "$UP_PORT";; nginx) echo "$NGINX_PORT";; ragscope*) echo "$RS_PORT";; esac
 }
-rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo "?"; }
+# pids_of TARGET: the processes whose CPU and memory count for TARGET (nginx: master + workers).
+pids_of() {
+  case $1 in
+    direct) echo "$UP_PID";;
+    nginx) echo "$NGINX_PID" $(pgrep -P "$NGINX_PID" 2>/dev/null || true);;
+    ragscope*) echo "$RS_PID";;
+  esac
+}
+# cpu_ticks PID...: utime+stime clock ticks of these processes (all their threads).
+cpu_ticks() {
+  local pid t=0 f a
+  for pid in "$@"; do
+    f=$(cat "/proc/$pid/stat" 2>/dev/null) || continue
+    f=${f##*) }   # the fields after "(comm) ", starting with field 3 (state)
+    read -r -a a <<<"$f"
+    t=$((t + a[11] + a[12]))   # fields 14 (utime) and 15 (stime)
+  done
+  echo "$t"
+}
+rss_kb() {
+  local pid t=0 v
+  for pid in "$@"; do
+    v=$(awk '/^VmRSS:/ {print $2}' "/proc/$pid/status" 2>/dev/null || true)
+    t=$((t + ${v:-0}))
+  done
+  echo "$t"
+}
+CLK_TCK=$(getconf CLK_TCK)
 
 # to_ms VALUE: wrk latency (e.g. 539.00us, 1.05ms, 2.01s, 3.00m) -> milliseconds
 to_ms() {
@@ -339,65 +418,143 @@ cpu_busy() {
   awk -v a="$a" -v b="$b" 'BEGIN { split(a, x, " "); split(b, y, " ");
     t = y[1] - x[1]; if (t > 0) printf "%.0f%%", 100 * (1 - (y[2] - x[2]) / t); else print "?" }'
 }
-CPU_BUSY=$(cpu_busy)
-declare -A RPS P50 P99 ERRS
-RSS_BEFORE="" RSS_AFTER=""
+# metric NAME: a Prometheus sample summed over its series on ragscope's /metrics.
+metric() {
+  curl -s --max-time 5 "http://127.0.0.1:$RS_ADMIN/metrics" \
+    | awk -v n="$1" '$1 == n || index($1, n "{") == 1 {s += $NF} END {printf "%d", s}'
+}
+
+declare -A RPS P50 P99 ERRS CPU_US REQS
 WRK=(wrk "-t$THREADS" "-c$CONNECTIONS" --latency -s "$WRK_SCRIPT")
-for t in direct nginx ragscope; do
-  want "$t" || continue
+# measure NAME: warm-up, then a measured run against NAME's port; fills the arrays.
+measure() {
+  local t=$1 url out c0 c1 pids code
   url="http://127.0.0.1:$(port_of "$t")$REQ_PATH"
   # One request first: the target must answer 200 before being measured.
   code=$(curl -s -o "$TMP/$t.probe" -w '%{http_code}' --max-time 5 \
          -H 'content-type: application/json' -d '{"model":"bench"}' "$url" || true)
   [[ $code == 200 ]] || die "$t: probe request to $url answered '${code:-nothing}' (want 200)"
-  [[ $t == ragscope ]] && RSS_BEFORE=$(rss_kb "$RS_PID")
   log "$t: warm-up ${WARMUP}s"
   run_wrk "$WARMUP" "$url" "$TMP/$t.warmup.txt" || die "$t: wrk warm-up failed: $(cat "$TMP/$t.warmup.txt")"
   log "$t: measuring ${DURATION}s: ${WRK[*]} -d${DURATION}s $url"
+  read -r -a pids <<<"$(pids_of "$t")"
+  c0=$(cpu_ticks "${pids[@]}")
   run_wrk "$DURATION" "$url" "$TMP/$t.wrk.txt" || die "$t: wrk failed: $(cat "$TMP/$t.wrk.txt")"
-  [[ $t == ragscope ]] && RSS_AFTER=$(rss_kb "$RS_PID")
+  c1=$(cpu_ticks "${pids[@]}")
   out=$TMP/$t.wrk.txt
   RPS[$t]=$(awk '/^Requests\/sec:/ {printf "%.0f", $2}' "$out")
+  REQS[$t]=$(awk '/requests in/ {print $1}' "$out")
   P50[$t]=$(to_ms "$(awk '$1 == "50%" {print $2}' "$out")")
   P99[$t]=$(to_ms "$(awk '$1 == "99%" {print $2}' "$out")")
+  CPU_US[$t]=$(awk -v c="$((c1 - c0))" -v hz="$CLK_TCK" -v n="${REQS[$t]}" \
+               'BEGIN { if (n > 0) printf "%.1f", c / hz * 1e6 / n; else print "n/a" }')
   # Non-2xx answers and socket errors: a proxy that fails fast must not look fast.
   ERRS[$t]=$(awk '/Non-2xx or 3xx responses:/ {e += $NF}
                   /Socket errors:/ {gsub(/,/, ""); e += $4 + $6 + $8 + $10}
                   END {print e + 0}' "$out")
   [[ -n ${RPS[$t]} && ${P50[$t]} != -* && ${P99[$t]} != -* ]] \
     || die "$t: could not parse wrk output: $(cat "$out")"
+}
+
+# idle_conns TARGET: opens IDLE_CONNECTIONS keep-alive connections to TARGET, one request
+# each, then holds them idle; prints "KiB-per-connection rss-before-kB rss-after-kB".
+idle_conns() {
+  local t=$1 pids before after ready=$TMP/idle.$t.ready cpid
+  read -r -a pids <<<"$(pids_of "$t")"
+  before=$(rss_kb "${pids[@]}")
+  python3 - "$(port_of "$t")" "$IDLE_CONNECTIONS" "$ready" >"$TMP/idle.$t.log" 2>&1 <<'EOF' &
+import asyncio, sys
+port, n, ready = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+async def one(conns):
+    r, w = await asyncio.open_connection("127.0.0.1", port)
+    w.write(b"GET /v1/models HTTP/1.1\r\nHost: bench\r\n\r\n")
+    await w.drain()
+    head = await r.readuntil(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":")[1])
+    await r.readexactly(length)
+    conns.append((r, w))
+async def main():
+    conns = []
+    for start in range(0, n, 500):
+        await asyncio.gather(*(one(conns) for _ in range(start, min(n, start + 500))))
+    with open(ready, "w") as f:
+        f.write(str(len(conns)))
+    await asyncio.sleep(3600)
+asyncio.run(main())
+EOF
+  cpid=$!
+  PIDS+=("$cpid")
+  for _ in $(seq 600); do
+    [[ -s $ready ]] && break
+    kill -0 "$cpid" 2>/dev/null || break
+    sleep 0.1
+  done
+  [[ -s $ready ]] || die "idle client for $t failed: $(tail -n 5 "$TMP/idle.$t.log")"
+  sleep 2   # let the proxy settle
+  after=$(rss_kb "${pids[@]}")
+  kill "$cpid" 2>/dev/null || true
+  wait "$cpid" 2>/dev/null || true
+  awk -v a="$after" -v b="$before" -v n="$(cat "$ready")" \
+    'BEGIN { printf "%.1f %d %d\n", (a - b) / n, b, a }'
+}
+
+CPU_BUSY=$(cpu_busy)
+for t in direct nginx; do
+  if want "$t"; then measure "$t"; fi
 done
+DROPPED="" SPANS="" LOG_LINES=""
+if want ragscope; then
+  if scenario full; then
+    start_ragscope full
+    measure ragscope
+    sleep 6   # one metric export interval: the last batches and the drop counter are in
+    DROPPED=$(metric ragscope_telemetry_spans_dropped_total)
+    SPANS=$(metric http_server_request_duration_seconds_count)
+    LOG_LINES=$(wc -l <"$TMP/ragscope.full.stdout")
+  fi
+  if scenario off; then
+    start_ragscope off
+    measure ragscope-off
+  fi
+fi
+declare -A IDLE
+if scenario idle; then
+  if want ragscope; then
+    # Idle memory with the defaults: telemetry on.
+    [[ -n $RS_PID ]] && stop_ragscope
+    start_ragscope full
+    IDLE[ragscope]=$(idle_conns ragscope)
+  fi
+  if want nginx; then IDLE[nginx]=$(idle_conns nginx); fi
+fi
+stop_ragscope
 
 # --------------------------------------------------------------- report
 CPU_BUSY_AFTER=$(cpu_busy)
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0 && a != "n/a") printf "%.2fx", a / b; else print "-" }'; }
 echo
 echo "CPU busy with other work: $CPU_BUSY before the runs, $CPU_BUSY_AFTER after (should be ~0%)"
 echo "ragscope load benchmark: $(nproc) CPUs, wrk -t$THREADS -c$CONNECTIONS, ${WARMUP}s warm-up + ${DURATION}s measured, ${REQUEST^^} $REQ_PATH"
-printf '%-10s %12s %10s %10s %8s\n' target "req/s" "p50 ms" "p99 ms" errors
-for t in direct nginx ragscope; do
-  want "$t" || continue
-  printf '%-10s %12s %10s %10s %8s\n' "$t" "${RPS[$t]}" "${P50[$t]}" "${P99[$t]}" "${ERRS[$t]}"
+printf '%-13s %9s %8s %8s %10s %9s %8s %8s %7s\n' target "req/s" "p50 ms" "p99 ms" "CPU us/req" "req/s:ngx" "p99:ngx" "CPU:ngx" errors
+for t in direct nginx ragscope ragscope-off; do
+  [[ -n ${RPS[$t]:-} ]] || continue
+  cpu=${CPU_US[$t]} cpu_ratio=$(ratio "${CPU_US[$t]}" "${CPU_US[nginx]:-0}")
+  [[ $t == direct ]] && cpu="-" cpu_ratio="-"
+  printf '%-13s %9s %8s %8s %10s %9s %8s %8s %7s\n' "$t" "${RPS[$t]}" "${P50[$t]}" "${P99[$t]}" "$cpu" \
+    "$(ratio "${RPS[$t]}" "${RPS[nginx]:-0}")" "$(ratio "${P99[$t]}" "${P99[nginx]:-0}")" \
+    "$cpu_ratio" "${ERRS[$t]}"
 done
-echo
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
-if want ragscope && want nginx; then
-  printf '%-34s %6sx   (goal >= 1.20)\n' "ragscope/nginx throughput" "$(ratio "${RPS[ragscope]}" "${RPS[nginx]}")"
-  printf '%-34s %6sx   (goal <= 1.00)\n' "ragscope p99 / nginx p99" "$(ratio "${P99[ragscope]}" "${P99[nginx]}")"
-fi
-if want direct; then
-  want nginx && printf '%-34s %6sx\n' "nginx/direct throughput" "$(ratio "${RPS[nginx]}" "${RPS[direct]}")"
-  want ragscope && printf '%-34s %6sx\n' "ragscope/direct throughput" "$(ratio "${RPS[ragscope]}" "${RPS[direct]}")"
-fi
-if want ragscope; then
+echo "(ragscope: default telemetry on, exporting to rotel; ragscope-off: all telemetry off)"
+if [[ -n $DROPPED ]]; then
   echo
-  echo "ragscope RSS: before load ${RSS_BEFORE} kB, after load ${RSS_AFTER} kB"
-  echo "ragscope access-log lines: $(wc -l <"$TMP/ragscope.stdout")"
-  if ! kill -0 "$RS_PID" 2>/dev/null; then
-    echo "WARNING: ragscope exited during the run; stderr tail:"
-    tail -n 20 "$TMP/ragscope.stderr"
-  fi
+  echo "ragscope spans: $SPANS requests recorded on /metrics (one server span each, 100% sampled); dropped: $DROPPED (must be 0)"
+  echo "ragscope access-log lines: $LOG_LINES"
 fi
-if want nginx; then
-  sleep 1.2   # let nginx flush its buffered access log (flush=1s)
-  echo "nginx access-log lines:    $(wc -l <"$TMP/nginx/access.log")"
-fi
+for t in ragscope nginx; do
+  [[ -n ${IDLE[$t]:-} ]] || continue
+  read -r per before after <<<"${IDLE[$t]}"
+  echo "$t: $IDLE_CONNECTIONS idle keep-alive connections: $per KiB per connection (RSS $before -> $after kB)"
+done

@@ -5,9 +5,10 @@
 
 use serde_json::{Value, json};
 
-use crate::config::{
-    Config, ExporterKind, LogFormat, OtlpProtocol, OtlpSignal, ParentRoot, RateKeyKind, RateMode,
-    SamplerConfig,
+use crate::limit::{RateKeyKind, RateMode};
+use crate::settings::Config;
+use crate::telemetry::{
+    ExporterKind, LogFormat, OtlpProtocol, OtlpSignal, ParentRoot, SamplerConfig,
 };
 
 /// What a masked value is shown as.
@@ -31,6 +32,8 @@ fn core(config: &Config) -> Value {
         "RAGSCOPE_LISTEN": config.listen.to_string(),
         "RAGSCOPE_UPSTREAM": format!("{}://{}", config.upstream.scheme, config.upstream.authority),
         "RAGSCOPE_ADMIN_LISTEN": config.admin_listen.map_or("off".to_owned(), |a| a.to_string()),
+        // The token is a secret; only whether it is set is shown.
+        "RAGSCOPE_ADMIN_TOKEN": config.admin.token.as_ref().map(|_| MASK),
         "RAGSCOPE_LOG": config.log,
         "RAGSCOPE_LOG_FORMAT": match config.log_format { LogFormat::Json => "json", LogFormat::Text => "text" },
         "RAGSCOPE_CONNECT_TIMEOUT": duration(config.connect_timeout),
@@ -40,6 +43,7 @@ fn core(config: &Config) -> Value {
         "RAGSCOPE_DRAIN_TIMEOUT": duration(config.drain_timeout),
         "RAGSCOPE_HEADER_READ_TIMEOUT": duration(config.header_read_timeout),
         "RAGSCOPE_MAX_CONNECTIONS": config.max_connections,
+        "RAGSCOPE_WORKERS": config.workers,
         "RAGSCOPE_MAX_HEADER_BYTES": config.max_header_bytes,
         "RAGSCOPE_MAX_HEADERS": config.max_headers,
         "RAGSCOPE_H2_MAX_CONCURRENT_STREAMS": config.h2_max_concurrent_streams,
@@ -76,10 +80,10 @@ fn core(config: &Config) -> Value {
 fn guard(config: &Config) -> Value {
     json!({
         // Paths of key and certificate files are not secret; their contents are never shown.
-        "RAGSCOPE_TLS_CERT": config.tls.as_ref().map(|f| f.cert.display().to_string()),
-        "RAGSCOPE_TLS_KEY": config.tls.as_ref().map(|f| f.key.display().to_string()),
-        "RAGSCOPE_TLS_CLIENT_CA": config.tls_client_ca.as_ref().map(|p| p.display().to_string()),
-        "RAGSCOPE_TLS_HANDSHAKE_TIMEOUT": duration(config.tls_handshake_timeout),
+        "RAGSCOPE_TLS_CERT": config.tls.files.as_ref().map(|f| f.cert.display().to_string()),
+        "RAGSCOPE_TLS_KEY": config.tls.files.as_ref().map(|f| f.key.display().to_string()),
+        "RAGSCOPE_TLS_CLIENT_CA": config.tls.client_ca.as_ref().map(|p| p.display().to_string()),
+        "RAGSCOPE_TLS_HANDSHAKE_TIMEOUT": duration(config.tls.handshake_timeout),
         "RAGSCOPE_UPSTREAM_CA": config.upstream_ca.as_ref().map(|p| p.display().to_string()),
         "RAGSCOPE_API_KEYS_FILE": config.api_keys_file.as_ref().map(|p| p.display().to_string()),
         "RAGSCOPE_API_KEYS_FORWARD": config.api_keys_forward,
@@ -112,12 +116,26 @@ fn genai(config: &Config) -> Value {
         "RAGSCOPE_GENAI": config.genai.enabled,
         "RAGSCOPE_GENAI_PROVIDER": config.genai.provider,
         "RAGSCOPE_PARSE_MAX_BYTES": config.genai.parse_max_bytes,
-        "RAGSCOPE_EXTRACT_RULES": config.genai.extract.len(),
+        "RAGSCOPE_EXTRACT": config.genai.extract.iter().map(extract_rule).collect::<Vec<_>>(),
         "RAGSCOPE_VERSION_HEADER": config.genai.version_header.as_ref().map(|h| h.to_string()),
         "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT": format!("{:?}", config.genai.capture),
         "RAGSCOPE_CAPTURE_MAX_BYTES": config.genai.capture_max_bytes,
         "RAGSCOPE_FEEDBACK_PATH": config.genai.feedback_path,
     })
+}
+
+/// One `RAGSCOPE_EXTRACT` rule as parsed: what it fills, from which body, where.
+fn extract_rule(rule: &crate::genai::extract::Rule) -> Value {
+    use crate::genai::extract::{Side, Target};
+    let target = match &rule.target {
+        Target::Attribute(name, _) => json!(name),
+        Target::Documents { id, score } => json!({"documents": {"id": id, "score": score}}),
+    };
+    let side = match rule.side {
+        Side::Request => "request",
+        Side::Response => "response",
+    };
+    json!({"target": target, "side": side, "pointer": rule.pointer})
 }
 
 fn signal(s: &OtlpSignal) -> Value {
@@ -245,6 +263,51 @@ mod tests {
         assert_eq!(v["RAGSCOPE_API_KEYS_FORWARD"], true);
         assert_eq!(v["RAGSCOPE_GENAI"], true);
         assert_eq!(v["RAGSCOPE_LISTEN"], "0.0.0.0:8080");
+    }
+
+    /// Records every variable the configuration asks for.
+    struct Recording(std::cell::RefCell<std::collections::BTreeSet<String>>);
+
+    impl crate::config::Source for Recording {
+        fn get(&self, name: &str) -> Option<String> {
+            self.0.borrow_mut().insert(name.to_owned());
+            None
+        }
+    }
+
+    #[test]
+    fn every_name_shown_is_a_variable_the_configuration_reads() {
+        let read = Recording(Default::default());
+        let config = Config::from_source(&read).expect("defaults");
+        let read = read.0.into_inner();
+        let shown = render(&config);
+        let shown = shown.as_object().expect("an object");
+        // Grouping keys, not variables: the per-signal OTLP settings and the ignored values.
+        let groups = ["traces", "metrics", "warnings"];
+        for name in shown.keys().filter(|k| !groups.contains(&k.as_str())) {
+            assert!(read.contains(name), "{name} is shown but never read");
+        }
+        // And every RAGSCOPE_* variable read is shown, except those left out on purpose.
+        let hidden = ["RAGSCOPE_REDACT_PATTERNS"];
+        for name in read.iter().filter(|n| n.starts_with("RAGSCOPE_")) {
+            assert!(
+                shown.contains_key(name) || hidden.contains(&name.as_str()),
+                "{name} is read but not shown"
+            );
+        }
+    }
+
+    #[test]
+    fn extract_rules_are_shown_under_their_variable() {
+        let config = Config::from_source(
+            [("RAGSCOPE_EXTRACT", "gen_ai.request.model=request:/model")].as_slice(),
+        )
+        .expect("valid");
+        let v = render(&config);
+        assert_eq!(v["RAGSCOPE_EXTRACT"][0]["target"], "gen_ai.request.model");
+        assert_eq!(v["RAGSCOPE_EXTRACT"][0]["side"], "request");
+        assert_eq!(v["RAGSCOPE_EXTRACT"][0]["pointer"], "/model");
+        assert!(v.get("RAGSCOPE_EXTRACT_RULES").is_none());
     }
 
     #[test]

@@ -25,8 +25,9 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
-use crate::config::{Config, Env, Source};
+use crate::config::{Env, Source};
 use crate::server::Server;
+use crate::settings::Config;
 
 /// Gap between streamed chunks: slow enough that time to first token and the stream's length
 /// differ visibly in the waterfall.
@@ -331,7 +332,7 @@ pub fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
         };
-        let _log_guard = crate::telemetry::logging::init(&config);
+        let _log_guard = crate::telemetry::logging::init(&config.log, config.log_format);
         let server = match Server::start(config).await {
             Ok(s) => s,
             Err(e) => {

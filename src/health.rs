@@ -18,8 +18,8 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Histogram, Meter, ObservableGauge};
 
-use crate::config::{HealthCheckConfig, Upstream};
 use crate::proxy::Connector;
+use crate::settings::{HealthCheckConfig, Upstream};
 
 /// The health checker could not be built.
 #[derive(Debug, thiserror::Error)]

@@ -19,8 +19,8 @@ use opentelemetry::KeyValue;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 
-use crate::config::Config;
 use crate::proxy::Proxy;
+use crate::settings::Config;
 use crate::tls::ListenerTls;
 
 /// Builds the connection builder with every limit set on purpose.
@@ -54,29 +54,25 @@ fn connection_builder(config: &Config) -> auto::Builder<TokioExecutor> {
 }
 
 /// Accepts and serves connections until `shutdown` turns true, then stops accepting at once
-/// and lets open connections finish for up to the drain timeout.
+/// and lets open connections finish for up to the drain timeout. Each worker runs one of these
+/// on its own listener; `permits` (`RAGSCOPE_MAX_CONNECTIONS`) is shared by all of them.
 pub async fn serve(
     listener: TcpListener,
     proxy: Arc<Proxy>,
     config: Arc<Config>,
     tls: Option<Arc<ListenerTls>>,
+    permits: Arc<Semaphore>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let builder = Arc::new(connection_builder(&config));
     let graceful = GracefulShutdown::new();
-    let permits = Arc::new(Semaphore::new(config.max_connections));
     let instruments = proxy.telemetry().instruments().clone();
 
     loop {
-        // At the cap, stop accepting: new clients wait in the kernel's backlog instead of
-        // being accepted and starved.
-        let permit = tokio::select! {
-            p = permits.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-            _ = stopped(&mut shutdown) => break,
-        };
+        // Accept first, then wait for a place: with one listener per worker, a worker holding
+        // a place while idle in accept() could keep it from the worker whose backlog has the
+        // next client. At the cap each worker holds at most this one accepted connection
+        // unserved and stops accepting; further clients wait in the kernel's backlog.
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
@@ -86,6 +82,13 @@ pub async fn serve(
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
+            },
+            _ = stopped(&mut shutdown) => break,
+        };
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
             },
             _ = stopped(&mut shutdown) => break,
         };

@@ -43,7 +43,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let _log_guard = ragscope::telemetry::logging::init(&config);
+    let _log_guard = ragscope::telemetry::logging::init(&config.log, config.log_format);
     for warning in &config.warnings {
         tracing::warn!("{warning}");
     }

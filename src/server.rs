@@ -9,8 +9,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::config::Config;
 use crate::proxy::{ClientError, Proxy};
+use crate::settings::Config;
 use crate::telemetry::{Telemetry, TelemetryError};
 
 /// Longest wait for the exporters to flush at exit, whatever the collector does.
@@ -44,6 +44,9 @@ pub enum StartError {
     /// The API-key file cannot be used.
     #[error(transparent)]
     ApiKeys(#[from] crate::auth::KeyFileError),
+    /// A worker thread or its runtime could not be started.
+    #[error("cannot start a proxy worker thread (RAGSCOPE_WORKERS): {0}")]
+    Worker(std::io::Error),
     /// The rate limiter could not be built.
     #[error(transparent)]
     RateLimit(#[from] crate::limit::LimitError),
@@ -63,12 +66,14 @@ impl Server {
     /// multi-thread runtime.
     pub async fn start(config: Config) -> Result<Server, StartError> {
         let config = Arc::new(config);
-        let listener = bind("RAGSCOPE_LISTEN", config.listen).await?;
-        let proxy_addr = listener.local_addr().map_err(|source| StartError::Bind {
+        let listen_error = |source| StartError::Bind {
             var: "RAGSCOPE_LISTEN",
             addr: config.listen,
             source,
-        })?;
+        };
+        let listeners =
+            crate::workers::bind_reuseport(config.listen, config.workers).map_err(listen_error)?;
+        let proxy_addr = listeners[0].local_addr().map_err(listen_error)?;
         let admin = match config.admin_listen {
             Some(addr) => Some(bind("RAGSCOPE_ADMIN_LISTEN", addr).await?),
             None => None,
@@ -78,11 +83,11 @@ impl Server {
         let config_upstream = format!("{}://{}", config.upstream.scheme, config.upstream.authority);
         // Files are checked before anything starts: a bad certificate or key file stops
         // start-up with a line naming it.
-        let tls = match &config.tls {
+        let tls = match &config.tls.files {
             Some(files) => Some(Arc::new(crate::tls::ListenerTls::new(
                 files,
-                config.tls_client_ca.as_deref(),
-                config.tls_handshake_timeout,
+                config.tls.client_ca.as_deref(),
+                config.tls.handshake_timeout,
             )?)),
             None => None,
         };
@@ -127,6 +132,23 @@ impl Server {
                 },
             ))
         });
+        let permits = Arc::new(tokio::sync::Semaphore::new(config.max_connections));
+        let mut workers = Vec::with_capacity(listeners.len());
+        for (index, listener) in listeners.into_iter().enumerate() {
+            let (proxy, config, tls) = (proxy.clone(), config.clone(), tls.clone());
+            let (permits, shutdown) = (permits.clone(), shutdown_rx.clone());
+            let finished = crate::workers::spawn(index, move || async move {
+                match tokio::net::TcpListener::from_std(listener) {
+                    Ok(listener) => {
+                        crate::listener::serve(listener, proxy, config, tls, permits, shutdown)
+                            .await
+                    }
+                    Err(e) => tracing::error!(worker = index, error = %e, "worker cannot listen"),
+                }
+            })
+            .map_err(StartError::Worker)?;
+            workers.push(finished);
+        }
         let task = tokio::spawn(async move {
             let mut draining = shutdown_rx.clone();
             let drain_flag = {
@@ -138,7 +160,9 @@ impl Server {
                     proxy.start_draining();
                 })
             };
-            crate::listener::serve(listener, proxy.clone(), config.clone(), tls, shutdown_rx).await;
+            for worker in workers {
+                let _ = worker.await;
+            }
             drain_flag.abort();
             drop(health_checker);
             for watcher in watchers {
@@ -154,6 +178,7 @@ impl Server {
             listen = %proxy_addr,
             admin = admin_addr.map(|a| a.to_string()).unwrap_or_else(|| "off".to_owned()),
             upstream = %config_upstream,
+            workers = config.workers,
             tls = tls_on,
             api_keys = api_keys_on,
             "ragscope is serving"

@@ -9,9 +9,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::{Method, StatusCode};
-use http_body_util::Full;
+use http::StatusCode;
 use support::*;
 
 const WAIT: Duration = Duration::from_secs(15);
@@ -66,14 +64,6 @@ impl KeyFile {
     }
 }
 
-fn get_with(url: &str, headers: &[(&str, &str)]) -> http::Request<Full<Bytes>> {
-    let mut req = request(Method::GET, url);
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    req.body(Full::default()).expect("request")
-}
-
 async fn guarded_proxy(up: &Upstream, keys: &KeyFile, extra: &[(&str, &str)]) -> Proxy {
     let mut builder = Proxy::builder()
         .upstream(up)
@@ -91,7 +81,7 @@ async fn requests_without_a_valid_key_get_401_and_never_reach_the_upstream() {
     let proxy = guarded_proxy(&up, &keys, &[]).await;
     let url = proxy.url("/json");
 
-    let missing = Client::http1().request(get_with(&url, &[])).await;
+    let missing = Client::http1().get_with(&url, &[]).await;
     assert_eq!(missing.status, StatusCode::UNAUTHORIZED);
     assert_eq!(missing.error_type(), "missing_api_key");
     assert_eq!(
@@ -112,7 +102,7 @@ async fn requests_without_a_valid_key_get_401_and_never_reach_the_upstream() {
             ("x-api-key", "nope"),
         ],
     ] {
-        let reply = Client::http1().request(get_with(&url, &headers)).await;
+        let reply = Client::http1().get_with(&url, &headers).await;
         assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{headers:?}");
         let challenge = reply.header("www-authenticate").expect("challenge");
         assert!(
@@ -126,13 +116,13 @@ async fn requests_without_a_valid_key_get_401_and_never_reach_the_upstream() {
         }
     }
     let wrong = Client::http1()
-        .request(get_with(&url, &[("x-api-key", "rsk_wrong")]))
+        .get_with(&url, &[("x-api-key", "rsk_wrong")])
         .await;
     assert_eq!(wrong.error_type(), "invalid_api_key");
     assert_eq!(wrong.json()["error"]["message"], "the API key is not valid");
 
     // HTTP/2 is guarded the same way.
-    let h2 = Client::http2().request(get_with(&url, &[])).await;
+    let h2 = Client::http2().get_with(&url, &[]).await;
     assert_eq!(h2.status, StatusCode::UNAUTHORIZED);
 
     assert_eq!(up.request_count(), 0, "the upstream was never called");
@@ -156,10 +146,10 @@ async fn a_listed_key_is_admitted_its_name_recorded_and_its_header_stripped() {
 
     let bearer = format!("Bearer {ALICE}");
     let reply = Client::http1()
-        .request(get_with(
+        .get_with(
             &proxy.url("/echo?via=bearer"),
             &[("authorization", &bearer)],
-        ))
+        )
         .await;
     assert_eq!(reply.status, StatusCode::OK);
     assert!(
@@ -169,10 +159,10 @@ async fn a_listed_key_is_admitted_its_name_recorded_and_its_header_stripped() {
 
     // X-Api-Key, beside the upstream's own credentials in Authorization (which pass on).
     let reply = Client::http2()
-        .request(get_with(
+        .get_with(
             &proxy.url("/echo?via=header"),
             &[("x-api-key", BOB), ("authorization", "Basic dXNlcjpwYXNz")],
-        ))
+        )
         .await;
     assert_eq!(reply.status, StatusCode::OK);
     let seen = up.last_request();
@@ -206,7 +196,7 @@ async fn forwarding_the_key_header_can_be_turned_on() {
     let proxy = guarded_proxy(&up, &keys, &[("RAGSCOPE_API_KEYS_FORWARD", "true")]).await;
     let bearer = format!("Bearer {ALICE}");
     let reply = Client::http1()
-        .request(get_with(&proxy.url("/echo"), &[("authorization", &bearer)]))
+        .get_with(&proxy.url("/echo"), &[("authorization", &bearer)])
         .await;
     assert_eq!(reply.status, StatusCode::OK);
     assert_eq!(
@@ -219,13 +209,18 @@ async fn forwarding_the_key_header_can_be_turned_on() {
 async fn the_key_file_is_reloaded_and_a_broken_one_keeps_the_old_keys() {
     let up = Upstream::start().await;
     let keys = KeyFile::new(&hash_key("alice", ALICE));
-    let proxy = guarded_proxy(&up, &keys, &[]).await;
-    let url = proxy.url("/json");
+    // The real binary, so the watcher's log lines tell when it has looked at the file.
+    let ragscope = Proxy::builder()
+        .upstream(&up)
+        .env("RAGSCOPE_API_KEYS_FILE", keys.path())
+        .spawn();
+    let (proxy, _) = ragscope.wait_serving().await;
+    let url = format!("http://{proxy}/json");
     let status = |key: &'static str| {
         let url = url.clone();
         async move {
             Client::http1()
-                .request(get_with(&url, &[("x-api-key", key)]))
+                .get_with(&url, &[("x-api-key", key)])
                 .await
                 .status
         }
@@ -235,23 +230,24 @@ async fn the_key_file_is_reloaded_and_a_broken_one_keeps_the_old_keys() {
 
     // Bob added, Alice revoked.
     keys.replace(&format!("# rotated\n{}\n", hash_key("bob", BOB)));
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while status(BOB).await != StatusCode::OK {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "bob's key was picked up"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    ragscope.wait_line("reloaded the API key file", WAIT).await;
+    assert_eq!(status(BOB).await, StatusCode::OK, "bob's key was picked up");
     assert_eq!(
         status(ALICE).await,
         StatusCode::UNAUTHORIZED,
         "alice revoked"
     );
 
-    // A broken file keeps the keys in service.
+    // A broken file keeps the keys in service: once the watcher has said it refused the
+    // file, Bob is still admitted.
     keys.replace("bob sha256:not-hex\n");
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    let refused = ragscope
+        .wait_line("the changed API key file is not valid", WAIT)
+        .await;
+    assert!(
+        refused.contains("line 1"),
+        "the error names the line: {refused}"
+    );
     assert_eq!(status(BOB).await, StatusCode::OK);
 }
 
@@ -283,10 +279,10 @@ async fn hash_key_generates_a_key_and_the_line_that_admits_it() {
     let keys = KeyFile::new(&line);
     let proxy = guarded_proxy(&up, &keys, &[]).await;
     let reply = Client::http1()
-        .request(get_with(
+        .get_with(
             &proxy.url("/json"),
             &[("authorization", &format!("Bearer {key}"))],
-        ))
+        )
         .await;
     assert_eq!(reply.status, StatusCode::OK);
 
@@ -357,19 +353,19 @@ async fn rate_limits_can_follow_the_key_name_access_control_admitted() {
     // Alice spends her budget from one address...
     for _ in 0..2 {
         let reply = client
-            .request(get_with(&proxy.url("/json"), &[("authorization", &alice)]))
+            .get_with(&proxy.url("/json"), &[("authorization", &alice)])
             .await;
         assert_eq!(reply.status, StatusCode::OK);
     }
     let reply = client
-        .request(get_with(&proxy.url("/json"), &[("authorization", &alice)]))
+        .get_with(&proxy.url("/json"), &[("authorization", &alice)])
         .await;
     assert_eq!(reply.status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(reply.error_type(), "rate_limited");
 
     // ...while Bob, from the very same address, still has his own.
     let reply = client
-        .request(get_with(&proxy.url("/json"), &[("x-api-key", BOB)]))
+        .get_with(&proxy.url("/json"), &[("x-api-key", BOB)])
         .await;
     assert_eq!(
         reply.status,

@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::Method;
-use http_body_util::Full;
 use support::*;
 
 #[tokio::test(flavor = "multi_thread")]
@@ -19,10 +18,10 @@ async fn any_method_path_and_query_reach_the_upstream() {
     for method in ["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "PURGE"] {
         let m = Method::from_bytes(method.as_bytes()).expect("method");
         let reply = client
-            .request(
-                request(m, &proxy.url("/echo?q=rag&top_k=5"))
-                    .body(Full::new(Bytes::from_static(b"hello")))
-                    .expect("request"),
+            .send_body(
+                m,
+                &proxy.url("/echo?q=rag&top_k=5"),
+                Bytes::from_static(b"hello"),
             )
             .await;
         assert_eq!(reply.status, 200, "{method}");
@@ -33,11 +32,7 @@ async fn any_method_path_and_query_reach_the_upstream() {
         assert_eq!(echo["body_bytes"], 5, "{method}");
     }
     let head = client
-        .request(
-            request(Method::HEAD, &proxy.url("/json"))
-                .body(Full::default())
-                .expect("request"),
-        )
+        .send_body(Method::HEAD, &proxy.url("/json"), Bytes::new())
         .await;
     assert_eq!(head.status, 200);
     assert!(head.body.is_empty());
@@ -62,12 +57,12 @@ async fn forwarded_headers_are_set_and_host_is_the_upstreams() {
     let up = Upstream::start().await;
     let proxy = Proxy::builder().upstream(&up).run().await;
     let reply = Client::http1()
-        .request(
-            request(Method::GET, &proxy.url("/echo"))
-                .header("host", "rag.example.com")
-                .header("x-forwarded-for", "203.0.113.9")
-                .body(Full::default())
-                .expect("request"),
+        .get_with(
+            proxy.url("/echo"),
+            &[
+                ("host", "rag.example.com"),
+                ("x-forwarded-for", "203.0.113.9"),
+            ],
         )
         .await;
     let seen = up.last_request();
@@ -196,11 +191,7 @@ async fn large_bodies_stream_both_ways() {
 
     let upload = Bytes::from(vec![7u8; eight_mib]);
     let reply = client
-        .request(
-            request(Method::POST, &proxy.url("/upload"))
-                .body(Full::new(upload))
-                .expect("request"),
-        )
+        .send_body(Method::POST, &proxy.url("/upload"), upload)
         .await;
     assert_eq!(reply.status, 200);
     assert_eq!(reply.json()["bytes"], eight_mib);
@@ -217,10 +208,10 @@ async fn request_body_over_the_limit_is_413() {
 
     // Declared too large: refused before the upstream is called.
     let reply = Client::http1()
-        .request(
-            request(Method::POST, &proxy.url("/upload"))
-                .body(Full::new(Bytes::from(vec![0u8; 4096])))
-                .expect("request"),
+        .send_body(
+            Method::POST,
+            &proxy.url("/upload"),
+            Bytes::from(vec![0u8; 4096]),
         )
         .await;
     assert_eq!(reply.status, 413);
@@ -241,10 +232,10 @@ async fn request_body_over_the_limit_is_413() {
 
     // At the limit is fine.
     let reply = Client::http1()
-        .request(
-            request(Method::POST, &proxy.url("/upload"))
-                .body(Full::new(Bytes::from(vec![0u8; 1024])))
-                .expect("request"),
+        .send_body(
+            Method::POST,
+            &proxy.url("/upload"),
+            Bytes::from(vec![0u8; 1024]),
         )
         .await;
     assert_eq!(reply.status, 200);
@@ -342,7 +333,11 @@ async fn connections_past_the_cap_wait_for_a_free_place() {
         let url = proxy.url("/slow?delay_ms=600");
         async move { Client::http1().get(url).await.status }
     });
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    // The slow request has reached the upstream, so its connection holds the place.
+    assert!(
+        up.wait_requests(1, Duration::from_secs(5)).await,
+        "the first request never reached the upstream"
+    );
     let started = std::time::Instant::now();
     let raw = raw_exchange(
         proxy.addr(),
@@ -352,6 +347,8 @@ async fn connections_past_the_cap_wait_for_a_free_place() {
     .await;
     assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
     assert_eq!(first.await.expect("first request"), 200);
+    // The upstream holds the first request for 600 ms after it arrived, and `started` is
+    // later than that arrival: only a second connection that waited can take this long.
     assert!(
         started.elapsed() >= Duration::from_millis(300),
         "the second connection was served only after the first released its place"

@@ -8,19 +8,10 @@
 
 mod support;
 
-use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::StreamExt;
-use http::{Method, Request, Response, StatusCode};
-use http_body::Frame;
-use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::{BodyExt, Full, StreamBody};
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use http::{Response, StatusCode};
 use serde_json::{Value as Json, json};
 use support::*;
 
@@ -33,78 +24,33 @@ const MODEL_VERSION: &str = "2024-06-01";
 // A scripted OpenAI-compatible / RAG server
 // ---------------------------------------------------------------------------
 
-type Body = UnsyncBoxBody<Bytes, Infallible>;
-
-/// Starts the scripted LLM/RAG server on loopback; it lives as long as the test's runtime.
-async fn llm_upstream() -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let _ = stream.set_nodelay(true);
-            tokio::spawn(async move {
-                let service =
-                    service_fn(|req| async move { Ok::<_, Infallible>(route(req).await) });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
-    addr
+/// Starts the support upstream with the scripted LLM/RAG routes of [`route`].
+async fn llm_upstream() -> Upstream {
+    Upstream::scripted(route).await
 }
 
-fn json_response(v: Json) -> Response<Body> {
-    Response::builder()
-        .header("content-type", "application/json")
-        .header("x-model-version", MODEL_VERSION)
-        .body(Full::new(Bytes::from(v.to_string())).boxed_unsync())
-        .expect("response")
-}
+/// `x-model-version`, sent with every scripted answer.
+const VERSION_HEADER: (&str, &str) = ("x-model-version", MODEL_VERSION);
 
-/// A body sent as `frames`, each after its delay.
-fn timed_body(frames: Vec<(Duration, Bytes)>) -> Body {
-    let stream = futures_util::stream::iter(frames).then(|(delay, bytes)| async move {
-        tokio::time::sleep(delay).await;
-        Ok::<_, Infallible>(Frame::data(bytes))
-    });
-    StreamBody::new(stream).boxed_unsync()
-}
-
-fn query_param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
-    query
-        .split('&')
-        .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
-}
-
-async fn route(req: Request<Incoming>) -> Response<Body> {
-    let (parts, body) = req.into_parts();
-    let body = body
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
-    let request: Json = serde_json::from_slice(&body).unwrap_or(Json::Null);
-    let query = parts.uri.query().unwrap_or_default().to_owned();
-    match parts.uri.path() {
+/// The scripted OpenAI-compatible / RAG answers; other paths fall through to the support
+/// upstream's own routes (unknown ones answer 404).
+fn route(seen: &SeenRequest) -> Option<Response<UpstreamBody>> {
+    let request = seen.json();
+    let json = |v: Json| canned_json(&v, &[VERSION_HEADER]);
+    Some(match seen.path() {
         "/v1/chat/completions" | "/api/v1/chat/completions" => {
-            let model = request["model"].as_str().unwrap_or("unknown").to_owned();
+            let model = request["model"].as_str().unwrap_or("unknown");
             let last = request["messages"]
                 .as_array()
                 .and_then(|m| m.last())
                 .and_then(|m| m["content"].as_str())
-                .unwrap_or_default()
-                .to_owned();
+                .unwrap_or_default();
             if request["stream"].as_bool() == Some(true) {
                 let usage = request["stream_options"]["include_usage"].as_bool() == Some(true);
-                sse_chat(&model, usage, query_param(&query, "split"))
+                let split = seen.query("split").and_then(|n| n.parse().ok());
+                sse_chat(model, usage, split)
             } else {
-                json_response(json!({
+                json(json!({
                     "id": "chatcmpl-json-1",
                     "object": "chat.completion",
                     "model": format!("{model}-2024"),
@@ -114,7 +60,7 @@ async fn route(req: Request<Incoming>) -> Response<Body> {
                 }))
             }
         }
-        "/v1/embeddings" => json_response(json!({
+        "/v1/embeddings" => json(json!({
             "object": "list", "model": "embed-small",
             "data": [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2]}],
             "usage": {"prompt_tokens": 6, "total_tokens": 6}
@@ -125,35 +71,34 @@ async fn route(req: Request<Incoming>) -> Response<Body> {
             } else {
                 json!([{"id": "doc-1", "score": 0.82}, {"id": "doc-2", "score": 0.41}, {"id": 3}])
             };
-            json_response(json!({"answer": "Paris", "sources": sources}))
+            json(json!({"answer": "Paris", "sources": sources}))
         }
-        "/custom" => json_response(json!({
+        "/custom" => json(json!({
             "result": {"engine": "custom-llm", "tokens": {"out": 9}},
             "hits": [{"doc_id": "kb-7", "relevance": 0.66}, {"doc_id": "kb-9", "relevance": 0.12}]
         })),
-        "/malformed/v1/chat/completions" => Response::builder()
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from_static(b"{\"id\":\"x\",\"choices\":[")).boxed_unsync())
-            .expect("response"),
+        "/malformed/v1/chat/completions" => canned(
+            200,
+            &[("content-type", "application/json")],
+            &b"{\"id\":\"x\",\"choices\":["[..],
+        ),
         "/big/v1/chat/completions" => {
             let filler = "x".repeat(4096);
-            json_response(json!({
+            json(json!({
                 "id": "big", "model": "m", "filler": filler,
                 "choices": [{"index": 0, "finish_reason": "stop", "message": {"content": "ok"}}],
                 "usage": {"prompt_tokens": 1, "completion_tokens": 1}
             }))
         }
-        _ => Response::builder()
-            .status(404)
-            .body(Full::new(Bytes::new()).boxed_unsync())
-            .expect("response"),
-    }
+        _ => return None,
+    })
 }
 
-/// The streamed answer: a role-only chunk at once, content after [`THINK`], then a finish
-/// chunk, an optional usage chunk and `[DONE]`. `split` cuts the whole stream into frames of
-/// that many bytes instead, to prove parsing does not depend on where frames end.
-fn sse_chat(model: &str, usage: bool, split: Option<&str>) -> Response<Body> {
+/// The streamed answer: a role-only chunk at once, content after [`THINK`] (the model
+/// thinking is the behaviour under test: time to first token), then a finish chunk, an
+/// optional usage chunk and `[DONE]`. `split` cuts the whole stream into frames of that many
+/// bytes instead, to prove parsing does not depend on where frames end.
+fn sse_chat(model: &str, usage: bool, split: Option<usize>) -> Response<UpstreamBody> {
     let chunk = |choices: Json| {
         format!(
             "data: {}\n\n",
@@ -194,39 +139,24 @@ fn sse_chat(model: &str, usage: bool, split: Option<&str>) -> Response<Body> {
         ));
     }
     events.push((Duration::ZERO, "data: [DONE]\n\n".to_owned()));
-    let frames: Vec<(Duration, Bytes)> = match split.and_then(|s| s.parse::<usize>().ok()) {
-        Some(n) => {
-            let all: String = events.iter().map(|(_, e)| e.as_str()).collect();
-            all.as_bytes()
-                .chunks(n)
-                .map(|c| (Duration::ZERO, Bytes::copy_from_slice(c)))
-                .collect()
-        }
-        None => events
-            .into_iter()
-            .map(|(d, e)| (d, Bytes::from(e)))
-            .collect(),
+    let frames: Vec<(Duration, Bytes)> = events
+        .into_iter()
+        .map(|(d, e)| (d, Bytes::from(e)))
+        .collect();
+    let frames = match split {
+        Some(n) => split_frames(&frames, n),
+        None => frames,
     };
-    Response::builder()
-        .header("content-type", "text/event-stream")
-        .header("x-model-version", MODEL_VERSION)
-        .body(timed_body(frames))
-        .expect("response")
+    canned_sse(frames, &[VERSION_HEADER])
 }
 
 // ---------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------
 
+/// POSTs `body` as JSON to `path` on the proxy.
 async fn post_json(proxy: &Proxy, path: &str, body: Json) -> Reply {
-    Client::http1()
-        .request(
-            request(Method::POST, &proxy.url(path))
-                .header("content-type", "application/json")
-                .body(Full::new(Bytes::from(body.to_string())))
-                .expect("request"),
-        )
-        .await
+    Client::http1().post_json(proxy.url(path), &body).await
 }
 
 fn chat_body(stream: bool, usage: bool) -> Json {
@@ -265,8 +195,8 @@ fn str_array(span: &CollectedSpan, key: &str) -> Vec<String> {
     }
 }
 
-async fn start(up: SocketAddr, otlp: &OtlpReceiver, env: &[(&str, &str)]) -> Proxy {
-    let mut builder = Proxy::builder().upstream(&up).otlp(otlp);
+async fn start(up: &Upstream, otlp: &OtlpReceiver, env: &[(&str, &str)]) -> Proxy {
+    let mut builder = Proxy::builder().upstream(up).otlp(otlp);
     for (k, v) in env {
         builder = builder.env(k, *v);
     }
@@ -281,7 +211,7 @@ async fn start(up: SocketAddr, otlp: &OtlpReceiver, env: &[(&str, &str)]) -> Pro
 async fn json_chat_becomes_an_inference_span_with_usage_and_metrics() {
     let up = llm_upstream().await;
     let otlp = OtlpReceiver::start().await;
-    let proxy = start(up, &otlp, &[("RAGSCOPE_GENAI_PROVIDER", "vllm")]).await;
+    let proxy = start(&up, &otlp, &[("RAGSCOPE_GENAI_PROVIDER", "vllm")]).await;
 
     let reply = post_json(&proxy, "/v1/chat/completions", chat_body(false, false)).await;
     assert_eq!(reply.status, StatusCode::OK);
@@ -396,7 +326,7 @@ async fn json_chat_becomes_an_inference_span_with_usage_and_metrics() {
 async fn streamed_chat_measures_time_to_first_token_at_the_first_content_event() {
     let up = llm_upstream().await;
     let otlp = OtlpReceiver::start().await;
-    let proxy = start(up, &otlp, &[]).await;
+    let proxy = start(&up, &otlp, &[]).await;
 
     let reply = post_json(&proxy, "/api/v1/chat/completions", chat_body(true, true)).await;
     assert_eq!(reply.status, StatusCode::OK);
@@ -467,7 +397,7 @@ async fn streamed_chat_measures_time_to_first_token_at_the_first_content_event()
 async fn a_stream_without_usage_says_so_instead_of_inventing_a_count() {
     let up = llm_upstream().await;
     let otlp = OtlpReceiver::start().await;
-    let proxy = start(up, &otlp, &[]).await;
+    let proxy = start(&up, &otlp, &[]).await;
 
     let reply = post_json(&proxy, "/v1/chat/completions", chat_body(true, false)).await;
     assert_eq!(reply.status, StatusCode::OK);
@@ -492,7 +422,7 @@ async fn a_stream_without_usage_says_so_instead_of_inventing_a_count() {
 async fn a_stream_cut_into_tiny_frames_reads_the_same() {
     let up = llm_upstream().await;
     let otlp = OtlpReceiver::start().await;
-    let proxy = start(up, &otlp, &[]).await;
+    let proxy = start(&up, &otlp, &[]).await;
 
     for split in ["1", "3", "7"] {
         let path = format!("/v1/chat/completions?split={split}");
@@ -521,7 +451,7 @@ async fn a_stream_cut_into_tiny_frames_reads_the_same() {
 async fn embeddings_record_input_tokens_only() {
     let up = llm_upstream().await;
     let otlp = OtlpReceiver::start().await;
-    let proxy = start(up, &otlp, &[]).await;
+    let proxy = start(&up, &otlp, &[]).await;
 
     let reply = post_json(
         &proxy,
@@ -550,7 +480,7 @@ async fn embeddings_record_input_tokens_only() {
 async fn rag_sources_become_retrieval_documents_and_metrics() {
     let up = llm_upstream().await;
     let otlp = OtlpReceiver::start().await;
-    let proxy = start(up, &otlp, &[]).await;
+    let proxy = start(&up, &otlp, &[]).await;
 
     assert_eq!(
         post_json(&proxy, "/query", json!({"q": "capital"}))
@@ -609,7 +539,7 @@ async fn extract_rules_map_a_custom_api() {
                  gen_ai.response.model=response:/result/engine; \
                  gen_ai.usage.output_tokens=response:/result/tokens/out; \
                  documents=response:/hits id=/doc_id score=/relevance";
-    let proxy = start(up, &otlp, &[("RAGSCOPE_EXTRACT", rules)]).await;
+    let proxy = start(&up, &otlp, &[("RAGSCOPE_EXTRACT", rules)]).await;
 
     let reply = post_json(
         &proxy,
@@ -651,7 +581,7 @@ async fn a_bad_extract_rule_stops_start_up_naming_it() {
 async fn malformed_json_never_fails_the_request() {
     let up = llm_upstream().await;
     let otlp = OtlpReceiver::start().await;
-    let proxy = start(up, &otlp, &[]).await;
+    let proxy = start(&up, &otlp, &[]).await;
 
     let reply = post_json(
         &proxy,
@@ -675,7 +605,7 @@ async fn malformed_json_never_fails_the_request() {
 async fn a_body_over_the_parse_bound_passes_untouched_and_is_marked_truncated() {
     let up = llm_upstream().await;
     let otlp = OtlpReceiver::start().await;
-    let proxy = start(up, &otlp, &[("RAGSCOPE_PARSE_MAX_BYTES", "1KiB")]).await;
+    let proxy = start(&up, &otlp, &[("RAGSCOPE_PARSE_MAX_BYTES", "1KiB")]).await;
 
     let reply = post_json(&proxy, "/big/v1/chat/completions", chat_body(false, false)).await;
     assert_eq!(reply.status, StatusCode::OK);
@@ -699,7 +629,7 @@ async fn captured_content_is_redacted_and_bounded() {
     let up = llm_upstream().await;
     let otlp = OtlpReceiver::start().await;
     let proxy = start(
-        up,
+        &up,
         &otlp,
         &[
             (
@@ -749,7 +679,7 @@ async fn captured_content_is_redacted_and_bounded() {
     // Bounded: a small cap cuts the content on a character boundary.
     let otlp = OtlpReceiver::start().await;
     let proxy = start(
-        up,
+        &up,
         &otlp,
         &[
             ("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", "true"),
@@ -780,7 +710,7 @@ async fn captured_content_is_redacted_and_bounded() {
 async fn feedback_lands_in_the_original_trace() {
     let up = llm_upstream().await;
     let otlp = OtlpReceiver::start().await;
-    let proxy = start(up, &otlp, &[]).await;
+    let proxy = start(&up, &otlp, &[]).await;
 
     let reply = post_json(&proxy, "/v1/chat/completions", chat_body(false, false)).await;
     let traceresponse = reply
@@ -831,6 +761,16 @@ async fn feedback_lands_in_the_original_trace() {
     let count = otlp.wait_for_metric("ragscope.feedback", WAIT).await;
     assert_eq!(count.number_points()[0].as_i64(), Some(1));
     assert_eq!(up_requests_other_than_chat(&otlp), 0);
+    assert!(
+        up.requests()
+            .iter()
+            .all(|r| r.path() == "/v1/chat/completions"),
+        "only the chat reached the upstream: {:?}",
+        up.requests()
+            .iter()
+            .map(|r| r.uri.clone())
+            .collect::<Vec<_>>()
+    );
     proxy.shutdown().await;
 }
 
@@ -847,7 +787,7 @@ async fn feedback_with_capture_on_records_the_redacted_comment() {
     let up = llm_upstream().await;
     let otlp = OtlpReceiver::start().await;
     let proxy = start(
-        up,
+        &up,
         &otlp,
         &[
             (
@@ -889,7 +829,7 @@ async fn feedback_with_capture_on_records_the_redacted_comment() {
 async fn bad_feedback_gets_a_json_error() {
     let up = llm_upstream().await;
     let otlp = OtlpReceiver::start().await;
-    let proxy = start(up, &otlp, &[]).await;
+    let proxy = start(&up, &otlp, &[]).await;
 
     for (body, why) in [
         (json!({"trace_id": "nothex", "score": 1}), "32 hex"),
@@ -924,7 +864,7 @@ async fn bad_feedback_gets_a_json_error() {
 async fn genai_off_leaves_plain_http_spans_and_forwards_feedback_paths() {
     let up = llm_upstream().await;
     let otlp = OtlpReceiver::start().await;
-    let proxy = start(up, &otlp, &[("RAGSCOPE_GENAI", "off")]).await;
+    let proxy = start(&up, &otlp, &[("RAGSCOPE_GENAI", "off")]).await;
 
     let reply = post_json(&proxy, "/v1/chat/completions", chat_body(false, false)).await;
     assert_eq!(reply.status, StatusCode::OK);
@@ -934,6 +874,7 @@ async fn genai_off_leaves_plain_http_spans_and_forwards_feedback_paths() {
         StatusCode::NOT_FOUND,
         "forwarded to the upstream"
     );
+    assert_eq!(up.last_request().path(), "/ragscope/feedback");
 
     let spans = otlp
         .wait_for_spans(|s| s.kind == SpanKind::Client, 2, WAIT)

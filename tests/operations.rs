@@ -14,9 +14,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ::ragscope::demo::DemoUpstream;
-use bytes::Bytes;
-use http::Method;
-use http_body_util::Full;
+use futures_util::FutureExt as _;
 use serde_json::{Value, json};
 use support::*;
 
@@ -29,14 +27,6 @@ async fn admin_get(proxy: &Proxy, path: &str) -> Reply {
 
 fn text(reply: &Reply) -> String {
     String::from_utf8_lossy(&reply.body).into_owned()
-}
-
-async fn post_json(url: String, body: Value) -> Reply {
-    let req = request(Method::POST, &url)
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body.to_string())))
-        .expect("request");
-    Client::http1().request(req).await
 }
 
 /// The value of the first sample line of `name` (with any labels) in exposition text.
@@ -209,68 +199,22 @@ async fn traces_view_can_be_turned_off() {
     proxy.shutdown().await;
 }
 
-/// The rendered rows of the list page (the embedded JSON also holds every path, so assertions
-/// about what is shown look here).
-fn table_body(dom: &str) -> &str {
-    let start = dom
-        .find("<tbody>")
-        .unwrap_or_else(|| panic!("no table: {dom}"));
-    let end = dom[start..]
-        .find("</tbody>")
-        .map_or(dom.len(), |e| start + e);
-    &dom[start..end]
-}
-
-/// The DOM after Chromium loaded `url` and ran its scripts.
-async fn rendered_dom(url: String) -> String {
-    tokio::task::spawn_blocking(move || {
-        // One profile per run: two Chromiums on one profile refuse to start.
-        static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let profile =
-            std::env::temp_dir().join(format!("ragscope-chromium-{}-{run}", std::process::id()));
-        let out = Command::new("chromium")
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-dev-shm-usage",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--no-first-run",
-                "--virtual-time-budget=5000",
-            ])
-            .arg(format!("--user-data-dir={}", profile.display()))
-            .arg("--dump-dom")
-            .arg(&url)
-            .output()
-            .expect("chromium is installed (Debian package chromium; see .ci/run)");
-        let _ = std::fs::remove_dir_all(&profile);
-        assert!(
-            out.status.success(),
-            "chromium failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    })
-    .await
-    .expect("chromium task")
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn traces_page_renders_in_a_real_browser_with_filters_and_waterfall() {
     let demo = DemoUpstream::start("127.0.0.1:0".parse().expect("addr"))
         .await
         .expect("demo upstream");
     let proxy = Proxy::builder().upstream(&demo.addr()).run().await;
-    let chat = post_json(
-        proxy.url("/v1/chat/completions"),
-        json!({"model": "demo-rag-1", "messages": [{"role": "user", "content": "hello"}]}),
-    )
-    .await;
+    let chat = Client::http1()
+        .post_json(
+            proxy.url("/v1/chat/completions"),
+            &json!({"model": "demo-rag-1", "messages": [{"role": "user", "content": "hello"}]}),
+        )
+        .await;
     assert_eq!(chat.status, 200);
-    let missing = post_json(proxy.url("/nowhere&amp;x"), json!({})).await;
+    let missing = Client::http1()
+        .post_json(proxy.url("/nowhere&amp;x"), &json!({}))
+        .await;
     assert_eq!(missing.status, 404);
 
     let list = rendered_dom(proxy.admin_url("/traces")).await;
@@ -354,11 +298,10 @@ async fn health_checks_report_down_and_recovery_within_three_intervals() {
         let url = proxy.admin_url("/readyz");
         async move { Client::http1().get(url).await.status.as_u16() }
     };
-    let deadline = Instant::now() + WAIT;
-    while ready(&proxy).await != 200 {
-        assert!(Instant::now() < deadline, "never became ready");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    assert!(
+        wait_until_async(WAIT, || ready(&proxy).map(|s| s == 200)).await,
+        "never became ready"
+    );
     let metrics = text(&admin_get(&proxy, "/metrics").await);
     assert_eq!(
         sample(&metrics, "ragscope_upstream_up"),
@@ -370,10 +313,10 @@ async fn health_checks_report_down_and_recovery_within_three_intervals() {
     // The upstream goes away: down within three intervals (plus scheduling slack on a busy CI).
     drop(demo);
     let went_down = Instant::now();
-    while ready(&proxy).await != 503 {
-        assert!(Instant::now() < went_down + WAIT, "never reported down");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    assert!(
+        wait_until_async(WAIT, || ready(&proxy).map(|s| s == 503)).await,
+        "never reported down"
+    );
     let took = went_down.elapsed();
     assert!(
         took <= interval * 3 + Duration::from_millis(700),
@@ -396,10 +339,10 @@ async fn health_checks_report_down_and_recovery_within_three_intervals() {
         .await
         .expect("rebind the same port");
     let came_back = Instant::now();
-    while ready(&proxy).await != 200 {
-        assert!(Instant::now() < came_back + WAIT, "never recovered");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    assert!(
+        wait_until_async(WAIT, || ready(&proxy).map(|s| s == 200)).await,
+        "never recovered"
+    );
     let took = came_back.elapsed();
     assert!(
         took <= interval * 3 + Duration::from_millis(700),
@@ -520,9 +463,9 @@ async fn demo_command_prints_what_to_try_and_serves_it() {
         .map(|u| u.trim_end_matches("/traces").to_owned())
         .unwrap_or_else(|| panic!("no /traces URL: {banner}"));
 
-    let chat = post_json(
+    let chat = Client::http1().post_json(
         format!("{proxy_base}/v1/chat/completions"),
-        json!({"model": "demo-rag-1", "stream": true, "messages": [{"role": "user", "content": "hi"}]}),
+        &json!({"model": "demo-rag-1", "stream": true, "messages": [{"role": "user", "content": "hi"}]}),
     )
     .await;
     assert_eq!(chat.status, 200);
@@ -532,7 +475,9 @@ async fn demo_command_prints_what_to_try_and_serves_it() {
         body.contains("\"usage\"") && body.ends_with("data: [DONE]\n\n"),
         "{body}"
     );
-    let query = post_json(format!("{proxy_base}/query"), json!({"query": "deploy"})).await;
+    let query = Client::http1()
+        .post_json(format!("{proxy_base}/query"), &json!({"query": "deploy"}))
+        .await;
     assert_eq!(query.json()["sources"][0]["id"], "doc-1");
 
     let recent = Client::http1()
@@ -597,41 +542,23 @@ async fn a_real_prometheus_scrapes_ragscope() {
 
     let api = format!("http://127.0.0.1:{port}/api/v1");
     let client = Client::http1();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut last = Value::Null;
-    let scraped = loop {
-        if Instant::now() > deadline {
-            break false;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let url = format!("{api}/query?query=http_server_request_duration_seconds_count");
-        let req = request(Method::GET, &url)
-            .body(Full::new(Bytes::new()))
-            .expect("req");
-        let Ok(Ok(res)) = tokio::time::timeout(Duration::from_secs(5), async {
-            Ok::<_, ()>(client.request(req).await)
-        })
-        .await
-        else {
-            continue;
-        };
-        if res.status != 200 {
-            continue;
-        }
-        last = res.json();
-        if last["data"]["result"]
+    let query = format!("{api}/query?query=http_server_request_duration_seconds_count");
+    // Until Prometheus is up and has scraped once: the answer holds a series.
+    let scraped = wait_for(Duration::from_secs(60), || async {
+        let reply = tokio::time::timeout(Duration::from_secs(5), client.try_get(&query))
+            .await
+            .ok()
+            .flatten()
+            .filter(|r| r.status == 200)?;
+        let answer = reply.json();
+        answer["data"]["result"]
             .as_array()
             .is_some_and(|r| !r.is_empty())
-        {
-            break true;
-        }
-    };
-    let targets = {
-        let req = request(Method::GET, &format!("{api}/targets"))
-            .body(Full::new(Bytes::new()))
-            .expect("req");
-        client.request(req).await.json()
-    };
+            .then_some(answer)
+    })
+    .await;
+    let (scraped, last) = (scraped.is_some(), scraped.unwrap_or(Value::Null));
+    let targets = client.get(format!("{api}/targets")).await.json();
     let _ = prometheus.kill();
     let _ = prometheus.wait();
     let _ = std::fs::remove_dir_all(&dir);

@@ -41,7 +41,8 @@ async fn a_bad_setting_stops_start_up_with_one_line_and_exit_code_2() {
         );
         assert_eq!(status.code(), Some(2), "{var}={value}: {status}");
 
-        let stderr = settled(|| ragscope.stderr_lines()).await;
+        ragscope.wait_output_closed(Duration::from_secs(5)).await;
+        let stderr = ragscope.stderr_lines();
         assert_eq!(
             stderr.len(),
             1,
@@ -154,11 +155,11 @@ async fn every_request_leaves_one_json_access_line_tied_to_its_trace() {
         );
         let line = &lines[0];
         assert!(
-            is_lower_hex(line["trace_id"].as_str().unwrap_or_default(), 32),
+            is_valid_id(line["trace_id"].as_str().unwrap_or_default(), 32),
             "{line}"
         );
         assert!(
-            is_lower_hex(line["span_id"].as_str().unwrap_or_default(), 16),
+            is_valid_id(line["span_id"].as_str().unwrap_or_default(), 16),
             "{line}"
         );
         assert_eq!(
@@ -287,10 +288,29 @@ async fn secrets_never_reach_the_logs_even_at_debug() {
         "six access lines: {:#?}",
         ragscope.lines()
     );
-    // Let the exporters run (and log, at debug) at least once.
+    // The exporters must have run (and logged, at debug) with these requests' data before
+    // the logs are searched: wait for the collector to hold all six server spans, then for
+    // two more successful exports to be logged, so at least one metrics export of these
+    // requests and the span export's own log lines are in.
     otlp.wait_for_spans(|s| s.kind == SpanKind::Server, 6, Duration::from_secs(5))
         .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let exports_logged = || {
+        ragscope
+            .lines()
+            .iter()
+            .filter(|l| l.contains("\"HttpClient.ExportSucceeded\""))
+            .count()
+    };
+    let before = exports_logged();
+    assert!(
+        wait_until(Duration::from_secs(5), || exports_logged() >= before + 2).await,
+        "the exporters logged no export after the requests: {:#?}",
+        ragscope.lines()
+    );
+    assert!(
+        !otlp.metrics().is_empty(),
+        "metrics were exported, so their logging was exercised"
+    );
 
     for line in ragscope
         .lines()
@@ -410,14 +430,10 @@ async fn sigterm_drains_a_live_stream_then_exits_zero() {
     ragscope.signal("TERM");
 
     // The listener closes at once: a new client is refused, not queued.
-    let mut refused = false;
-    while signalled.elapsed() < Duration::from_secs(1) {
-        if tokio::net::TcpStream::connect(proxy).await.is_err() {
-            refused = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let refused = wait_until_async(Duration::from_secs(1), || async {
+        tokio::net::TcpStream::connect(proxy).await.is_err()
+    })
+    .await;
     assert!(refused, "new connections are refused shortly after SIGTERM");
     let ready = http_status(admin, "/readyz").await;
     assert!(
@@ -444,7 +460,8 @@ async fn sigterm_drains_a_live_stream_then_exits_zero() {
         .expect("ragscope exits within the drain timeout and a little");
     assert!(status.success(), "{status}");
     assert!(signalled.elapsed() < Duration::from_secs(8));
-    let sse_lines = settled(|| ragscope.access_log()).await;
+    ragscope.wait_output_closed(Duration::from_secs(5)).await;
+    let sse_lines = ragscope.access_log();
     let sse_line = sse_lines
         .iter()
         .find(|l| l["path"] == "/sse")
@@ -599,11 +616,7 @@ async fn large_bodies_stream_through_without_growing_the_process() {
     );
 
     let res = client
-        .send(
-            request(Method::GET, &format!("http://{proxy}/large?bytes={SIZE}"))
-                .body(Full::default())
-                .expect("request"),
-        )
+        .get_streaming(format!("http://{proxy}/large?bytes={SIZE}"))
         .await;
     assert_eq!(res.status(), 200);
     let mut body = res.into_body();
@@ -633,20 +646,6 @@ async fn large_bodies_stream_through_without_growing_the_process() {
 // Helpers
 // ---------------------------------------------------------------------------------------------
 
-/// Waits until `read` returns something non-empty, then a little longer so the pipe readers
-/// have caught up with a process that has exited, and returns the final value.
-async fn settled<T>(read: impl Fn() -> Vec<T>) -> Vec<T> {
-    wait_until(Duration::from_secs(5), || !read().is_empty()).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    read()
-}
-
-fn is_lower_hex(s: &str, len: usize) -> bool {
-    s.len() == len
-        && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-        && s.bytes().any(|b| b != b'0')
-}
-
 /// The status of `GET path` on a fresh connection, or `None` when the connection is refused
 /// or closed without an answer.
 async fn http_status(addr: std::net::SocketAddr, path: &str) -> Option<u16> {
@@ -667,13 +666,7 @@ struct SseReader {
 
 impl SseReader {
     async fn open(url: &str) -> SseReader {
-        let res = Client::http1()
-            .send(
-                request(Method::GET, url)
-                    .body(Full::default())
-                    .expect("request"),
-            )
-            .await;
+        let res = Client::http1().get_streaming(url).await;
         assert_eq!(res.status(), 200, "{url}");
         SseReader {
             body: res.into_body(),
@@ -748,6 +741,7 @@ impl RssSampler {
                 {
                     p.fetch_max(kib, Ordering::Relaxed);
                 }
+                // The sampling period, not a synchronisation: the peak is what is measured.
                 std::thread::sleep(Duration::from_millis(10));
             }
         });

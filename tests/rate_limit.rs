@@ -12,16 +12,8 @@ use http::Method;
 use http_body_util::Full;
 use support::*;
 
-fn get_with(url: &str, headers: &[(&str, &str)]) -> http::Request<Full<bytes::Bytes>> {
-    let mut req = request(Method::GET, url);
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    req.body(Full::default()).expect("request")
-}
-
 async fn status_with(client: &Client, url: &str, headers: &[(&str, &str)]) -> u16 {
-    client.request(get_with(url, headers)).await.status.as_u16()
+    client.get_with(url, headers).await.status.as_u16()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -378,13 +370,13 @@ struct RedisServer {
 }
 
 impl RedisServer {
-    fn start() -> RedisServer {
+    async fn start() -> RedisServer {
         let port = StdListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("free port")
             .port();
         let mut server = RedisServer { port, child: None };
-        server.restart();
+        server.restart().await;
         server
     }
 
@@ -393,7 +385,7 @@ impl RedisServer {
     }
 
     /// (Re)starts the server on the same port and waits until it answers.
-    fn restart(&mut self) {
+    async fn restart(&mut self) {
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
@@ -402,11 +394,10 @@ impl RedisServer {
             .spawn()
             .expect("redis-server runs (Debian package redis-server)");
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while self.cli(&["PING"]) != "PONG" {
-            assert!(Instant::now() < deadline, "redis-server did not come up");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        assert!(
+            wait_until(Duration::from_secs(10), || self.cli(&["PING"]) == "PONG").await,
+            "redis-server did not come up"
+        );
     }
 
     fn kill(&mut self) {
@@ -438,7 +429,7 @@ impl Drop for RedisServer {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn two_ragscope_processes_on_one_redis_admit_in_total_what_one_limit_allows() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let up = Upstream::start().await;
     let builder = Proxy::builder()
         .upstream(&up)
@@ -458,10 +449,10 @@ async fn two_ragscope_processes_on_one_redis_admit_in_total_what_one_limit_allow
     for i in 0..30 {
         let addr = if i % 2 == 0 { a_addr } else { b_addr };
         let reply = c
-            .request(get_with(
+            .get_with(
                 &format!("http://{addr}/json"),
                 &[("x-api-key", "shared-key")],
-            ))
+            )
             .await;
         match reply.status.as_u16() {
             200 => allowed += 1,
@@ -486,7 +477,7 @@ async fn two_ragscope_processes_on_one_redis_admit_in_total_what_one_limit_allow
 
 #[tokio::test(flavor = "multi_thread")]
 async fn redis_killed_mid_test_costs_no_request_and_sharing_resumes_when_it_returns() {
-    let mut redis = RedisServer::start();
+    let mut redis = RedisServer::start().await;
     let up = Upstream::start().await;
     let otlp = OtlpReceiver::start().await;
     let proxy = Proxy::builder()
@@ -525,16 +516,14 @@ async fn redis_killed_mid_test_costs_no_request_and_sharing_resumes_when_it_retu
     .await;
 
     // Redis comes back (empty): decisions go to it again.
-    redis.restart();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while redis.keys() == 0 {
-        assert!(
-            Instant::now() < deadline,
-            "ragscope never went back to Redis"
-        );
+    redis.restart().await;
+    // Keep sending until a decision lands in Redis: every request must still pass.
+    let back = wait_until_async(Duration::from_secs(15), || async {
         assert_eq!(status_with(&c, &url, &[("x-api-key", "steady")]).await, 200);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        redis.keys() > 0
+    })
+    .await;
+    assert!(back, "ragscope never went back to Redis");
     otlp.wait_for_spans(
         |s| s.str_attr("ragscope.rate_limit.backend") == Some("local_fallback"),
         1,
@@ -562,7 +551,7 @@ async fn with_redis_down_from_the_start_the_local_limiter_still_enforces() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stalled_redis_is_waited_for_no_longer_than_the_timeout() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let up = Upstream::start().await;
     let proxy = Proxy::builder()
         .upstream(&up)

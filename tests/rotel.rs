@@ -14,7 +14,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use support::*;
 
@@ -172,26 +172,25 @@ impl Rotel {
             dir,
         };
 
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
+        let listening = wait_until_async(Duration::from_secs(10), || {
             if let Ok(Some(status)) = rotel.child.try_wait() {
                 panic!(
                     "rotel exited ({status}) before listening: {:#?}",
                     rotel.output()
                 );
             }
-            let grpc_up = tokio::net::TcpStream::connect(grpc).await.is_ok();
-            let http_up = tokio::net::TcpStream::connect(http).await.is_ok();
-            if grpc_up && http_up {
-                return rotel;
+            async move {
+                tokio::net::TcpStream::connect(grpc).await.is_ok()
+                    && tokio::net::TcpStream::connect(http).await.is_ok()
             }
-            assert!(
-                Instant::now() < deadline,
-                "rotel did not listen on {grpc} and {http}: {:#?}",
-                rotel.output()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        })
+        .await;
+        assert!(
+            listening,
+            "rotel did not listen on {grpc} and {http}: {:#?}",
+            rotel.output()
+        );
+        rotel
     }
 
     /// Everything rotel printed so far (stdout and stderr), line by line.
@@ -205,18 +204,16 @@ impl Rotel {
         pred: impl Fn(&PrintedSpan) -> bool,
         timeout: Duration,
     ) -> PrintedSpan {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(span) = parse_spans(&self.output()).into_iter().find(|s| pred(s)) {
-                return span;
-            }
-            assert!(
-                Instant::now() < deadline,
+        wait_for(timeout, || {
+            std::future::ready(parse_spans(&self.output()).into_iter().find(|s| pred(s)))
+        })
+        .await
+        .unwrap_or_else(|| {
+            panic!(
                 "rotel did not print the span within {timeout:?}; it printed:\n{}",
                 self.output().join("\n")
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            )
+        })
     }
 }
 

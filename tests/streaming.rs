@@ -6,8 +6,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use http::Method;
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use support::*;
 
 /// Reads a streaming body, returning each non-empty data frame with the time it arrived.
@@ -28,11 +27,7 @@ async fn sse_arrives_spaced(client: Client) {
     let up = Upstream::start().await;
     let proxy = Proxy::builder().upstream(&up).run().await;
     let response = client
-        .send(
-            request(Method::GET, &proxy.url("/sse?events=5&gap_ms=150"))
-                .body(Full::default())
-                .expect("request"),
-        )
+        .get_streaming(proxy.url("/sse?events=5&gap_ms=150"))
         .await;
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["content-type"], "text/event-stream");
@@ -90,13 +85,7 @@ async fn first_event_is_not_held_back() {
 
 async fn time_to_first_frame(url: &str) -> Duration {
     let started = Instant::now();
-    let response = Client::http1()
-        .send(
-            request(Method::GET, url)
-                .body(Full::default())
-                .expect("request"),
-        )
-        .await;
+    let response = Client::http1().get_streaming(url).await;
     let mut body = response.into_body();
     loop {
         let frame = body.frame().await.expect("a frame").expect("no error");
@@ -134,11 +123,7 @@ async fn a_stalled_stream_is_ended_after_the_idle_timeout() {
         .run()
         .await;
     let response = Client::http1()
-        .send(
-            request(Method::GET, &proxy.url("/stall?after_bytes=10"))
-                .body(Full::default())
-                .expect("request"),
-        )
+        .get_streaming(proxy.url("/stall?after_bytes=10"))
         .await;
     assert_eq!(response.status(), 200, "headers were already on their way");
     let started = Instant::now();
@@ -168,11 +153,7 @@ async fn disconnect_closes_upstream(client: Client) {
     let up = Upstream::start().await;
     let proxy = Proxy::builder().upstream(&up).run().await;
     let response = client
-        .send(
-            request(Method::GET, &proxy.url("/sse?events=50&gap_ms=100"))
-                .body(Full::default())
-                .expect("request"),
-        )
+        .get_streaming(proxy.url("/sse?events=50&gap_ms=100"))
         .await;
     let mut body = response.into_body();
     let first = body.frame().await.expect("first event").expect("ok");

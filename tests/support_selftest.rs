@@ -250,6 +250,73 @@ async fn slow_status_hop_and_unknown_routes() {
 }
 
 #[tokio::test]
+async fn a_script_answers_first_from_the_captured_body_and_declines_to_the_routes() {
+    let upstream = Upstream::scripted(|seen| match seen.path() {
+        "/scripted" => Some(canned_json(
+            &serde_json::json!({"echo": seen.json()["say"], "n": seen.query("n")}),
+            &[("x-script", "yes")],
+        )),
+        "/split" => {
+            let frames = vec![
+                (Duration::ZERO, Bytes::from_static(b"data: one\n\n")),
+                (
+                    Duration::from_millis(50),
+                    Bytes::from_static(b"data: two\n\n"),
+                ),
+            ];
+            Some(canned_sse(split_frames(&frames, 4), &[]))
+        }
+        _ => None,
+    })
+    .await;
+    let client = support::Client::http1();
+
+    let reply = client
+        .post_json(
+            format!("{}/scripted?n=a%20b", upstream.url()),
+            &serde_json::json!({"say": "hi"}),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.header("x-script"), Some("yes"));
+    assert_eq!(reply.json(), serde_json::json!({"echo": "hi", "n": "a b"}));
+    assert_eq!(upstream.last_request().body, r#"{"say":"hi"}"#);
+
+    let mut body = client
+        .get_streaming(format!("{}/split", upstream.url()))
+        .await
+        .into_body();
+    let mut frames = Vec::new();
+    while let Some(frame) = next_data(&mut body).await {
+        frames.push(frame);
+    }
+    assert_eq!(frames.concat(), b"data: one\n\ndata: two\n\n");
+    assert!(frames.iter().all(|f| f.len() <= 4), "{frames:?}");
+    assert_eq!(frames.len(), 6, "22 bytes in frames of 4: {frames:?}");
+
+    // Declined: the built-in routes answer.
+    let reply = client.get(format!("{}/json", upstream.url())).await;
+    assert_eq!(reply.json(), serde_json::json!({"ok": true}));
+}
+
+#[tokio::test]
+async fn request_bodies_are_captured_up_to_the_bound() {
+    let upstream = Upstream::start().await;
+    let big = vec![b'x'; BODY_CAPTURE + 1000];
+    let reply = support::Client::http1()
+        .send_body(
+            Method::POST,
+            &format!("{}/upload", upstream.url()),
+            big.clone(),
+        )
+        .await;
+    assert_eq!(reply.json()["bytes"], big.len());
+    let seen = upstream.last_request();
+    assert_eq!(seen.body_bytes, big.len() as u64);
+    assert_eq!(seen.body.len(), BODY_CAPTURE);
+}
+
+#[tokio::test]
 async fn dropping_an_sse_body_counts_as_aborted() {
     let upstream = Upstream::start().await;
     for (n, client) in [h1_client(), h2_client()].into_iter().enumerate() {

@@ -22,10 +22,8 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use futures_util::StreamExt;
 use http::{Method, StatusCode};
-use http_body_util::Full;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -76,38 +74,12 @@ const DEPRECATED_HTTP_NAMES: [&str; 10] = [
 // Helpers
 // ---------------------------------------------------------------------------
 
-/// A GET with extra request headers.
-async fn get_with(client: &Client, url: &str, headers: &[(&str, &str)]) -> Reply {
-    let mut builder = request(Method::GET, url);
-    for (name, value) in headers {
-        builder = builder.header(*name, *value);
-    }
-    client
-        .request(builder.body(Full::default()).expect("request"))
-        .await
-}
-
-/// A request with a body.
-async fn send_body(client: &Client, method: Method, url: &str, body: impl Into<Bytes>) -> Reply {
-    client
-        .request(
-            request(method, url)
-                .body(Full::new(body.into()))
-                .expect("request"),
-        )
-        .await
-}
-
 /// The parts of a W3C `traceresponse` header.
 #[derive(Debug)]
 struct TraceResponse {
     trace_id: String,
     span_id: String,
     flags: String,
-}
-
-fn is_lower_hex(s: &str, len: usize) -> bool {
-    s.len() == len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 /// Parses and checks the response's `traceresponse` (`00-<trace id>-<span id>-<flags>`).
@@ -122,11 +94,11 @@ fn trace_response(reply: &Reply) -> TraceResponse {
     assert_eq!(parts.len(), 4, "traceresponse {value:?}");
     assert_eq!(parts[0], "00", "traceresponse version: {value:?}");
     assert!(
-        is_lower_hex(parts[1], 32),
+        is_valid_id(parts[1], 32),
         "traceresponse trace id: {value:?}"
     );
     assert!(
-        is_lower_hex(parts[2], 16),
+        is_valid_id(parts[2], 16),
         "traceresponse span id: {value:?}"
     );
     assert!(is_lower_hex(parts[3], 2), "traceresponse flags: {value:?}");
@@ -277,12 +249,12 @@ async fn a_get_makes_a_server_span_and_a_client_child_named_per_semconv() {
     let otlp = OtlpReceiver::start().await;
     let proxy = Proxy::builder().upstream(&up).otlp(&otlp).run().await;
 
-    let reply = get_with(
-        &Client::http1(),
-        &proxy.url("/echo?a=1&flag"),
-        &[("user-agent", "telemetry-test/1.0")],
-    )
-    .await;
+    let reply = Client::http1()
+        .get_with(
+            &proxy.url("/echo?a=1&flag"),
+            &[("user-agent", "telemetry-test/1.0")],
+        )
+        .await;
     assert_eq!(reply.status, 200);
     let (server, client) = server_span_of(&otlp, &reply).await;
 
@@ -369,13 +341,9 @@ async fn a_post_over_http2_is_named_post_with_protocol_version_2() {
     let otlp = OtlpReceiver::start().await;
     let proxy = Proxy::builder().upstream(&up).otlp(&otlp).run().await;
 
-    let reply = send_body(
-        &Client::http2(),
-        Method::POST,
-        &proxy.url("/upload"),
-        "hello",
-    )
-    .await;
+    let reply = Client::http2()
+        .send_body(Method::POST, &proxy.url("/upload"), "hello")
+        .await;
     assert_eq!(reply.status, 200);
     let (server, client) = server_span_of(&otlp, &reply).await;
 
@@ -410,7 +378,9 @@ async fn an_unknown_method_is_named_http_with_other_and_the_original() {
     let proxy = Proxy::builder().upstream(&up).otlp(&otlp).run().await;
 
     let purge = Method::from_bytes(b"PURGE").expect("method");
-    let reply = send_body(&Client::http1(), purge, &proxy.url("/echo"), "").await;
+    let reply = Client::http1()
+        .send_body(purge, &proxy.url("/echo"), "")
+        .await;
     assert_eq!(reply.status, 200);
     let (server, client) = server_span_of(&otlp, &reply).await;
 
@@ -548,15 +518,15 @@ async fn a_valid_traceparent_is_continued_and_tracestate_kept() {
     let otlp = OtlpReceiver::start().await;
     let proxy = Proxy::builder().upstream(&up).otlp(&otlp).run().await;
 
-    let reply = get_with(
-        &Client::http1(),
-        &proxy.url("/echo"),
-        &[
-            ("traceparent", CALLER_TRACEPARENT),
-            ("tracestate", CALLER_TRACESTATE),
-        ],
-    )
-    .await;
+    let reply = Client::http1()
+        .get_with(
+            &proxy.url("/echo"),
+            &[
+                ("traceparent", CALLER_TRACEPARENT),
+                ("tracestate", CALLER_TRACESTATE),
+            ],
+        )
+        .await;
     assert_eq!(reply.status, 200);
     let tr = trace_response(&reply);
     assert_eq!(tr.trace_id, CALLER_TRACE_ID, "the caller's trace goes on");
@@ -599,12 +569,12 @@ async fn an_invalid_traceparent_starts_a_new_trace() {
         // all-zero parent id
         "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
     ] {
-        let reply = get_with(
-            &client,
-            &proxy.url("/echo"),
-            &[("traceparent", bad), ("tracestate", "congo=t61rcWkgMzE")],
-        )
-        .await;
+        let reply = client
+            .get_with(
+                &proxy.url("/echo"),
+                &[("traceparent", bad), ("tracestate", "congo=t61rcWkgMzE")],
+            )
+            .await;
         assert_eq!(reply.status, 200, "{bad}");
         let tr = trace_response(&reply);
         assert_ne!(tr.trace_id, CALLER_TRACE_ID, "{bad} must not be continued");
@@ -632,82 +602,76 @@ async fn an_invalid_traceparent_starts_a_new_trace() {
     proxy.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn with_propagators_none_trace_headers_pass_untouched() {
-    let up = Upstream::start().await;
-    let otlp = OtlpReceiver::start().await;
-    let proxy = Proxy::builder()
-        .upstream(&up)
-        .otlp(&otlp)
-        .env("OTEL_PROPAGATORS", "none")
-        .run()
-        .await;
-    let client = Client::http1();
-
-    let reply = get_with(
-        &client,
-        &proxy.url("/echo"),
-        &[
-            ("traceparent", CALLER_TRACEPARENT),
-            ("tracestate", CALLER_TRACESTATE),
-        ],
-    )
-    .await;
-    assert_eq!(reply.status, 200);
-    let seen = up.last_request();
-    assert_eq!(
-        seen.header("traceparent"),
-        Some(CALLER_TRACEPARENT),
-        "no injection"
-    );
-    assert_eq!(seen.header("tracestate"), Some(CALLER_TRACESTATE));
-    // Nothing is extracted either: our span starts its own trace.
-    let server = otlp.wait_span("GET", WAIT).await;
-    assert_ne!(server.trace_id, CALLER_TRACE_ID);
-
-    client.get(proxy.url("/echo")).await;
-    assert_eq!(up.last_request().header("traceparent"), None, "none added");
-    proxy.shutdown().await;
+/// What else a setting that turns trace propagation off must do.
+#[derive(Debug, Clone, Copy)]
+enum PropagationOff {
+    /// `OTEL_PROPAGATORS=none`: spans are still exported, each in a trace of its own.
+    OwnTraces,
+    /// `OTEL_SDK_DISABLED=true`: nothing is exported and no `traceresponse` is sent.
+    NothingExported,
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn with_the_sdk_disabled_nothing_is_exported_and_headers_pass_untouched() {
-    let up = Upstream::start().await;
-    let otlp = OtlpReceiver::start().await;
-    let proxy = Proxy::builder()
-        .upstream(&up)
-        .otlp(&otlp)
-        .env("OTEL_SDK_DISABLED", "true")
-        .run()
-        .await;
-    let client = Client::http1();
+async fn with_propagation_off_trace_headers_pass_untouched() {
+    for (var, value, off) in [
+        ("OTEL_PROPAGATORS", "none", PropagationOff::OwnTraces),
+        ("OTEL_SDK_DISABLED", "true", PropagationOff::NothingExported),
+    ] {
+        let case = format!("{var}={value}");
+        let up = Upstream::start().await;
+        let otlp = OtlpReceiver::start().await;
+        let proxy = Proxy::builder()
+            .upstream(&up)
+            .otlp(&otlp)
+            .env(var, value)
+            .run()
+            .await;
+        let client = Client::http1();
 
-    let reply = get_with(
-        &client,
-        &proxy.url("/echo"),
-        &[
-            ("traceparent", CALLER_TRACEPARENT),
-            ("tracestate", CALLER_TRACESTATE),
-        ],
-    )
-    .await;
-    assert_eq!(reply.status, 200);
-    assert_eq!(reply.header("traceresponse"), None);
-    let seen = up.last_request();
-    assert_eq!(seen.header("traceparent"), Some(CALLER_TRACEPARENT));
-    assert_eq!(seen.header("tracestate"), Some(CALLER_TRACESTATE));
+        let reply = client
+            .get_with(
+                proxy.url("/echo"),
+                &[
+                    ("traceparent", CALLER_TRACEPARENT),
+                    ("tracestate", CALLER_TRACESTATE),
+                ],
+            )
+            .await;
+        assert_eq!(reply.status, 200, "{case}");
+        let seen = up.last_request();
+        assert_eq!(
+            seen.header("traceparent"),
+            Some(CALLER_TRACEPARENT),
+            "{case}: no injection"
+        );
+        assert_eq!(seen.header("tracestate"), Some(CALLER_TRACESTATE), "{case}");
+        if let PropagationOff::NothingExported = off {
+            assert_eq!(reply.header("traceresponse"), None, "{case}");
+        }
+        if let PropagationOff::OwnTraces = off {
+            // Nothing is extracted either: our span starts its own trace.
+            let server = otlp.wait_span("GET", WAIT).await;
+            assert_ne!(server.trace_id, CALLER_TRACE_ID, "{case}");
+        }
 
-    let reply = client.get(proxy.url("/echo")).await;
-    assert_eq!(reply.header("traceresponse"), None);
-    assert_eq!(up.last_request().header("traceparent"), None);
-
-    // Metrics would be pushed every 200 ms and spans every 50 ms if anything were on.
-    assert!(
-        !otlp.wait_exports(1, Duration::from_millis(1500)).await,
-        "OTEL_SDK_DISABLED=true exports nothing: {:?}",
-        otlp.exports()
-    );
-    proxy.shutdown().await;
+        let reply = client.get(proxy.url("/echo")).await;
+        assert_eq!(
+            up.last_request().header("traceparent"),
+            None,
+            "{case}: none added"
+        );
+        if let PropagationOff::NothingExported = off {
+            assert_eq!(reply.header("traceresponse"), None, "{case}");
+            // Metrics would be pushed every 200 ms and spans every 50 ms if anything were on.
+            // (A bounded wait for something that must not happen.)
+            assert!(
+                !otlp.wait_exports(1, Duration::from_millis(1500)).await,
+                "{case} exports nothing: {:?}",
+                otlp.exports()
+            );
+        }
+        proxy.shutdown().await;
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -1039,13 +1003,9 @@ async fn body_size_metrics_sum_the_bytes_sent() {
     let proxy = Proxy::builder().upstream(&up).otlp(&otlp).run().await;
     let client = Client::http1();
 
-    let upload = send_body(
-        &client,
-        Method::POST,
-        &proxy.url("/upload"),
-        vec![b'x'; 1000],
-    )
-    .await;
+    let upload = client
+        .send_body(Method::POST, &proxy.url("/upload"), vec![b'x'; 1000])
+        .await;
     assert_eq!(upload.json()["bytes"], 1000);
     let large = client.get(proxy.url("/large?bytes=5000&chunk=1000")).await;
     assert_eq!(large.body.len(), 5000);
@@ -1436,14 +1396,18 @@ async fn secrets_never_reach_spans_or_metrics() {
     // The upstream also answers with a Set-Cookie carrying a secret.
     let path = "/echo?api_key=sk-secret-4&set_header=set-cookie:token=sk-secret-5";
 
-    let h1 = get_with(&Client::http1(), &proxy.url(path), &secret_headers).await;
-    let h2 = get_with(&Client::http2(), &proxy.url(path), &secret_headers).await;
-    let failed = get_with(
-        &Client::http1(),
-        &proxy.url("/json?status=500&token=sk-secret-6"),
-        &secret_headers,
-    )
-    .await;
+    let h1 = Client::http1()
+        .get_with(&proxy.url(path), &secret_headers)
+        .await;
+    let h2 = Client::http2()
+        .get_with(&proxy.url(path), &secret_headers)
+        .await;
+    let failed = Client::http1()
+        .get_with(
+            &proxy.url("/json?status=500&token=sk-secret-6"),
+            &secret_headers,
+        )
+        .await;
     assert_eq!(
         (
             h1.status.as_u16(),

@@ -542,21 +542,3 @@ async fn tls_configuration_mistakes_stop_start_up_with_one_line() {
     assert!(stderr.contains("RAGSCOPE_TLS_CERT"), "{stderr}");
     assert!(stderr.contains("private key"), "{stderr}");
 }
-
-/// Polls an async condition every 100 ms until it holds or `timeout` passes.
-async fn wait_until_async<F, Fut>(timeout: Duration, mut condition: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if condition().await {
-            return true;
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}

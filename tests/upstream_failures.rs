@@ -106,11 +106,7 @@ async fn the_proxy_keeps_serving_after_upstream_failures() {
     // A stream cut by the idle timeout...
     let _ = tokio::time::timeout(Duration::from_secs(3), async {
         let response = client
-            .send(
-                request(http::Method::GET, &proxy.url("/stall?after_bytes=1"))
-                    .body(http_body_util::Full::default())
-                    .expect("request"),
-            )
+            .get_streaming(proxy.url("/stall?after_bytes=1"))
             .await;
         let _ = http_body_util::BodyExt::collect(response.into_body()).await;
     })
@@ -141,11 +137,7 @@ async fn readiness_follows_the_upstream() {
 
     // Draining, with a stream still in flight: not ready any more, the stream goes on.
     let stream = Client::http1()
-        .send(
-            request(http::Method::GET, &proxy.url("/sse?events=6&gap_ms=150"))
-                .body(http_body_util::Full::default())
-                .expect("request"),
-        )
+        .get_streaming(proxy.url("/sse?events=6&gap_ms=150"))
         .await;
     proxy.begin_shutdown();
     assert!(
@@ -160,19 +152,4 @@ async fn readiness_follows_the_upstream() {
         .expect("the in-flight stream completes")
         .to_bytes();
     assert!(String::from_utf8_lossy(&body).ends_with("data: [DONE]\n\n"));
-}
-
-async fn wait_until_async<F, Fut>(timeout: Duration, mut f: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if f().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    false
 }

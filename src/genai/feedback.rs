@@ -1,7 +1,8 @@
 //! The feedback channel: `POST /ragscope/feedback` (the path is configurable), answered by the
 //! proxy itself. A score for an earlier request becomes a `gen_ai.evaluation.result` event in
 //! that request's trace, parented to its server span while ragscope still remembers it, plus
-//! the `ragscope.feedback*` metrics.
+//! the `ragscope.feedback*` metrics. This module reads the feedback into a [`FeedbackFact`];
+//! telemetry records it.
 
 use std::time::Duration;
 
@@ -9,15 +10,11 @@ use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use opentelemetry::trace::{
-    Span as _, SpanContext, SpanId, SpanKind, TraceContextExt, TraceFlags, TraceId, TraceState,
-    Tracer as _,
-};
-use opentelemetry::{Context, KeyValue};
+use opentelemetry::trace::{SpanId, TraceId};
 use serde_json::Value;
 
+use super::CaptureMode;
 use super::{GenAi, openai::push_bounded};
-use crate::config::CaptureMode;
 use crate::error::ProxyError;
 
 /// Largest feedback body accepted.
@@ -71,13 +68,13 @@ pub fn parse(body: &[u8]) -> Result<Feedback, String> {
     })
 }
 
-/// Answers one feedback request: reads at most [`MAX_BODY`] bytes within `timeout`, records,
-/// and says 202. Errors become 400/413 responses in [`ProxyError::to_response`].
+/// Answers one feedback request: reads at most [`MAX_BODY`] bytes within `timeout`, and says
+/// 202 with the fact telemetry records. Errors become 400/413 responses in [`ProxyError::to_response`].
 pub async fn handle(
     genai: &GenAi,
     body: Incoming,
     timeout: Duration,
-) -> Result<(Response<Bytes>, TraceId), ProxyError> {
+) -> Result<(Response<Bytes>, FeedbackFact), ProxyError> {
     let collected = tokio::time::timeout(timeout, Limited::new(body, MAX_BODY).collect())
         .await
         .map_err(|_| ProxyError::InvalidFeedback("the body did not arrive in time".to_owned()))?;
@@ -95,76 +92,63 @@ pub async fn handle(
         }
     };
     let feedback = parse(&bytes).map_err(ProxyError::InvalidFeedback)?;
-    record(genai, &feedback);
+    let fact = fact(genai, &feedback);
     let mut response = Response::new(Bytes::from_static(b"{\"status\":\"accepted\"}"));
     *response.status_mut() = StatusCode::ACCEPTED;
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    Ok((response, feedback.trace_id))
+    Ok((response, fact))
 }
 
-/// Records the evaluation event and the metrics.
-pub fn record(genai: &GenAi, feedback: &Feedback) {
-    let label = genai.bounded_label(feedback.label.as_deref());
-    let i = &genai.instruments;
-    let attrs = [KeyValue::new("gen_ai.evaluation.score.label", label)];
-    i.feedback_score.record(feedback.score, &attrs);
-    i.feedback.add(1, &attrs);
+/// What one feedback says, ready for telemetry: the `gen_ai.evaluation.result` event in the
+/// trace it is about, and the `ragscope.feedback*` metrics.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FeedbackFact {
+    /// The trace the feedback is about.
+    pub trace_id: TraceId,
+    /// That trace's server span, while ragscope still remembers it.
+    pub parent: Option<SpanId>,
+    /// The score.
+    pub score: f64,
+    /// The label as a metric attribute: bounded in number (later new labels are `other`).
+    pub metric_label: String,
+    /// The label for the event, cut to 128 characters.
+    pub label: Option<String>,
+    /// The comment, redacted and bounded, only when content capture is on.
+    pub explanation: Option<String>,
+    /// Matches replaced in the comment: (kind, count).
+    pub redactions: Vec<(&'static str, u64)>,
+}
 
-    let Some(tracer) = &genai.tracer else { return };
-    let known = genai.recall(feedback.trace_id);
-    // Without the original span (forgotten, or from another instance) the event still joins
-    // its trace: under a parent id derived from the trace id, which trace backends show as
-    // a span whose parent is missing.
-    let parent_id = known.unwrap_or_else(|| {
-        let b = feedback.trace_id.to_bytes();
-        let mut id = [0u8; 8];
-        id.copy_from_slice(&b[8..]);
-        if id == [0; 8] {
-            id[7] = 1;
-        }
-        SpanId::from_bytes(id)
-    });
-    let parent = Context::new().with_remote_span_context(SpanContext::new(
-        feedback.trace_id,
-        parent_id,
-        TraceFlags::SAMPLED,
-        true,
-        TraceState::default(),
-    ));
-    let mut event = vec![
-        KeyValue::new("gen_ai.evaluation.name", "user_feedback"),
-        KeyValue::new("gen_ai.evaluation.score.value", feedback.score),
-    ];
-    if let Some(label) = &feedback.label {
-        event.push(KeyValue::new(
-            "gen_ai.evaluation.score.label",
-            label.chars().take(128).collect::<String>(),
-        ));
+/// Reads what a parsed feedback means for telemetry.
+pub fn fact(genai: &GenAi, feedback: &Feedback) -> FeedbackFact {
+    let mut redactions = Vec::new();
+    let explanation = (genai.config.capture != CaptureMode::Off)
+        .then_some(feedback.comment.as_deref())
+        .flatten()
+        .map(|comment| {
+            let mut text = String::new();
+            push_bounded(
+                &mut text,
+                &genai.redact(comment, &mut redactions),
+                genai.config.capture_max_bytes,
+            );
+            text
+        });
+    FeedbackFact {
+        trace_id: feedback.trace_id,
+        parent: genai.recall(feedback.trace_id),
+        score: feedback.score,
+        metric_label: genai.bounded_label(feedback.label.as_deref()),
+        label: feedback
+            .label
+            .as_ref()
+            .map(|l| l.chars().take(128).collect()),
+        explanation,
+        redactions,
     }
-    if genai.config.capture != CaptureMode::Off
-        && let Some(comment) = &feedback.comment
-    {
-        let mut text = String::new();
-        push_bounded(
-            &mut text,
-            &genai.redact(comment),
-            genai.config.capture_max_bytes,
-        );
-        event.push(KeyValue::new("gen_ai.evaluation.explanation", text));
-    }
-    let mut span = tracer
-        .span_builder("ragscope.feedback")
-        .with_kind(SpanKind::Internal)
-        .with_attributes([KeyValue::new(
-            "ragscope.feedback.parent_known",
-            known.is_some(),
-        )])
-        .start_with_context(tracer, &parent);
-    span.add_event("gen_ai.evaluation.result", event);
-    span.end();
 }
 
 #[cfg(test)]

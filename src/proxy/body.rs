@@ -15,8 +15,9 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
-use crate::telemetry::Ending;
-use crate::telemetry::Exchange;
+use super::exchange::Exchange;
+use crate::error::Origin;
+use crate::observe::Ending;
 
 /// Errors a body wrapper raises into hyper.
 #[derive(Debug, thiserror::Error)]
@@ -201,14 +202,15 @@ impl Body for ResponseBody {
                     Poll::Ready(Some(Ok(frame)))
                 }
                 Poll::Ready(Some(Err(e))) => {
-                    this.exchange.finish(Ending::Failed("upstream_body_error"));
+                    this.exchange
+                        .finish(Ending::Failed("upstream_body_error", Origin::Upstream));
                     return Poll::Ready(Some(Err(BodyError::Stream(e))));
                 }
                 Poll::Ready(None) => Poll::Ready(None),
                 Poll::Pending => {
                     if idle.poll_expired(cx) {
-                        this.exchange
-                            .finish(Ending::Failed("upstream_idle_timeout"));
+                        let ending = Ending::Failed("upstream_idle_timeout", Origin::Upstream);
+                        this.exchange.finish(ending);
                         return Poll::Ready(Some(Err(BodyError::IdleTimeout(idle.timeout))));
                     }
                     Poll::Pending
@@ -222,7 +224,10 @@ impl Body for ResponseBody {
                     this.exchange.observe_response_data(data);
                 }
                 // The last frame is leaving: the response is complete now, not when hyper
-                // next polls (it may never poll again once it sees the end).
+                // next polls (it may never poll again once it sees the end). The record is
+                // handed to telemetry here, before hyper writes this frame; recording after it
+                // (issue 11) means ending here and recording on the drop, left for the queue
+                // of issue 18, which takes the recording off this task altogether.
                 if this.source_done() {
                     this.exchange.finish(Ending::Complete);
                 }

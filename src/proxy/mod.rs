@@ -1,7 +1,7 @@
 //! The proxy: one request walks four phases in a fixed order.
 //!
-//! 1. **observe** — the [`Exchange`] starts first, so every request (even one refused at once)
-//!    has a span, metrics and a log line.
+//! 1. **observe** — the [`Exchange`] (the request's observers) starts first, so every request
+//!    (even one refused at once) has a record: a span, metrics and a log line.
 //! 2. **admit** — refuse what must not be forwarded: a missing or unknown API key (access
 //!    control, which also names the client for later checks), draining, malformed framing, a
 //!    declared body over the limit; then the rate limit ([`crate::limit`]), keyed by what
@@ -9,32 +9,42 @@
 //! 3. **forward** — strip hop-by-hop headers, then add ours (forwarded-for, trace context), and
 //!    send the request to the upstream over the pooled client, the body streaming behind it.
 //! 4. **respond** — strip the response's hop-by-hop headers and stream its body back frame by
-//!    frame; the body wrapper finishes the exchange (record) when the last byte leaves.
+//!    frame (the feedback endpoint answers locally instead of forwarding).
+//! 5. **record** — the body wrapper finishes the exchange when the last byte leaves (or the
+//!    client goes away): the observers conclude and telemetry records the [`crate::observe::Record`].
 //!
 //! An error in any phase becomes a response in exactly one place, [`ProxyError::to_response`].
 
 mod body;
+mod exchange;
 mod headers;
+mod respond;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use bytes::Bytes;
 use http::{HeaderValue, Request, Response, Version, header};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
+
+use crate::workers::PerWorker;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::auth::{ApiKeys, Refusal};
-use crate::config::Config;
 use crate::error::ProxyError;
 use crate::genai::GenAi;
 use crate::limit::{Decision, RateLimiter};
-use crate::telemetry::{Exchange, RequestFacts, Telemetry, UpstreamAttributes};
+use crate::observe::{HttpFacts, UpstreamAddress};
+use crate::settings::Config;
+use crate::telemetry::Telemetry;
 
 pub use body::{BodyError, RequestBody, RequestBodyFailure, ResponseBody};
+pub use exchange::Exchange;
+use respond::{Answer, error_response, finish_head};
 
 /// TCP, then TLS for an https upstream.
 pub type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
@@ -43,9 +53,11 @@ pub type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
 #[derive(Debug)]
 pub struct Proxy {
     config: Arc<Config>,
-    client: Client<Connector, RequestBody>,
+    /// One pooled client per worker thread: a request's upstream connection task then runs on
+    /// the thread that serves the request ([`crate::workers`]), never waking another core.
+    client: PerWorker<Client<Connector, RequestBody>>,
     telemetry: Arc<Telemetry>,
-    upstream_attributes: UpstreamAttributes,
+    upstream_address: UpstreamAddress,
     draining: AtomicBool,
     /// Access control, when `RAGSCOPE_API_KEYS_FILE` is set.
     api_keys: Option<Arc<ApiKeys>>,
@@ -71,22 +83,22 @@ impl Proxy {
     /// Builds the proxy and its pooled upstream client.
     pub fn new(config: Arc<Config>, telemetry: Arc<Telemetry>) -> Result<Proxy, ClientError> {
         let connector = upstream_connector(&config, config.connect_timeout)?;
-        let client = Client::builder(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(std::time::Duration::from_secs(90))
-            .build(connector);
-        let genai = Arc::new(GenAi::new(
-            config.genai.clone(),
-            &telemetry.meter(),
-            telemetry.tracer().cloned(),
-        ));
+        let client = PerWorker::new(config.workers, |_| {
+            Ok::<_, ClientError>(
+                Client::builder(TokioExecutor::new())
+                    .timer(TokioTimer::new())
+                    .pool_timer(TokioTimer::new())
+                    .pool_idle_timeout(std::time::Duration::from_secs(90))
+                    .build(connector.clone()),
+            )
+        })?;
+        let genai = Arc::new(GenAi::new(config.genai.clone()));
         Ok(Proxy {
             genai,
-            upstream_attributes: UpstreamAttributes::new(
-                &config.upstream.host,
-                config.upstream.port,
-            ),
+            upstream_address: UpstreamAddress {
+                host: Arc::from(config.upstream.host.as_str()),
+                port: config.upstream.port,
+            },
             config,
             client,
             telemetry,
@@ -130,51 +142,22 @@ impl Proxy {
         peer: SocketAddr,
         scheme: &'static str,
     ) -> Result<Response<ResponseBody>, Infallible> {
-        // observe
-        let facts = RequestFacts::from_request(
-            req.method(),
-            req.uri(),
-            req.version(),
-            req.headers(),
-            peer,
-            scheme,
-        );
-        let mut exchange = Exchange::begin(self.telemetry.clone(), facts, req.headers());
+        let mut exchange = self.observe(&req, peer, scheme);
         let version = req.version();
-        if let Some(tls) = req.extensions().get::<Arc<crate::tls::TlsInfo>>() {
-            for attribute in tls.attributes() {
-                exchange.set_server_attribute(attribute.clone());
+        let admitted = self.admit(&mut req, peer, &mut exchange).await;
+        let (rate, outcome) = match admitted {
+            Ok(rate) if self.genai.is_feedback(req.method(), req.uri().path()) => (
+                rate,
+                self.feedback(req, &mut exchange).await.map(Answer::Local),
+            ),
+            Ok(rate) => {
+                let forwarded = self.forward(req, peer, scheme, &mut exchange).await;
+                (rate, forwarded.map(Answer::Upstream))
             }
-        }
-
-        self.genai.remember(exchange.span_context());
-
-        // admit, forward (the feedback endpoint is answered here, after admission)
-        let mut rate = None;
-        let admitted = self
-            .authenticate(&mut req, &mut exchange)
-            .and_then(|()| self.admit(&req));
-        let outcome = match admitted {
-            Ok(()) => match self.rate_limit(&req, peer, &mut exchange).await {
-                Ok(decision) if self.genai.is_feedback(req.method(), req.uri().path()) => {
-                    let mut response = self.feedback(req, exchange, version).await;
-                    if let Some(decision) = decision {
-                        decision.add_headers(response.headers_mut());
-                    }
-                    return Ok(response);
-                }
-                Ok(decision) => {
-                    rate = decision;
-                    self.forward(req, peer, scheme, &mut exchange).await
-                }
-                Err(e) => Err(e),
-            },
-            Err(e) => Err(e),
+            Err(e) => (None, Err(e)),
         };
-
-        // respond (record happens when the response body ends)
         let mut response = match outcome {
-            Ok(response) => self.respond(response, exchange, version),
+            Ok(answer) => self.respond(answer, exchange, version),
             Err(error) => error_response(&error, exchange, version),
         };
         if let Some(decision) = rate {
@@ -183,7 +166,40 @@ impl Proxy {
         Ok(response)
     }
 
-    /// Takes the rate-limit decision and records it on the span; refuses when over the limit
+    /// observe: the request's observers start, with the facts of its head and connection.
+    fn observe(&self, req: &Request<Incoming>, peer: SocketAddr, scheme: &'static str) -> Exchange {
+        let http = HttpFacts::from_request(
+            req.method(),
+            req.uri(),
+            req.version(),
+            req.headers(),
+            peer,
+            scheme,
+        );
+        let mut exchange = Exchange::begin(self.telemetry.clone(), http, req.headers());
+        if let Some(record) = exchange.record() {
+            record.tls = req.extensions().get::<Arc<crate::tls::TlsInfo>>().cloned();
+            if let Some(ids) = record.ids.as_ref().filter(|ids| ids.sampled) {
+                self.genai.remember(ids.trace_id, ids.server_span_id);
+            }
+        }
+        exchange
+    }
+
+    /// admit: access control, the request's framing, then the rate limit. The decision (for
+    /// the response's rate-limit headers) comes back when the request may go on.
+    async fn admit(
+        &self,
+        req: &mut Request<Incoming>,
+        peer: SocketAddr,
+        exchange: &mut Exchange,
+    ) -> Result<Option<Decision>, ProxyError> {
+        self.authenticate(req, exchange)?;
+        self.check(req)?;
+        self.rate_limit(req, peer, exchange).await
+    }
+
+    /// Takes the rate-limit decision and notes it in the record; refuses when over the limit
     /// (unless in shadow mode).
     async fn rate_limit(
         &self,
@@ -197,8 +213,8 @@ impl Proxy {
         let decision = limiter
             .decide(req.headers(), req.extensions(), peer.ip())
             .await;
-        for attribute in decision.span_attributes() {
-            exchange.set_server_attribute(attribute);
+        if let Some(record) = exchange.record() {
+            record.rate_limit = Some(decision);
         }
         match decision.refusal() {
             Some(refusal) => Err(refusal),
@@ -220,10 +236,9 @@ impl Proxy {
         };
         match keys.check(req.headers()) {
             Ok(accepted) => {
-                exchange.set_server_attribute(opentelemetry::KeyValue::new(
-                    "ragscope.api_key.name",
-                    accepted.name.as_str().to_owned(),
-                ));
+                if let Some(record) = exchange.record() {
+                    record.api_key = Some(accepted.name.as_str().to_owned());
+                }
                 if !self.config.api_keys_forward {
                     req.headers_mut().remove(&accepted.header);
                 }
@@ -240,7 +255,7 @@ impl Proxy {
     /// Content-Length together with Transfer-Encoding (RFC 9112 6.1) never reaches here: hyper
     /// frames such a request by Transfer-Encoding alone and drops the Content-Length, and we
     /// strip Transfer-Encoding as hop-by-hop, so both are never forwarded.
-    fn admit(&self, req: &Request<Incoming>) -> Result<(), ProxyError> {
+    fn check(&self, req: &Request<Incoming>) -> Result<(), ProxyError> {
         if self.is_draining() {
             return Err(ProxyError::Draining);
         }
@@ -295,7 +310,7 @@ impl Proxy {
             .upstream
             .uri_for(parts.uri.path_and_query())
             .map_err(|_| ProxyError::BadRequest("the request target cannot be forwarded"))?;
-        exchange.begin_upstream(&self.upstream_attributes, &uri, &mut parts.headers);
+        exchange.begin_upstream(&self.upstream_address, &uri, &mut parts.headers);
         parts.uri = uri;
         parts.version = Version::HTTP_11;
 
@@ -315,12 +330,8 @@ impl Proxy {
         )
         .with_tee(tee);
         let timeout = self.config.response_timeout;
-        match tokio::time::timeout(
-            timeout,
-            self.client.request(Request::from_parts(parts, body)),
-        )
-        .await
-        {
+        let upstream = self.client.get().request(Request::from_parts(parts, body));
+        match tokio::time::timeout(timeout, upstream).await {
             Err(_) => Err(ProxyError::UpstreamTimeout(timeout)),
             Ok(Ok(response)) => Ok(response),
             Ok(Err(e)) => Err(self.classify(e, &failure)),
@@ -352,54 +363,48 @@ impl Proxy {
         ProxyError::UpstreamReset { detail: chain(&e) }
     }
 
+    /// respond: the upstream's response streamed back, or the proxy's own answer.
     fn respond(
         &self,
-        response: Response<Incoming>,
+        answer: Answer,
         mut exchange: Exchange,
         version: Version,
     ) -> Response<ResponseBody> {
-        let (mut parts, body) = response.into_parts();
-        // We answer in the client's HTTP version, not the upstream's.
-        parts.version = version;
-        headers::strip_hop_by_hop(&mut parts.headers, false);
-        exchange.respond(parts.status, None);
-        if let Some(genai) = exchange.genai_mut() {
-            genai.response_head(&parts.headers);
+        match answer {
+            Answer::Upstream(response) => {
+                let (mut parts, body) = response.into_parts();
+                // We answer in the client's HTTP version, not the upstream's.
+                parts.version = version;
+                headers::strip_hop_by_hop(&mut parts.headers, false);
+                finish_head(&mut parts, &mut exchange, None);
+                if let Some(genai) = exchange.genai_mut() {
+                    genai.response_head(&parts.headers);
+                }
+                let body = ResponseBody::upstream(body, exchange, self.config.idle_timeout);
+                Response::from_parts(parts, body)
+            }
+            Answer::Local(response) => {
+                let (mut parts, bytes) = response.into_parts();
+                finish_head(&mut parts, &mut exchange, None);
+                Response::from_parts(parts, ResponseBody::local(bytes, exchange))
+            }
         }
-        if let Some(v) = exchange.traceresponse() {
-            parts.headers.insert(TRACERESPONSE, v);
-        }
-        Response::from_parts(
-            parts,
-            ResponseBody::upstream(body, exchange, self.config.idle_timeout),
-        )
     }
-}
 
-impl Proxy {
-    /// Answers the feedback endpoint (never forwarded): 202, or 400/413 with a JSON error.
+    /// The feedback endpoint (never forwarded): 202 with the feedback noted in the record,
+    /// or the error (400/413) that becomes the response.
     async fn feedback(
         &self,
         req: Request<Incoming>,
-        mut exchange: Exchange,
-        version: Version,
-    ) -> Response<ResponseBody> {
+        exchange: &mut Exchange,
+    ) -> Result<Response<Bytes>, ProxyError> {
         let timeout = self.config.response_timeout;
-        match crate::genai::feedback::handle(&self.genai, req.into_body(), timeout).await {
-            Ok((response, trace_id)) => {
-                let (mut parts, bytes) = response.into_parts();
-                exchange.set_server_attribute(opentelemetry::KeyValue::new(
-                    "ragscope.feedback.trace_id",
-                    trace_id.to_string(),
-                ));
-                exchange.respond(parts.status, None);
-                if let Some(v) = exchange.traceresponse() {
-                    parts.headers.insert(TRACERESPONSE, v);
-                }
-                Response::from_parts(parts, ResponseBody::local(bytes, exchange))
-            }
-            Err(error) => error_response(&error, exchange, version),
+        let (response, fact) =
+            crate::genai::feedback::handle(&self.genai, req.into_body(), timeout).await?;
+        if let Some(record) = exchange.record() {
+            record.feedback = Some(fact);
         }
+        Ok(response)
     }
 }
 
@@ -446,37 +451,6 @@ pub fn upstream_connector(
         .https_or_http()
         .enable_http1()
         .wrap_connector(http))
-}
-
-const TRACERESPONSE: header::HeaderName = header::HeaderName::from_static("traceresponse");
-
-/// Turns an error into the client's response and records it on the exchange.
-fn error_response(
-    error: &ProxyError,
-    mut exchange: Exchange,
-    version: Version,
-) -> Response<ResponseBody> {
-    if matches!(error, ProxyError::RateLimited { .. }) {
-        // Refusals are routine and can come by the thousand a second: counted, not logged.
-        tracing::debug!(error_type = error.error_type(), "{error}");
-    } else {
-        tracing::warn!(
-            origin = error.origin().as_str(),
-            error_type = error.error_type(),
-            detail = error.detail(),
-            "{error}"
-        );
-    }
-    let (mut parts, bytes) = error.to_response().into_parts();
-    if version == Version::HTTP_2 {
-        // Connection-specific headers are forbidden in HTTP/2.
-        parts.headers.remove(header::CONNECTION);
-    }
-    exchange.respond(parts.status, Some(error.error_type()));
-    if let Some(v) = exchange.traceresponse() {
-        parts.headers.insert(TRACERESPONSE, v);
-    }
-    Response::from_parts(parts, ResponseBody::local(bytes, exchange))
 }
 
 /// The request's declared body length, if it has a valid one.

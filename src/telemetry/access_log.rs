@@ -14,7 +14,7 @@ use std::time::SystemTime;
 
 use tracing_appender::non_blocking::NonBlocking;
 
-use crate::config::LogFormat;
+use super::LogFormat;
 
 /// Where access-log lines go; set once by [`crate::telemetry::logging::init`].
 static SINK: OnceLock<(NonBlocking, LogFormat)> = OnceLock::new();

@@ -5,10 +5,10 @@ use tracing_appender::non_blocking::WorkerGuard;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::prelude::*;
 
-use crate::config::{Config, LogFormat};
+use super::LogFormat;
 
 /// Installs the global subscriber. Keep the guard alive until exit: it flushes buffered lines.
-pub fn init(config: &Config) -> WorkerGuard {
+pub fn init(filter: &str, format: LogFormat) -> WorkerGuard {
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .buffered_lines_limit(64 * 1024)
         .lossy(true)
@@ -18,11 +18,11 @@ pub fn init(config: &Config) -> WorkerGuard {
             64 * 1024,
             std::io::stdout(),
         ));
-    super::access_log::install(writer.clone(), config.log_format);
+    super::access_log::install(writer.clone(), format);
     // The filter was validated when the configuration was parsed.
-    let filter = EnvFilter::builder().parse_lossy(&config.log);
+    let filter = EnvFilter::builder().parse_lossy(filter);
     let registry = tracing_subscriber::registry().with(filter);
-    match config.log_format {
+    match format {
         LogFormat::Json => registry
             .with(
                 tracing_subscriber::fmt::layer()

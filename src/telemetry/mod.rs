@@ -1,43 +1,50 @@
-//! Telemetry: the OpenTelemetry tracer and meter providers, their OTLP exporters, logging, and
-//! the per-request [`Exchange`] that turns one request/response pair into spans, metrics and an
-//! access-log line.
+//! Telemetry: span processors and the meter provider with their OTLP exporters, logging, and
+//! the one place a finished [`Record`] becomes spans, metrics and an access-log line
+//! ([`Telemetry::record`]). Trace ids are chosen when a request arrives ([`Telemetry::begin`]);
+//! no SDK span object exists on the data path.
 //!
 //! Export runs off the data path: spans go through a bounded batch queue on its own thread
 //! (full queue = dropped and counted, never a wait), metrics are aggregated in memory and pushed
 //! by a periodic reader thread. Shutdown is bounded by a timeout whatever the collector does.
 
 pub mod access_log;
-mod exchange;
 mod export;
+mod genai;
+mod genai_instruments;
 pub mod logging;
 mod metrics;
+mod overview;
 pub mod prometheus;
 pub mod recent;
+mod record;
+mod settings;
+mod spans;
 pub mod trace_context;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use opentelemetry::KeyValue;
+use http::{HeaderMap, HeaderValue};
 use opentelemetry::metrics::MeterProvider as _;
 use opentelemetry::propagation::TextMapCompositePropagator;
-use opentelemetry::trace::TracerProvider as _;
+use opentelemetry::{Context, KeyValue};
 use opentelemetry_otlp::{WithExportConfig, WithHttpConfig, WithTonicConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
 use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
-use opentelemetry_sdk::trace::{
-    BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracer, SdkTracerProvider,
-};
+use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor, Sampler, SpanProcessor};
 
-use crate::config::{
-    ExporterKind, OtlpProtocol, OtlpSignal, ParentRoot, SamplerConfig, TelemetryConfig,
-};
+use crate::observe::{HttpFacts, Record, TraceIds};
+use trace_context::StrictExtractor;
 
-pub use exchange::{Ending, Exchange, RequestFacts, UpstreamAttributes};
+pub use genai_instruments::GenAiInstruments;
 pub use metrics::Instruments;
 pub use prometheus::PrometheusEndpoint;
 pub use recent::{RecentTraces, TraceFilter};
+pub use settings::{
+    ExporterKind, LogFormat, OtlpProtocol, OtlpSignal, ParentRoot, Propagators, SamplerConfig,
+    TelemetryConfig, read_log,
+};
 
 /// A telemetry pipeline that could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -85,17 +92,19 @@ macro_rules! otlp_exporter {
 /// The running telemetry pipeline, shared by every request.
 #[derive(Debug)]
 pub struct Telemetry {
-    /// `None` when traces are off (`OTEL_SDK_DISABLED`, `OTEL_TRACES_EXPORTER=none`).
-    tracer: Option<SdkTracer>,
+    /// `None` when traces are off (`OTEL_SDK_DISABLED`, `OTEL_TRACES_EXPORTER=none`, no ring).
+    spans: Option<Arc<spans::Spans>>,
     /// `None` when `OTEL_PROPAGATORS=none` or the SDK is disabled: trace headers pass untouched.
     propagator: Option<TextMapCompositePropagator>,
     instruments: Instruments,
-    tracer_provider: Option<SdkTracerProvider>,
+    genai_instruments: GenAiInstruments,
     meter_provider: SdkMeterProvider,
     /// The registry `/metrics` renders; `None` when the SDK is disabled.
     prometheus: Option<PrometheusEndpoint>,
     /// Recent requests for `/traces`; `None` when the ring is off or the SDK is disabled.
     recent: Option<Arc<RecentTraces>>,
+    /// The operator's view (`/overview`, `/feedback`), fed from every record like the metrics.
+    overview: Arc<crate::overview::Overview>,
 }
 
 impl Telemetry {
@@ -152,44 +161,40 @@ impl Telemetry {
         // recording costs nothing.
         let meter_provider = meter_builder.build();
         let instruments = Instruments::new(&meter_provider.meter("ragscope"));
+        let genai_instruments = GenAiInstruments::new(&meter_provider.meter("ragscope"));
 
         let recent =
             (!config.sdk_disabled && recent_traces > 0).then(|| RecentTraces::new(recent_traces));
         let ring = recent.as_ref().map(|r| r.processor());
-        let tracer_provider = if config.sdk_disabled {
+        let spans = if config.sdk_disabled {
             None
         } else {
-            match config.traces_exporter {
+            let exporter: Option<Box<dyn SpanProcessor>> = match config.traces_exporter {
                 ExporterKind::Otlp => {
                     let exporter =
                         otlp_exporter!(opentelemetry_otlp::SpanExporter, &config.traces, "traces")?;
-                    Some(tracer_provider(
-                        config,
-                        resource,
-                        Some(exporter),
-                        ring,
-                        &instruments,
-                    ))
+                    Some(batch(config, exporter, &instruments))
                 }
-                ExporterKind::Console => Some(tracer_provider(
+                ExporterKind::Console => Some(batch(
                     config,
-                    resource,
-                    Some(opentelemetry_stdout::SpanExporter::default()),
-                    ring,
+                    opentelemetry_stdout::SpanExporter::default(),
                     &instruments,
                 )),
-                ExporterKind::None => ring.map(|ring| {
-                    tracer_provider::<opentelemetry_stdout::SpanExporter>(
-                        config,
-                        resource,
-                        None,
-                        Some(ring),
-                        &instruments,
-                    )
-                }),
+                ExporterKind::None => None,
+            };
+            let mut processors: Vec<Box<dyn SpanProcessor>> = Vec::new();
+            if let Some(ring) = ring {
+                processors.push(Box::new(ring));
             }
+            processors.extend(exporter);
+            (!processors.is_empty()).then(|| {
+                Arc::new(spans::Spans::new(
+                    sampler(&config.sampler),
+                    &resource,
+                    processors,
+                ))
+            })
         };
-        let tracer = tracer_provider.as_ref().map(|p| p.tracer("ragscope"));
 
         let propagator = (!config.sdk_disabled).then(|| {
             let mut list: Vec<
@@ -206,13 +211,14 @@ impl Telemetry {
         let propagator = propagator.filter(|_| config.propagators != Default::default());
 
         Ok(Arc::new(Telemetry {
-            tracer,
+            spans,
             propagator,
             instruments,
-            tracer_provider,
+            genai_instruments,
             meter_provider,
             prometheus,
             recent,
+            overview: Arc::new(crate::overview::Overview::new()),
         }))
     }
 
@@ -226,6 +232,11 @@ impl Telemetry {
         self.recent.as_ref()
     }
 
+    /// The operator's view behind `/overview` and `/feedback`.
+    pub fn overview(&self) -> &Arc<crate::overview::Overview> {
+        &self.overview
+    }
+
     /// A meter on the provider every instrument of ragscope lives on, for parts that own their
     /// instruments (the active health check).
     pub fn meter(&self) -> opentelemetry::metrics::Meter {
@@ -237,18 +248,58 @@ impl Telemetry {
         &self.instruments
     }
 
+    /// A request arrived: counts it active and chooses its trace ids, continuing a valid
+    /// incoming trace (extracted with the configured propagator) as the sampler decides.
+    /// Returns the ids (`None` when traces are off) and the parent context, which carries the
+    /// caller's baggage to [`Telemetry::inject`].
+    pub fn begin(&self, http: &HttpFacts, headers: &HeaderMap) -> (Option<TraceIds>, Context) {
+        self.instruments
+            .server_active
+            .add(1, &record::active_attributes(http));
+        let Some(spans) = &self.spans else {
+            return (None, Context::new());
+        };
+        let parent = match &self.propagator {
+            Some(p) => {
+                use opentelemetry::propagation::TextMapPropagator as _;
+                p.extract(&StrictExtractor::new(headers))
+            }
+            None => Context::new(),
+        };
+        let name = record::span_name(record::semconv_method(&http.method));
+        (Some(spans.begin(&parent, name)), parent)
+    }
+
+    /// Writes the upstream call's trace context into its request headers (replacing the
+    /// caller's), unless propagation is off.
+    pub fn inject(&self, parent: &Context, ids: &TraceIds, headers: &mut HeaderMap) {
+        if let Some(propagator) = &self.propagator {
+            spans::inject(propagator, parent, ids, headers);
+        }
+    }
+
+    /// The W3C `traceresponse` header value carrying the trace back to the client.
+    pub fn traceresponse(ids: &TraceIds) -> Option<HeaderValue> {
+        let header = spans::w3c_header(ids.trace_id, ids.server_span_id, ids.flags);
+        HeaderValue::from_str(&header).ok()
+    }
+
+    /// Records a finished exchange: metrics, the operator's view, spans (when sampled), the
+    /// access-log line.
+    pub fn record(&self, record: Record) {
+        record::record(self, record);
+    }
+
     /// Flushes and stops the exporters, giving up after `timeout` so a dead or black-holed
     /// collector cannot hold the process. The SDK's shutdown blocks, so it runs on the blocking
     /// pool, never on a runtime worker.
     pub async fn shutdown(&self, timeout: Duration) {
-        let tracer_provider = self.tracer_provider.clone();
+        let spans = self.spans.clone();
         let meter_provider = self.meter_provider.clone();
         // Both flushes run side by side so they share one budget instead of adding up.
         let traces = tokio::task::spawn_blocking(move || {
-            if let Some(p) = tracer_provider
-                && let Err(e) = p.shutdown_with_timeout(timeout)
-            {
-                tracing::warn!(error = %e, "trace export did not shut down cleanly");
+            if let Some(spans) = spans {
+                spans.shutdown(timeout);
             }
         });
         let metrics = tokio::task::spawn_blocking(move || {
@@ -312,33 +363,15 @@ fn sampler(config: &SamplerConfig) -> Sampler {
     }
 }
 
-/// Access for other concerns that record telemetry of their own (GenAI observation).
-impl Telemetry {
-    /// The tracer, when traces are on.
-    pub fn tracer(&self) -> Option<&SdkTracer> {
-        self.tracer.as_ref()
-    }
-}
-
-fn tracer_provider<E>(
+/// The batch span processor in front of `exporter`, behind the gate that counts drops.
+fn batch<E>(
     config: &TelemetryConfig,
-    resource: Resource,
-    exporter: Option<E>,
-    ring: Option<recent::RingProcessor>,
+    exporter: E,
     instruments: &Instruments,
-) -> SdkTracerProvider
+) -> Box<dyn SpanProcessor>
 where
     E: opentelemetry_sdk::trace::SpanExporter + 'static,
 {
-    let mut builder = SdkTracerProvider::builder()
-        .with_resource(resource)
-        .with_sampler(sampler(&config.sampler));
-    if let Some(ring) = ring {
-        builder = builder.with_span_processor(ring);
-    }
-    let Some(exporter) = exporter else {
-        return builder.build();
-    };
     let (processor_gate, exporter) = export::counting(
         exporter,
         config.bsp_max_queue_size,
@@ -353,9 +386,7 @@ where
                 .build(),
         )
         .build();
-    builder
-        .with_span_processor(processor_gate.wrap(batch))
-        .build()
+    Box::new(processor_gate.wrap(batch))
 }
 
 fn grpc_metadata(

@@ -59,9 +59,6 @@ pub const HTTP_TRACES_PATH: &str = "/v1/traces";
 /// OTLP/HTTP path for metrics.
 pub const HTTP_METRICS_PATH: &str = "/v1/metrics";
 
-/// How the queries poll for data.
-const POLL_INTERVAL: Duration = Duration::from_millis(20);
-
 // ---------------------------------------------------------------------------
 // Flattened data model
 // ---------------------------------------------------------------------------
@@ -937,7 +934,7 @@ impl OtlpReceiver {
     }
 
     /// Waits until at least `count` received spans match `pred` and returns
-    /// all the matching ones (polling every 20 ms).
+    /// all the matching ones (polling every 10 ms).
     ///
     /// # Panics
     /// On timeout, listing the names of the spans seen so far.
@@ -947,23 +944,22 @@ impl OtlpReceiver {
         count: usize,
         timeout: Duration,
     ) -> Vec<CollectedSpan> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let matching: Vec<CollectedSpan> =
-                self.spans().into_iter().filter(|span| pred(span)).collect();
-            if matching.len() >= count {
-                return matching;
-            }
-            if tokio::time::Instant::now() >= deadline {
-                let seen: Vec<String> = self.spans().into_iter().map(|span| span.name).collect();
-                panic!(
-                    "timed out after {timeout:?} waiting for {count} matching span(s), \
-                     {} matched; spans seen: {seen:?}",
-                    matching.len()
-                );
-            }
-            tokio::time::sleep(POLL_INTERVAL).await;
-        }
+        let matching = || -> Vec<CollectedSpan> {
+            self.spans().into_iter().filter(|span| pred(span)).collect()
+        };
+        let found = super::wait_for(timeout, || {
+            let now = matching();
+            std::future::ready((now.len() >= count).then_some(now))
+        })
+        .await;
+        found.unwrap_or_else(|| {
+            let seen: Vec<String> = self.spans().into_iter().map(|span| span.name).collect();
+            panic!(
+                "timed out after {timeout:?} waiting for {count} matching span(s), \
+                 {} matched; spans seen: {seen:?}",
+                matching().len()
+            )
+        })
     }
 
     /// Waits for the first span named `name` and returns it.
@@ -977,7 +973,7 @@ impl OtlpReceiver {
     }
 
     /// Waits until a metric named `name` was received and returns its latest
-    /// export (polling every 20 ms).
+    /// export (polling every 10 ms).
     ///
     /// # Panics
     /// On timeout, listing the metric names seen so far.
@@ -997,27 +993,24 @@ impl OtlpReceiver {
         pred: impl Fn(&CollectedMetric) -> bool,
         timeout: Duration,
     ) -> CollectedMetric {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
+        let found = super::wait_for(timeout, || {
+            std::future::ready(self.latest_metric(name).filter(|metric| pred(metric)))
+        })
+        .await;
+        found.unwrap_or_else(|| {
+            let mut seen: Vec<String> = self
+                .metrics()
+                .into_iter()
+                .map(|metric| metric.name)
+                .collect();
+            seen.sort();
+            seen.dedup();
             let latest = self.latest_metric(name);
-            if let Some(metric) = latest.as_ref().filter(|metric| pred(metric)) {
-                return metric.clone();
-            }
-            if tokio::time::Instant::now() >= deadline {
-                let mut seen: Vec<String> = self
-                    .metrics()
-                    .into_iter()
-                    .map(|metric| metric.name)
-                    .collect();
-                seen.sort();
-                seen.dedup();
-                panic!(
-                    "timed out after {timeout:?} waiting for metric {name:?}; \
-                     metric names seen: {seen:?}; latest {name:?}: {latest:#?}"
-                );
-            }
-            tokio::time::sleep(POLL_INTERVAL).await;
-        }
+            panic!(
+                "timed out after {timeout:?} waiting for metric {name:?}; \
+                 metric names seen: {seen:?}; latest {name:?}: {latest:#?}"
+            )
+        })
     }
 
     /// Waits until at least `n` export requests (accepted or not) arrived;

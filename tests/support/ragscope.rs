@@ -13,8 +13,9 @@
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, StatusCode};
@@ -146,6 +147,11 @@ impl Proxy {
         format!("http://{}{path}", self.addr)
     }
 
+    /// The admin listener's bound address (`0.0.0.0:PORT` when bound to every interface).
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin
+    }
+
     /// A URL on the admin listener.
     pub fn admin_url(&self, path: &str) -> String {
         format!("http://{}{path}", self.admin.expect("admin listener is on"))
@@ -179,8 +185,25 @@ impl Drop for Proxy {
 #[derive(Debug)]
 pub struct Binary {
     child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
-    stderr: Arc<Mutex<Vec<String>>>,
+    lines: Arc<Lines>,
+    stderr: Arc<Lines>,
+}
+
+/// One output stream of the binary, line by line, and whether it has reached its end.
+#[derive(Debug, Default)]
+struct Lines {
+    lines: Mutex<Vec<String>>,
+    closed: AtomicBool,
+}
+
+impl Lines {
+    fn snapshot(&self) -> Vec<String> {
+        self.lines.lock().expect("lines lock").clone()
+    }
+
+    fn closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
+    }
 }
 
 impl Binary {
@@ -206,34 +229,84 @@ impl Binary {
 
     /// Waits for the "serving" line and returns the proxy's and admin's addresses.
     pub async fn wait_serving(&self) -> (SocketAddr, Option<SocketAddr>) {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Some(line) = self
+        let timeout = Duration::from_secs(15);
+        // Stop looking as soon as stdout ends: a process that exited will never serve.
+        let line = super::wait_for(timeout, || {
+            let line = self
                 .lines()
                 .into_iter()
-                .find(|l| l.contains("ragscope is serving"))
-            {
-                let v: serde_json::Value = serde_json::from_str(&line).expect("JSON log line");
-                let listen = v["listen"]
-                    .as_str()
-                    .expect("listen field")
-                    .parse()
-                    .expect("address");
-                let admin = v["admin"].as_str().and_then(|a| a.parse().ok());
-                return (listen, admin);
-            }
-            assert!(
-                Instant::now() < deadline,
-                "ragscope did not start; stderr: {:?}",
-                self.stderr_lines()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+                .find(|l| l.contains("ragscope is serving"));
+            let gone = self.lines.closed();
+            std::future::ready(line.map(Some).or(gone.then_some(None)))
+        })
+        .await
+        .flatten()
+        .unwrap_or_else(|| panic!("ragscope did not start; stderr: {:?}", self.stderr_lines()));
+        let v: serde_json::Value = serde_json::from_str(&line).expect("JSON log line");
+        let listen = v["listen"]
+            .as_str()
+            .expect("listen field")
+            .parse()
+            .expect("address");
+        let admin = v["admin"].as_str().and_then(|a| a.parse().ok());
+        (listen, admin)
     }
 
     /// Stdout lines so far.
     pub fn lines(&self) -> Vec<String> {
-        self.lines.lock().expect("lines lock").clone()
+        self.lines.snapshot()
+    }
+
+    /// Waits until stdout and stderr are both read to their end, i.e. the process (and
+    /// anything holding its pipes) is gone and every line it wrote is in [`Binary::lines`]
+    /// and [`Binary::stderr_lines`].
+    ///
+    /// # Panics
+    /// If the pipes are still open after `timeout`.
+    pub async fn wait_output_closed(&self, timeout: Duration) {
+        assert!(
+            super::wait_until(timeout, || self.lines.closed() && self.stderr.closed()).await,
+            "ragscope's output is still open after {timeout:?}; stdout: {:#?}",
+            self.lines()
+        );
+    }
+
+    /// Waits until an access-log record satisfies `pred` and returns it.
+    ///
+    /// # Panics
+    /// If none does within `timeout`.
+    pub async fn wait_access_line(
+        &self,
+        timeout: Duration,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        super::wait_for(timeout, || {
+            std::future::ready(self.access_log().into_iter().find(|l| pred(l)))
+        })
+        .await
+        .unwrap_or_else(|| {
+            panic!(
+                "no matching access-log line within {timeout:?}; stdout: {:#?}",
+                self.lines()
+            )
+        })
+    }
+
+    /// Waits until a stdout line contains `needle` and returns it.
+    ///
+    /// # Panics
+    /// If none does within `timeout`.
+    pub async fn wait_line(&self, needle: &str, timeout: Duration) -> String {
+        super::wait_for(timeout, || {
+            std::future::ready(self.lines().into_iter().find(|l| l.contains(needle)))
+        })
+        .await
+        .unwrap_or_else(|| {
+            panic!(
+                "no stdout line contains {needle:?} within {timeout:?}; stdout: {:#?}",
+                self.lines()
+            )
+        })
     }
 
     /// Stdout lines that are access-log records, parsed.
@@ -247,7 +320,7 @@ impl Binary {
 
     /// Stderr lines so far.
     pub fn stderr_lines(&self) -> Vec<String> {
-        self.stderr.lock().expect("stderr lock").clone()
+        self.stderr.snapshot()
     }
 
     /// The process id.
@@ -267,16 +340,11 @@ impl Binary {
 
     /// Waits for exit, up to `timeout`; `None` if still running.
     pub async fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return Some(status);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let child = &mut self.child;
+        super::wait_for(timeout, || {
+            std::future::ready(child.try_wait().expect("try_wait"))
+        })
+        .await
     }
 
     /// Resident memory in KiB (VmRSS).
@@ -298,14 +366,15 @@ impl Drop for Binary {
     }
 }
 
-fn collect_lines(stream: impl std::io::Read + Send + 'static) -> Arc<Mutex<Vec<String>>> {
-    let lines = Arc::new(Mutex::new(Vec::new()));
-    let sink = lines.clone();
+fn collect_lines(stream: impl std::io::Read + Send + 'static) -> Arc<Lines> {
+    let lines = Arc::new(Lines::default());
+    let sink = Arc::clone(&lines);
     std::thread::spawn(move || {
         for line in BufReader::new(stream).lines() {
             let Ok(line) = line else { break };
-            sink.lock().expect("lines lock").push(line);
+            sink.lines.lock().expect("lines lock").push(line);
         }
+        sink.closed.store(true, Ordering::SeqCst);
     });
     lines
 }
@@ -385,11 +454,53 @@ impl Client {
         }
     }
 
+    /// GET `url`, or `None` when there is no complete answer (refused, reset): for polling
+    /// a server that may not be up yet.
+    pub async fn try_get(&self, url: impl AsRef<str>) -> Option<Reply> {
+        let res = self.inner.request(get_with(url.as_ref(), &[])).await.ok()?;
+        let (parts, body) = res.into_parts();
+        let body = body.collect().await.ok()?.to_bytes();
+        Some(Reply {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        })
+    }
+
+    /// GET `url` and return the response head with its body still streaming.
+    pub async fn get_streaming(
+        &self,
+        url: impl AsRef<str>,
+    ) -> http::Response<hyper::body::Incoming> {
+        self.send(get_with(url.as_ref(), &[])).await
+    }
+
     /// GET `url`.
     pub async fn get(&self, url: impl AsRef<str>) -> Reply {
+        self.get_with(url, &[]).await
+    }
+
+    /// GET `url` with extra request headers.
+    pub async fn get_with(&self, url: impl AsRef<str>, headers: &[(&str, &str)]) -> Reply {
+        self.request(get_with(url.as_ref(), headers)).await
+    }
+
+    /// `method` on `url` with `body` (no content type).
+    pub async fn send_body(&self, method: Method, url: &str, body: impl Into<Bytes>) -> Reply {
         self.request(
-            request(Method::GET, url.as_ref())
-                .body(Full::default())
+            request(method, url)
+                .body(Full::new(body.into()))
+                .expect("request"),
+        )
+        .await
+    }
+
+    /// POST `body` as `application/json` to `url`.
+    pub async fn post_json(&self, url: impl AsRef<str>, body: &serde_json::Value) -> Reply {
+        self.request(
+            request(Method::POST, url.as_ref())
+                .header("content-type", "application/json")
+                .body(Full::new(Bytes::from(body.to_string())))
                 .expect("request"),
         )
         .await
@@ -399,6 +510,17 @@ impl Client {
 /// A request builder for `url`.
 pub fn request(method: Method, url: &str) -> http::request::Builder {
     Request::builder().method(method).uri(url)
+}
+
+/// A body-less GET of `url` with extra request headers.
+pub fn get_with(url: &str, headers: &[(&str, &str)]) -> Request<Full<Bytes>> {
+    headers
+        .iter()
+        .fold(request(Method::GET, url), |req, (name, value)| {
+            req.header(*name, *value)
+        })
+        .body(Full::default())
+        .expect("request")
 }
 
 /// Writes raw bytes to `addr` and reads the reply until the server closes or `timeout` passes.

@@ -50,6 +50,18 @@ type RespBody = UnsyncBoxBody<Bytes, Infallible>;
 /// Default frame size of the `/large` route.
 pub const DEFAULT_LARGE_CHUNK: usize = 64 * 1024;
 
+/// How much of each request body the upstream keeps in [`SeenRequest::body`].
+pub const BODY_CAPTURE: usize = 64 * 1024;
+
+/// The response body type of the test upstream and of [`Script`]s.
+pub type UpstreamBody = RespBody;
+
+/// A test's own routes, tried before the built-in ones: `Some` answers the request.
+///
+/// The request body has been read (and its first [`BODY_CAPTURE`] bytes kept) before the
+/// script sees the request.
+pub type Script = Arc<dyn Fn(&SeenRequest) -> Option<Response<RespBody>> + Send + Sync>;
+
 /// Default size of the `/large` route's body.
 pub const DEFAULT_LARGE_BYTES: u64 = 1024 * 1024;
 
@@ -89,6 +101,8 @@ pub struct SeenRequest {
     pub headers: HeaderMap,
     /// Number of body bytes read.
     pub body_bytes: u64,
+    /// The first [`BODY_CAPTURE`] bytes of the body (what scripted routes answer from).
+    pub body: Bytes,
     /// `false` when reading the body failed part-way (e.g. the client went away).
     pub body_complete: bool,
 }
@@ -99,6 +113,17 @@ impl SeenRequest {
         self.uri.split('?').next().unwrap_or_default()
     }
 
+    /// The captured body as JSON; `Null` when it is not JSON (or was cut at the capture bound).
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// The first value of query parameter `name`, decoded.
+    pub fn query(&self, name: &str) -> Option<String> {
+        let query = self.uri.split_once('?').map(|(_, q)| q);
+        Query::parse(query).get(name)
+    }
+
     /// The value of a request header as a string, if present and valid UTF-8.
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
@@ -106,11 +131,22 @@ impl SeenRequest {
 }
 
 /// Shared state between the [`Upstream`] handle and its connection tasks.
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct State {
     requests: Mutex<Vec<SeenRequest>>,
+    script: Option<Script>,
     aborted: AtomicUsize,
     conns: Arc<ConnStats>,
+}
+
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("State")
+            .field("requests", &self.requests)
+            .field("aborted", &self.aborted)
+            .field("scripted", &self.script.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl State {
@@ -133,8 +169,24 @@ pub struct Upstream {
 impl Upstream {
     /// Binds `127.0.0.1:0` and starts serving.
     pub async fn start() -> Upstream {
+        Upstream::serve(State::default()).await
+    }
+
+    /// Like [`Upstream::start`], with `script` answering first (see [`Script`]); requests it
+    /// declines (`None`) go to the built-in routes.
+    pub async fn scripted(
+        script: impl Fn(&SeenRequest) -> Option<Response<RespBody>> + Send + Sync + 'static,
+    ) -> Upstream {
+        Upstream::serve(State {
+            script: Some(Arc::new(script)),
+            ..State::default()
+        })
+        .await
+    }
+
+    async fn serve(state: State) -> Upstream {
         let (listener, addr) = bind_loopback().await;
-        let state = Arc::new(State::default());
+        let state = Arc::new(state);
         let handler_state = Arc::clone(&state);
         let task = spawn_http_server(listener, Arc::clone(&state.conns), move |req| {
             handle(Arc::clone(&handler_state), req)
@@ -401,6 +453,66 @@ fn full(body: impl Into<Bytes>) -> RespBody {
     Full::new(body.into()).boxed_unsync()
 }
 
+/// A canned answer: `status`, `headers` and a whole `body`, for [`Script`]s.
+pub fn canned(status: u16, headers: &[(&str, &str)], body: impl Into<Bytes>) -> Response<RespBody> {
+    let mut response = Response::new(full(body));
+    *response.status_mut() = StatusCode::from_u16(status).expect("a valid status code");
+    for (name, value) in headers {
+        response.headers_mut().append(
+            HeaderName::from_bytes(name.as_bytes()).expect("a valid header name"),
+            HeaderValue::from_str(value).expect("a valid header value"),
+        );
+    }
+    response
+}
+
+/// A canned `200 application/json` answer with extra `headers`.
+pub fn canned_json(value: &serde_json::Value, headers: &[(&str, &str)]) -> Response<RespBody> {
+    let mut all = vec![("content-type", "application/json")];
+    all.extend_from_slice(headers);
+    canned(200, &all, value.to_string())
+}
+
+/// A canned `200 text/event-stream` answer: each frame sent after its delay, in order.
+///
+/// The delays are the behaviour under test (a model thinking, tokens trickling out).
+pub fn canned_sse(frames: Vec<(Duration, Bytes)>, headers: &[(&str, &str)]) -> Response<RespBody> {
+    let mut response = canned(200, headers, Bytes::new());
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    *response.body_mut() = timed_body(frames);
+    response
+}
+
+/// Cuts `frames` into frames of `size` bytes each (the last may be shorter), sent at once:
+/// proves a parser does not depend on where frames end.
+pub fn split_frames(frames: &[(Duration, Bytes)], size: usize) -> Vec<(Duration, Bytes)> {
+    let all: Vec<u8> = frames.iter().flat_map(|(_, b)| b.iter().copied()).collect();
+    all.chunks(size.max(1))
+        .map(|c| (Duration::ZERO, Bytes::copy_from_slice(c)))
+        .collect()
+}
+
+/// A body sent as `frames`, each after its delay.
+fn timed_body(frames: Vec<(Duration, Bytes)>) -> RespBody {
+    let (tx, body) = ChannelBody::new(None);
+    tokio::spawn(async move {
+        for (delay, data) in frames {
+            if !delay.is_zero() {
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = tx.closed() => return,
+                }
+            }
+            if tx.send(data).await.is_err() {
+                return;
+            }
+        }
+    });
+    body.boxed_unsync()
+}
+
 fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<RespBody> {
     let mut response = Response::new(full(value.to_string()));
     *response.status_mut() = status;
@@ -418,26 +530,29 @@ fn streaming_response(content_type: &'static str, body: ChannelBody) -> Response
     response
 }
 
-/// Drains the request body frame by frame, returning the byte count and
-/// whether the body completed without error.
-async fn drain(mut body: Incoming) -> (u64, bool) {
+/// Drains the request body frame by frame, returning the byte count, the first
+/// [`BODY_CAPTURE`] bytes and whether the body completed without error.
+async fn drain(mut body: Incoming) -> (u64, Bytes, bool) {
     let mut bytes = 0u64;
+    let mut kept = Vec::new();
     while let Some(frame) = body.frame().await {
         match frame {
             Ok(frame) => {
                 if let Some(data) = frame.data_ref() {
                     bytes += data.len() as u64;
+                    let room = BODY_CAPTURE.saturating_sub(kept.len());
+                    kept.extend_from_slice(&data[..data.len().min(room)]);
                 }
             }
-            Err(_) => return (bytes, false),
+            Err(_) => return (bytes, kept.into(), false),
         }
     }
-    (bytes, true)
+    (bytes, kept.into(), true)
 }
 
 async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<RespBody> {
     let (parts, body) = req.into_parts();
-    let (body_bytes, body_complete) = drain(body).await;
+    let (body_bytes, body, body_complete) = drain(body).await;
     let seen = SeenRequest {
         method: parts.method.clone(),
         uri: parts
@@ -448,6 +563,7 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<RespBody>
         version: parts.version,
         headers: parts.headers.clone(),
         body_bytes,
+        body,
         body_complete,
     };
     state
@@ -463,6 +579,9 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<RespBody>
         );
     }
 
+    if let Some(answer) = state.script.as_ref().and_then(|script| script(&seen)) {
+        return answer;
+    }
     let query = Query::parse(parts.uri.query());
     let path = parts.uri.path();
     match path {

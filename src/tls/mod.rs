@@ -7,6 +7,10 @@
 //! were established with. [`crate::reload`] polls the files and swaps only a pair that parses
 //! and whose key matches the certificate, so a broken or half-written pair never goes live.
 
+mod settings;
+
+pub use settings::{Settings, TlsFiles};
+
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -22,8 +26,6 @@ use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
-
-use crate::config::TlsFiles;
 
 /// A TLS file that cannot be used.
 #[derive(Debug, thiserror::Error)]

@@ -1,0 +1,172 @@
+//! GenAI and RAG observation settings (`RAGSCOPE_GENAI*`, `RAGSCOPE_PARSE_MAX_BYTES`,
+//! `RAGSCOPE_EXTRACT`, `RAGSCOPE_REDACT_PATTERNS`, content capture...), parsed and compiled once:
+//! extraction rules and redaction patterns are checked here so a bad one stops start-up.
+
+use http::HeaderName;
+
+use super::extract::{self, Rule};
+use super::redact::Redactor;
+use crate::config::{ConfigError, Reader, Source};
+
+/// The variable that switches content capture on, named by the OpenTelemetry GenAI conventions.
+const CAPTURE_VAR: &str = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT";
+
+/// Content capture (`OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CaptureMode {
+    /// `NO_CONTENT` or unset: no message content anywhere (the default).
+    Off,
+    /// `true` or `SPAN_ONLY`: content as span attributes.
+    Span,
+    /// `EVENT_ONLY`: content on a span event only.
+    Event,
+    /// `SPAN_AND_EVENT`: both.
+    SpanAndEvent,
+}
+
+/// GenAI and RAG observation settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `RAGSCOPE_GENAI` (`on`/`off`): observe GenAI and RAG traffic at all.
+    pub enabled: bool,
+    /// `RAGSCOPE_GENAI_PROVIDER`: `gen_ai.provider.name`.
+    pub provider: String,
+    /// `RAGSCOPE_PARSE_MAX_BYTES`: the bounded copy of one body (or one SSE event).
+    pub parse_max_bytes: usize,
+    /// `RAGSCOPE_EXTRACT`: JSON-pointer rules for other APIs.
+    pub extract: Vec<Rule>,
+    /// `RAGSCOPE_VERSION_HEADER`: response header carrying the model version; `None` when off.
+    pub version_header: Option<HeaderName>,
+    /// `OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT`.
+    pub capture: CaptureMode,
+    /// `RAGSCOPE_CAPTURE_MAX_BYTES`: captured content per attribute.
+    pub capture_max_bytes: usize,
+    /// The built-in redaction patterns plus `RAGSCOPE_REDACT_PATTERNS`, compiled.
+    pub redactor: Redactor,
+    /// `RAGSCOPE_FEEDBACK_PATH`: the feedback endpoint; `None` when off.
+    pub feedback_path: Option<String>,
+}
+
+impl Settings {
+    /// Reads the GenAI settings. The capture switch is an `OTEL_*` variable, so a bad value
+    /// there is a warning on `r`; a bad `RAGSCOPE_*` value is an error.
+    pub fn from_reader<S: Source + ?Sized>(r: &Reader<'_, S>) -> Result<Settings, ConfigError> {
+        let capture = match r.get(CAPTURE_VAR) {
+            None => CaptureMode::Off,
+            Some(v) => match v.to_ascii_uppercase().as_str() {
+                "TRUE" | "SPAN_ONLY" => CaptureMode::Span,
+                "EVENT_ONLY" => CaptureMode::Event,
+                "SPAN_AND_EVENT" => CaptureMode::SpanAndEvent,
+                "FALSE" | "NO_CONTENT" => CaptureMode::Off,
+                _ => {
+                    r.warn(
+                        CAPTURE_VAR,
+                        &v,
+                        "true, NO_CONTENT, SPAN_ONLY, EVENT_ONLY or SPAN_AND_EVENT",
+                    );
+                    CaptureMode::Off
+                }
+            },
+        };
+        let patterns = r.get("RAGSCOPE_REDACT_PATTERNS").unwrap_or_default();
+        let extra: Vec<String> = patterns
+            .split(';')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(str::to_owned)
+            .collect();
+        let redactor = Redactor::new(&extra).map_err(|why| {
+            ConfigError::new(
+                "RAGSCOPE_REDACT_PATTERNS",
+                patterns.as_str(),
+                format!("regular expressions separated by ';' ({why})"),
+            )
+        })?;
+        let extract_spec = r.get("RAGSCOPE_EXTRACT").unwrap_or_default();
+        let extract = extract::parse_rules(&extract_spec).map_err(|why| {
+            ConfigError::new(
+                "RAGSCOPE_EXTRACT",
+                extract_spec.as_str(),
+                format!("{} ({why})", extract::FORM),
+            )
+        })?;
+        Ok(Settings {
+            enabled: r.on_off("RAGSCOPE_GENAI", true)?,
+            provider: r.parse(
+                "RAGSCOPE_GENAI_PROVIDER",
+                "openai",
+                "a provider name like openai, vllm or azure.ai.openai",
+                |v| (v.len() <= 64).then(|| v.to_owned()),
+            )?,
+            parse_max_bytes: r.size_in("RAGSCOPE_PARSE_MAX_BYTES", 1 << 20, 1024..=64 << 20)?,
+            extract,
+            version_header: r.optional(
+                "RAGSCOPE_VERSION_HEADER",
+                "x-model-version",
+                "a header name like x-model-version, or off",
+                |v| HeaderName::from_bytes(v.as_bytes()).ok(),
+            )?,
+            capture,
+            capture_max_bytes: r.size_in("RAGSCOPE_CAPTURE_MAX_BYTES", 8 << 10, 16..=1 << 20)?,
+            redactor,
+            feedback_path: r.optional(
+                "RAGSCOPE_FEEDBACK_PATH",
+                "/ragscope/feedback",
+                "a path starting with '/', like /ragscope/feedback, or off",
+                |v| (v.starts_with('/') && !v.contains(['?', '#', ' '])).then(|| v.to_owned()),
+            )?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(vars: &[(&str, &str)]) -> (Result<Settings, ConfigError>, Vec<String>) {
+        let r = Reader::new(vars);
+        let s = Settings::from_reader(&r);
+        (s, r.into_warnings())
+    }
+
+    #[test]
+    fn defaults_and_forms() {
+        let (s, warnings) = parse(&[]);
+        let s = s.expect("defaults");
+        assert!(s.enabled && warnings.is_empty());
+        assert_eq!((s.parse_max_bytes, s.capture_max_bytes), (1 << 20, 8 << 10));
+        assert_eq!(s.capture, CaptureMode::Off);
+        assert_eq!(s.feedback_path.as_deref(), Some("/ragscope/feedback"));
+        let (s, _) = parse(&[
+            ("RAGSCOPE_GENAI", "off"),
+            ("RAGSCOPE_VERSION_HEADER", "off"),
+            (CAPTURE_VAR, "span_and_event"),
+            ("RAGSCOPE_FEEDBACK_PATH", "OFF"),
+        ]);
+        let s = s.expect("valid");
+        assert!(!s.enabled && s.version_header.is_none() && s.feedback_path.is_none());
+        assert_eq!(s.capture, CaptureMode::SpanAndEvent);
+    }
+
+    #[test]
+    fn bad_values_stop_or_warn() {
+        for (var, bad) in [
+            ("RAGSCOPE_GENAI", "maybe"),
+            ("RAGSCOPE_PARSE_MAX_BYTES", "100"),
+            ("RAGSCOPE_CAPTURE_MAX_BYTES", "2MiB"),
+            ("RAGSCOPE_FEEDBACK_PATH", "feedback"),
+            ("RAGSCOPE_VERSION_HEADER", "bad header"),
+            ("RAGSCOPE_REDACT_PATTERNS", "(unclosed"),
+        ] {
+            let e = parse(&[(var, bad)]).0.expect_err(var);
+            assert_eq!((e.var, e.value.as_str()), (var, bad));
+        }
+        let e = parse(&[("RAGSCOPE_PARSE_MAX_BYTES", "100")])
+            .0
+            .expect_err("small");
+        assert_eq!(e.expected, "a size between 1KiB and 64MiB, like 1MiB");
+        let (s, warnings) = parse(&[(CAPTURE_VAR, "everything")]);
+        assert_eq!(s.expect("only a warning").capture, CaptureMode::Off);
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+    }
+}

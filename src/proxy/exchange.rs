@@ -1,0 +1,131 @@
+//! The observers of one exchange, composed in one plain struct: the [`Record`] of HTTP facts
+//! (byte counts, first byte, status, what admission learned) and the GenAI/RAG observation.
+//! It travels with the request into the response body, whose end (or drop) concludes the
+//! observers and hands the record to telemetry. Dropping an unfinished exchange counts as a
+//! client cancel, so a request abandoned at any point is still recorded.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Instant, SystemTime};
+
+use http::{HeaderMap, HeaderValue, StatusCode, Uri};
+use opentelemetry::Context;
+
+use crate::error::Origin;
+use crate::genai::Observation;
+use crate::observe::{Ending, HttpFacts, Record, UpstreamAddress, UpstreamCall, redacted_url};
+use crate::telemetry::Telemetry;
+
+/// One exchange's observers.
+#[derive(Debug)]
+pub struct Exchange {
+    telemetry: Arc<Telemetry>,
+    /// `None` once handed to telemetry.
+    record: Option<Record>,
+    /// The caller's context (baggage), until the upstream request's headers are written.
+    parent: Context,
+    /// Request body bytes, counted by the request body wrapper.
+    request_bytes: Arc<AtomicU64>,
+    genai: Option<Observation>,
+}
+
+impl Exchange {
+    /// A request arrived: its trace ids are chosen and it counts as active.
+    pub fn begin(telemetry: Arc<Telemetry>, http: HttpFacts, headers: &HeaderMap) -> Exchange {
+        let (ids, parent) = telemetry.begin(&http, headers);
+        Exchange {
+            telemetry,
+            record: Some(Record::new(ids, http)),
+            parent,
+            request_bytes: Arc::new(AtomicU64::new(0)),
+            genai: None,
+        }
+    }
+
+    /// The record, to note facts on. Only `None` after [`Exchange::finish`].
+    pub fn record(&mut self) -> Option<&mut Record> {
+        self.record.as_mut()
+    }
+
+    /// The shared counter the request body wrapper adds to.
+    pub fn request_bytes(&self) -> Arc<AtomicU64> {
+        self.request_bytes.clone()
+    }
+
+    /// The W3C `traceresponse` header value, when traces are on.
+    pub fn traceresponse(&self) -> Option<HeaderValue> {
+        Telemetry::traceresponse(self.record.as_ref()?.ids.as_ref()?)
+    }
+
+    /// The upstream call starts: notes it and writes our trace context into its headers.
+    pub fn begin_upstream(
+        &mut self,
+        address: &UpstreamAddress,
+        uri: &Uri,
+        headers: &mut HeaderMap,
+    ) {
+        let Some(record) = &mut self.record else {
+            return;
+        };
+        record.times.upstream_start = Some((Instant::now(), SystemTime::now()));
+        record.upstream = Some(UpstreamCall {
+            url: redacted_url(uri),
+            status: None,
+            address: address.clone(),
+        });
+        if let Some(ids) = &record.ids {
+            self.telemetry.inject(&self.parent, ids, headers);
+        }
+        // The caller's context is not needed past this point.
+        self.parent = Context::new();
+    }
+
+    /// The response status is known (see [`Record::respond`]).
+    pub fn respond(&mut self, status: StatusCode, error: Option<(&'static str, Origin)>) {
+        if let Some(record) = &mut self.record {
+            record.respond(status, error);
+        }
+    }
+
+    /// Attaches the request's GenAI observation.
+    pub fn set_genai(&mut self, observation: Observation) {
+        self.genai = Some(observation);
+    }
+
+    /// The GenAI observation, if the request has one.
+    pub fn genai_mut(&mut self) -> Option<&mut Observation> {
+        self.genai.as_mut()
+    }
+
+    /// A response frame was handed to the client: count it, mark the first byte, and let the
+    /// GenAI observation read its copy.
+    pub fn observe_response_data(&mut self, data: &[u8]) {
+        if let Some(record) = &mut self.record {
+            record.response_bytes += data.len() as u64;
+            if record.times.first_byte.is_none() && !data.is_empty() {
+                record.times.first_byte = Some((Instant::now(), SystemTime::now()));
+            }
+        }
+        if let Some(genai) = &mut self.genai {
+            genai.response_data(data);
+        }
+    }
+
+    /// Concludes the observers and hands the record to telemetry. Runs once; later calls
+    /// (and the drop) do nothing.
+    pub fn finish(&mut self, ending: Ending) {
+        let Some(mut record) = self.record.take() else {
+            return;
+        };
+        record.end(ending);
+        record.request_bytes = self.request_bytes.load(Ordering::Relaxed);
+        record.genai = self.genai.take().and_then(Observation::conclude);
+        self.telemetry.record(record);
+    }
+}
+
+impl Drop for Exchange {
+    fn drop(&mut self) {
+        self.finish(Ending::Cancelled);
+    }
+}

@@ -1,0 +1,256 @@
+//! Spans without SDK span objects on the data path: ids are chosen when a request arrives
+//! (the configured sampler decides, the SDK's id generator makes them), and when the exchange
+//! is over its spans are built as `SpanData` straight from the record and handed to the span
+//! processors (the batch exporter, the `/traces` ring) through `SpanProcessor::on_end`.
+
+use std::borrow::Cow;
+use std::time::{Duration, SystemTime};
+
+use http::HeaderMap;
+use opentelemetry::propagation::{TextMapCompositePropagator, TextMapPropagator as _};
+use opentelemetry::trace::{
+    SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceFlags, TraceId,
+};
+use opentelemetry::{Context, InstrumentationScope, KeyValue};
+use opentelemetry_http::HeaderInjector;
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::trace::{
+    IdGenerator, RandomIdGenerator, Sampler, SamplingDecision, ShouldSample, SpanData, SpanEvents,
+    SpanLimits, SpanLinks, SpanProcessor,
+};
+
+use crate::observe::TraceIds;
+
+/// The trace side of the pipeline: sampler, id generator and the processors spans go to.
+#[derive(Debug)]
+pub(super) struct Spans {
+    sampler: Sampler,
+    ids: RandomIdGenerator,
+    limits: SpanLimits,
+    scope: InstrumentationScope,
+    processors: Vec<Box<dyn SpanProcessor>>,
+}
+
+impl Spans {
+    /// Spans sampled by `sampler` and handed to `processors`, each told the `resource` once.
+    pub(super) fn new(
+        sampler: Sampler,
+        resource: &Resource,
+        mut processors: Vec<Box<dyn SpanProcessor>>,
+    ) -> Spans {
+        for p in &mut processors {
+            p.set_resource(resource);
+        }
+        Spans {
+            sampler,
+            ids: RandomIdGenerator::default(),
+            // The SDK's limits, read from OTEL_SPAN_*_COUNT_LIMIT as the SDK would.
+            limits: opentelemetry_sdk::trace::Config::default().span_limits,
+            scope: InstrumentationScope::builder("ragscope").build(),
+            processors,
+        }
+    }
+
+    /// The ids of a new exchange, continuing `parent` when it carries a valid span context.
+    pub(super) fn begin(&self, parent: &Context, name: &'static str) -> TraceIds {
+        let parent_span = parent.span();
+        let psc = parent_span.span_context();
+        let valid = psc.is_valid();
+        let trace_id = if valid {
+            psc.trace_id()
+        } else {
+            self.ids.new_trace_id()
+        };
+        let result =
+            self.sampler
+                .should_sample(Some(parent), trace_id, name, &SpanKind::Server, &[], &[]);
+        let parent_flags = if valid {
+            psc.trace_flags()
+        } else {
+            TraceFlags::default()
+        };
+        let sampled = result.decision == SamplingDecision::RecordAndSample;
+        let flags = match result.decision {
+            SamplingDecision::Drop => TraceFlags::default(),
+            _ => parent_flags.with_sampled(sampled),
+        };
+        TraceIds {
+            trace_id,
+            server_span_id: self.ids.new_span_id(),
+            // The upstream call is a child of the server span; with the samplers offered
+            // (always, ratio on the trace id, parent-based) its decision is the server's.
+            client_span_id: self.ids.new_span_id(),
+            parent_span_id: if valid {
+                psc.span_id()
+            } else {
+                SpanId::INVALID
+            },
+            parent_remote: valid && psc.is_remote(),
+            flags,
+            state: result.trace_state,
+            sampled,
+        }
+    }
+
+    /// A span of the exchange, ready for attributes and events.
+    pub(super) fn span(
+        &self,
+        context: SpanContext,
+        parent: (SpanId, bool),
+        kind: SpanKind,
+        name: &'static str,
+        times: (SystemTime, SystemTime),
+        attributes: Vec<KeyValue>,
+    ) -> SpanData {
+        SpanData {
+            span_context: context,
+            parent_span_id: parent.0,
+            parent_span_is_remote: parent.1,
+            span_kind: kind,
+            name: Cow::Borrowed(name),
+            start_time: times.0,
+            end_time: times.1,
+            attributes,
+            dropped_attributes_count: 0,
+            events: SpanEvents::default(),
+            links: SpanLinks::default(),
+            status: Status::Unset,
+            instrumentation_scope: self.scope.clone(),
+        }
+    }
+
+    /// A sampled span of its own, outside any exchange (feedback): `None` when the sampler
+    /// drops it.
+    pub(super) fn standalone(
+        &self,
+        parent: SpanContext,
+        kind: SpanKind,
+        name: &'static str,
+        attributes: Vec<KeyValue>,
+    ) -> Option<SpanData> {
+        let cx = Context::new().with_remote_span_context(parent.clone());
+        let result =
+            self.sampler
+                .should_sample(Some(&cx), parent.trace_id(), name, &kind, &attributes, &[]);
+        if result.decision != SamplingDecision::RecordAndSample {
+            return None;
+        }
+        let context = SpanContext::new(
+            parent.trace_id(),
+            self.ids.new_span_id(),
+            parent.trace_flags().with_sampled(true),
+            false,
+            result.trace_state,
+        );
+        let now = opentelemetry::time::now();
+        Some(self.span(
+            context,
+            (parent.span_id(), parent.is_remote()),
+            kind,
+            name,
+            (now, now),
+            attributes,
+        ))
+    }
+
+    /// Hands finished spans to every processor, children before their parent (the `/traces`
+    /// ring files a server span's children under it when the server span arrives).
+    pub(super) fn export(&self, spans: impl IntoIterator<Item = SpanData>) {
+        for mut span in spans {
+            self.limit(&mut span);
+            if let Some((last, rest)) = self.processors.split_last() {
+                for p in rest {
+                    p.on_end(span.clone());
+                }
+                last.on_end(span);
+            }
+        }
+    }
+
+    /// Applies the span limits the SDK would have applied.
+    fn limit(&self, span: &mut SpanData) {
+        let max = self.limits.max_attributes_per_span as usize;
+        if span.attributes.len() > max {
+            span.dropped_attributes_count += (span.attributes.len() - max) as u32;
+            span.attributes.truncate(max);
+        }
+        let max = self.limits.max_events_per_span as usize;
+        if span.events.events.len() > max {
+            span.events.dropped_count += (span.events.events.len() - max) as u32;
+            span.events.events.truncate(max);
+        }
+    }
+
+    /// Flushes and stops every processor; each gets `timeout`.
+    pub(super) fn shutdown(&self, timeout: Duration) {
+        for p in &self.processors {
+            if let Err(e) = p.shutdown_with_timeout(timeout) {
+                tracing::warn!(error = %e, "trace export did not shut down cleanly");
+            }
+        }
+    }
+}
+
+/// The server span's context.
+pub(super) fn server_context(ids: &TraceIds) -> SpanContext {
+    SpanContext::new(
+        ids.trace_id,
+        ids.server_span_id,
+        ids.flags,
+        false,
+        ids.state.clone(),
+    )
+}
+
+/// The upstream call's (CLIENT span's) context.
+pub(super) fn client_context(ids: &TraceIds) -> SpanContext {
+    SpanContext::new(
+        ids.trace_id,
+        ids.client_span_id,
+        ids.flags,
+        false,
+        ids.state.clone(),
+    )
+}
+
+/// Writes the upstream call's trace context into its request headers, so the upstream's own
+/// spans nest under the CLIENT span. `parent` still carries the caller's baggage.
+pub(super) fn inject(
+    propagator: &TextMapCompositePropagator,
+    parent: &Context,
+    ids: &TraceIds,
+    headers: &mut HeaderMap,
+) {
+    // The caller's trace headers are replaced, not merged: an invalid tracestate that was not
+    // continued must not be forwarded beside our traceparent.
+    headers.remove("traceparent");
+    headers.remove("tracestate");
+    let cx = parent.with_remote_span_context(client_context(ids));
+    propagator.inject_context(&cx, &mut HeaderInjector(headers));
+    // The SDK writes `tracestate` even when it is empty; an empty header is noise.
+    if headers.get("tracestate").is_some_and(|v| v.is_empty()) {
+        headers.remove("tracestate");
+    }
+}
+
+/// `00-<32 hex>-<16 hex>-<2 hex>`, the W3C header form of the server span's context.
+pub fn w3c_header(trace_id: TraceId, span_id: SpanId, flags: TraceFlags) -> String {
+    format!("00-{trace_id}-{span_id}-{:02x}", flags.to_u8())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn w3c_header_form() {
+        assert_eq!(
+            w3c_header(
+                TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").expect("id"),
+                SpanId::from_hex("00f067aa0ba902b7").expect("id"),
+                TraceFlags::SAMPLED,
+            ),
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        );
+    }
+}
