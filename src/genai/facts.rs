@@ -125,7 +125,7 @@ impl Observation {
                     match serde_json::from_slice::<serde_json::Value>(&tee.buf) {
                         Ok(v) => {
                             if self.operation.is_some() {
-                                info = ResponseInfo::from_value(&v, capture);
+                                info = openai::from_value(&v, capture);
                             }
                             apply_rules(&genai, Side::Response, &v, &mut extracted, &mut documents);
                         }

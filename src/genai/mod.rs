@@ -9,11 +9,16 @@
 //! `RAGSCOPE_PARSE_MAX_BYTES` and parsed once, when the exchange ends. A body over the bound is
 //! not parsed at all and the span says so; input that does not parse only sets an attribute.
 
+pub mod anthropic;
+pub mod api;
 pub mod extract;
 mod facts;
 pub mod feedback;
+pub mod gemini;
+pub mod inference;
 pub mod openai;
 pub mod redact;
+pub mod responses;
 mod settings;
 pub mod sse;
 
@@ -90,7 +95,7 @@ impl GenAi {
         }
         Some(Observation {
             genai: self.clone(),
-            operation: Operation::from_path(path),
+            operation: openai::operation_from_path(path),
             request: Arc::new(Mutex::new(Tee::new(self.config.parse_max_bytes))),
             response: ResponseState::Pending,
             first_token: None,
@@ -272,13 +277,15 @@ impl Observation {
             ResponseState::Sse { parser, info } => {
                 let first_token = &mut self.first_token;
                 let parse_error = &mut self.parse_error;
-                let report = parser.feed(data, |event| match info.on_event(&event.data, capture) {
-                    Ok(kind) => {
-                        if kind.content && first_token.is_none() {
-                            *first_token = Some((Instant::now(), SystemTime::now()));
+                let report = parser.feed(data, |event| {
+                    match openai::on_event(info, &event.data, capture) {
+                        Ok(kind) => {
+                            if kind.content && first_token.is_none() {
+                                *first_token = Some((Instant::now(), SystemTime::now()));
+                            }
                         }
+                        Err(_) => *parse_error = Some("malformed_sse_event"),
                     }
-                    Err(_) => *parse_error = Some("malformed_sse_event"),
                 });
                 self.response_truncated |= report.truncated;
             }

@@ -10,65 +10,25 @@
 use serde::Deserialize;
 use serde_json::Value;
 
-/// A GenAI operation, named as `gen_ai.operation.name`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Operation {
-    /// `/v1/chat/completions`.
-    Chat,
-    /// `/v1/completions`.
-    TextCompletion,
-    /// `/v1/embeddings`.
-    Embeddings,
-}
+pub use super::inference::{
+    EventKind, Malformed, Operation, RequestInfo, ResponseInfo, ToolCallPart, push_bounded,
+};
+use super::inference::{Str, lenient};
 
-impl Operation {
-    /// The operation an OpenAI-compatible path stands for, also under a prefix
-    /// (`/openai/v1/chat/completions`). A trailing slash is tolerated.
-    pub fn from_path(path: &str) -> Option<Operation> {
-        let path = path.strip_suffix('/').unwrap_or(path);
-        if path.ends_with("/v1/chat/completions") {
-            Some(Operation::Chat)
-        } else if path.ends_with("/v1/completions") {
-            Some(Operation::TextCompletion)
-        } else if path.ends_with("/v1/embeddings") {
-            Some(Operation::Embeddings)
-        } else {
-            None
-        }
-    }
-
-    /// The `gen_ai.operation.name` value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Operation::Chat => "chat",
-            Operation::TextCompletion => "text_completion",
-            Operation::Embeddings => "embeddings",
-        }
+/// The operation an OpenAI-compatible path stands for, also under a prefix
+/// (`/openai/v1/chat/completions`). A trailing slash is tolerated.
+pub fn operation_from_path(path: &str) -> Option<Operation> {
+    let path = path.strip_suffix('/').unwrap_or(path);
+    if path.ends_with("/v1/chat/completions") {
+        Some(Operation::Chat)
+    } else if path.ends_with("/v1/completions") {
+        Some(Operation::TextCompletion)
+    } else if path.ends_with("/v1/embeddings") {
+        Some(Operation::Embeddings)
+    } else {
+        None
     }
 }
-
-/// What a request asked for.
-#[derive(Debug, Default, Clone, PartialEq)]
-pub struct RequestInfo {
-    /// `model`.
-    pub model: Option<String>,
-    /// `stream`.
-    pub stream: Option<bool>,
-    /// `max_tokens`, or `max_completion_tokens` (the newer name).
-    pub max_tokens: Option<i64>,
-    /// `temperature`.
-    pub temperature: Option<f64>,
-    /// `top_p`.
-    pub top_p: Option<f64>,
-    /// The input as `(role, text)` pairs: chat `messages`, a completion `prompt`, embeddings
-    /// `input`. Filled only when content capture asks for it.
-    pub messages: Vec<(String, String)>,
-}
-
-/// JSON that did not parse.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("malformed JSON: {0}")]
-pub struct Malformed(pub String);
 
 /// Reads a request body. `capture` also collects the input messages.
 pub fn parse_request(body: &[u8], capture: bool) -> Result<RequestInfo, Malformed> {
@@ -87,7 +47,7 @@ pub fn request_from_value(v: &Value, capture: bool) -> RequestInfo {
             .and_then(Value::as_i64),
         temperature: v.get("temperature").and_then(Value::as_f64),
         top_p: v.get("top_p").and_then(Value::as_f64),
-        messages: Vec::new(),
+        ..RequestInfo::default()
     };
     if capture {
         if let Some(messages) = v.get("messages").and_then(Value::as_array) {
@@ -131,212 +91,270 @@ fn texts(v: &Value) -> Vec<String> {
     }
 }
 
-/// What a response said, from one JSON body or accumulated over a stream.
-#[derive(Debug, Default, Clone, PartialEq)]
-pub struct ResponseInfo {
-    /// `id`.
-    pub id: Option<String>,
-    /// `model`: the model that actually answered.
-    pub model: Option<String>,
-    /// One per choice, in choice order, as they arrived.
-    pub finish_reasons: Vec<String>,
-    /// `usage.prompt_tokens` (or `input_tokens`). `None` when the server did not say.
-    pub input_tokens: Option<i64>,
-    /// `usage.completion_tokens` (or `output_tokens`). `None` when the server did not say.
-    pub output_tokens: Option<i64>,
-    /// The answer text per choice index, reassembled from a stream; filled only when content
-    /// capture asks for it, and bounded by `capture_limit`.
-    pub output: Vec<String>,
-    /// Events that carried generated content (streams only).
-    pub content_events: u64,
-}
-
-/// `usage` under either naming.
+/// OpenAI `usage` under either naming, with the cache and reasoning detail (both already included in
+/// the totals, as OpenAI counts them).
+/// Shared with the Responses API reader (same names, same rule).
 #[derive(Debug, Default, Deserialize)]
-struct Usage {
-    #[serde(default, alias = "input_tokens")]
+pub(crate) struct Usage {
+    #[serde(default, alias = "input_tokens", deserialize_with = "lenient::opt")]
     prompt_tokens: Option<i64>,
-    #[serde(default, alias = "output_tokens")]
+    #[serde(default, alias = "output_tokens", deserialize_with = "lenient::opt")]
     completion_tokens: Option<i64>,
+    #[serde(
+        default,
+        alias = "input_tokens_details",
+        deserialize_with = "lenient::opt"
+    )]
+    prompt_tokens_details: Option<InputDetails>,
+    #[serde(
+        default,
+        alias = "output_tokens_details",
+        deserialize_with = "lenient::opt"
+    )]
+    completion_tokens_details: Option<OutputDetails>,
 }
 
-/// A streamed chunk. Borrowing keeps the per-event cost to one pass over the bytes.
+#[derive(Debug, Default, Deserialize)]
+struct InputDetails {
+    #[serde(default, deserialize_with = "lenient::opt")]
+    cached_tokens: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct OutputDetails {
+    #[serde(default, deserialize_with = "lenient::opt")]
+    reasoning_tokens: Option<i64>,
+}
+
+impl Usage {
+    /// Records the counts; a later usage (the final chunk) wins over a running count before it.
+    pub(crate) fn apply(self, info: &mut ResponseInfo) {
+        if self.prompt_tokens.is_some() {
+            info.input_tokens = self.prompt_tokens;
+        }
+        if self.completion_tokens.is_some() {
+            info.output_tokens = self.completion_tokens;
+        }
+        if let Some(n) = self.prompt_tokens_details.and_then(|d| d.cached_tokens) {
+            info.cache_read_tokens = Some(n);
+        }
+        if let Some(n) = self
+            .completion_tokens_details
+            .and_then(|d| d.reasoning_tokens)
+        {
+            info.reasoning_tokens = Some(n);
+        }
+    }
+}
+
+/// A streamed chunk, or a whole response body: the same shape with `delta` or `message`.
+/// Borrowing keeps the per-event cost to one pass over the bytes.
 #[derive(Debug, Deserialize)]
 struct Chunk<'a> {
     #[serde(default, borrow)]
-    id: Option<std::borrow::Cow<'a, str>>,
+    id: Option<Str<'a>>,
     #[serde(default, borrow)]
-    model: Option<std::borrow::Cow<'a, str>>,
+    model: Option<Str<'a>>,
     #[serde(default, borrow)]
-    choices: Option<Vec<ChunkChoice<'a>>>,
-    #[serde(default, deserialize_with = "lenient_usage")]
+    choices: Option<Vec<Choice<'a>>>,
+    /// `usage: null` (sent on every chunk but the last by some servers) or an object of the
+    /// wrong shape both mean "not here".
+    #[serde(default, deserialize_with = "lenient::opt")]
     usage: Option<Usage>,
+    #[serde(default, borrow)]
+    error: Option<ApiError<'a>>,
 }
 
 #[derive(Debug, Deserialize)]
-struct ChunkChoice<'a> {
+struct Choice<'a> {
+    #[serde(default)]
+    index: Option<u32>,
+    /// A stream's increment.
+    #[serde(default, borrow)]
+    delta: Option<Message<'a>>,
+    /// A whole body's answer.
+    #[serde(default, borrow)]
+    message: Option<Message<'a>>,
+    /// `/v1/completions` puts its text here.
+    #[serde(default, borrow)]
+    text: Option<Str<'a>>,
+    #[serde(default, borrow)]
+    finish_reason: Option<Str<'a>>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Message<'a> {
+    #[serde(default, borrow)]
+    content: Option<Content<'a>>,
+    #[serde(default, borrow, alias = "reasoning")]
+    reasoning_content: Option<Str<'a>>,
+    #[serde(default, borrow)]
+    tool_calls: Option<Vec<ToolCall<'a>>>,
+}
+
+/// Message content: a string, or (some servers) an array of text parts.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Content<'a> {
+    #[serde(borrow)]
+    Text(Str<'a>),
+    #[serde(borrow)]
+    Parts(Vec<Part<'a>>),
+    Other(serde::de::IgnoredAny),
+}
+
+#[derive(Debug, Deserialize)]
+struct Part<'a> {
+    #[serde(default, borrow)]
+    text: Option<Str<'a>>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ToolCall<'a> {
+    /// Streams route argument deltas by this index; whole bodies list calls in order.
     #[serde(default)]
     index: Option<u32>,
     #[serde(default, borrow)]
-    delta: Option<Delta<'a>>,
-    /// `/v1/completions` streams text here.
+    id: Option<Str<'a>>,
     #[serde(default, borrow)]
-    text: Option<std::borrow::Cow<'a, str>>,
-    #[serde(default, borrow)]
-    finish_reason: Option<std::borrow::Cow<'a, str>>,
+    function: Option<Function<'a>>,
 }
 
 #[derive(Debug, Deserialize)]
-struct Delta<'a> {
+struct Function<'a> {
     #[serde(default, borrow)]
-    content: Option<std::borrow::Cow<'a, str>>,
+    name: Option<Str<'a>>,
     #[serde(default, borrow)]
-    reasoning_content: Option<std::borrow::Cow<'a, str>>,
-    #[serde(default)]
-    tool_calls: Option<serde::de::IgnoredAny>,
+    arguments: Option<Str<'a>>,
 }
 
-/// `usage: null` (sent on every chunk but the last by some servers) or an object of the wrong
-/// shape both mean "not here".
-fn lenient_usage<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Usage>, D::Error> {
-    let v = Option::<Value>::deserialize(d)?;
-    Ok(v.and_then(|v| serde_json::from_value(v).ok()))
+/// `{"error": {"type"|"code": ..., "message": ...}}`, in a body or a stream event.
+#[derive(Debug, Deserialize)]
+pub(crate) struct ApiError<'a> {
+    #[serde(default, borrow, rename = "type")]
+    kind: Option<Str<'a>>,
+    #[serde(default, deserialize_with = "lenient::opt")]
+    code: Option<String>,
 }
 
-/// What one stream event was.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct EventKind {
-    /// It carried generated content (text, reasoning or a tool call).
-    pub content: bool,
-    /// The `[DONE]` sentinel.
-    pub done: bool,
-}
-
-impl ResponseInfo {
-    /// Reads one complete JSON response body.
-    pub fn parse_body(body: &[u8], capture_limit: Option<usize>) -> Result<Self, Malformed> {
-        let v: Value = serde_json::from_slice(body).map_err(|e| Malformed(e.to_string()))?;
-        Ok(Self::from_value(&v, capture_limit))
+impl ApiError<'_> {
+    /// The error's kind: its `type`, else its `code`, else `error`.
+    pub(crate) fn kind(&self) -> &str {
+        self.kind
+            .as_deref()
+            .or(self.code.as_deref())
+            .unwrap_or("error")
     }
+}
 
-    /// Reads an already parsed response body.
-    pub fn from_value(v: &Value, capture_limit: Option<usize>) -> Self {
-        let mut info = ResponseInfo {
-            id: v.get("id").and_then(Value::as_str).map(str::to_owned),
-            model: v.get("model").and_then(Value::as_str).map(str::to_owned),
-            ..ResponseInfo::default()
+/// Reads one complete JSON response body.
+pub fn parse_body(body: &[u8], capture: Option<usize>) -> Result<ResponseInfo, Malformed> {
+    let chunk: Chunk<'_> = serde_json::from_slice(body)?;
+    Ok(read(chunk, capture))
+}
+
+/// Reads an already parsed response body.
+pub fn from_value(v: &Value, capture: Option<usize>) -> ResponseInfo {
+    match Chunk::deserialize(v) {
+        Ok(chunk) => read(chunk, capture),
+        Err(_) => ResponseInfo::default(),
+    }
+}
+
+/// Accumulates one stream event's data into `info`. Malformed JSON is reported and leaves the
+/// state as it was.
+pub fn on_event(
+    info: &mut ResponseInfo,
+    data: &[u8],
+    capture: Option<usize>,
+) -> Result<EventKind, Malformed> {
+    let trimmed = data.trim_ascii();
+    if trimmed == b"[DONE]" {
+        return Ok(EventKind::DONE);
+    }
+    let chunk: Chunk<'_> = serde_json::from_slice(trimmed)?;
+    let content = accumulate(info, chunk, capture, true);
+    if content {
+        info.content_events += 1;
+    }
+    Ok(EventKind {
+        content,
+        done: false,
+    })
+}
+
+fn read(chunk: Chunk<'_>, capture: Option<usize>) -> ResponseInfo {
+    let mut info = ResponseInfo::default();
+    accumulate(&mut info, chunk, capture, false);
+    info
+}
+
+/// Folds a chunk (or body) into `info`; says whether it carried generated content.
+fn accumulate(
+    info: &mut ResponseInfo,
+    chunk: Chunk<'_>,
+    capture: Option<usize>,
+    stream: bool,
+) -> bool {
+    info.set_id(chunk.id.as_deref());
+    info.set_model(chunk.model.as_deref());
+    if let Some(usage) = chunk.usage {
+        usage.apply(info);
+    }
+    if let Some(e) = &chunk.error {
+        info.set_error(e.kind());
+    }
+    let mut content = false;
+    for (position, choice) in chunk.choices.into_iter().flatten().enumerate() {
+        let index = choice.index.map_or(position, |i| i as usize);
+        let message = choice.delta.as_ref().or(choice.message.as_ref());
+        let text = match message.and_then(|m| m.content.as_ref()) {
+            Some(Content::Text(t)) => Some(t.as_ref()),
+            _ => choice.text.as_deref(),
         };
-        if let Some(usage) = v.get("usage").and_then(|u| Usage::deserialize(u).ok()) {
-            info.input_tokens = usage.prompt_tokens;
-            info.output_tokens = usage.completion_tokens;
-        }
-        if let Some(choices) = v.get("choices").and_then(Value::as_array) {
-            for c in choices {
-                if let Some(r) = c.get("finish_reason").and_then(Value::as_str) {
-                    info.finish_reasons.push(r.to_owned());
-                }
-                if let Some(limit) = capture_limit {
-                    let text = c
-                        .get("message")
-                        .map(|m| content_text(m.get("content")))
-                        .or_else(|| c.get("text").and_then(Value::as_str).map(str::to_owned))
-                        .unwrap_or_default();
-                    let mut s = String::new();
-                    push_bounded(&mut s, &text, limit);
-                    info.output.push(s);
-                }
+        if let Some(Content::Parts(parts)) = message.and_then(|m| m.content.as_ref()) {
+            for p in parts {
+                let t = p.text.as_deref().unwrap_or("");
+                content |= !t.is_empty();
+                info.push_output(index, t, capture);
             }
         }
-        info
-    }
-
-    /// Accumulates one stream event's data. Malformed JSON is reported and leaves the state as
-    /// it was.
-    pub fn on_event(
-        &mut self,
-        data: &[u8],
-        capture_limit: Option<usize>,
-    ) -> Result<EventKind, Malformed> {
-        let trimmed = data.trim_ascii();
-        if trimmed == b"[DONE]" {
-            return Ok(EventKind {
-                content: false,
-                done: true,
-            });
+        if let Some(t) = text {
+            content |= !t.is_empty();
+            info.push_output(index, t, capture);
+        } else if capture.is_some() && !stream && index < super::inference::MAX_OUTPUTS {
+            // A whole body lists one output per choice, even an empty one.
+            info.push_output(index, "", capture);
         }
-        let chunk: Chunk<'_> =
-            serde_json::from_slice(trimmed).map_err(|e| Malformed(e.to_string()))?;
-        if self.id.is_none() {
-            self.id = chunk.id.map(|s| s.into_owned());
-        }
-        if self.model.is_none() {
-            self.model = chunk.model.map(|s| s.into_owned());
-        }
-        if let Some(usage) = chunk.usage {
-            // The final usage chunk wins over any running count sent before it.
-            if usage.prompt_tokens.is_some() {
-                self.input_tokens = usage.prompt_tokens;
-            }
-            if usage.completion_tokens.is_some() {
-                self.output_tokens = usage.completion_tokens;
-            }
-        }
-        let mut kind = EventKind::default();
-        for choice in chunk.choices.into_iter().flatten() {
-            let text = choice
-                .delta
-                .as_ref()
-                .and_then(|d| d.content.as_deref())
-                .or(choice.text.as_deref())
-                .unwrap_or("");
-            let reasoning = choice
-                .delta
-                .as_ref()
-                .and_then(|d| d.reasoning_content.as_deref())
+        if let Some(m) = message {
+            content |= m
+                .reasoning_content
+                .as_deref()
                 .is_some_and(|r| !r.is_empty());
-            let tool = choice
-                .delta
-                .as_ref()
-                .is_some_and(|d| d.tool_calls.is_some());
-            if !text.is_empty() || reasoning || tool {
-                kind.content = true;
-            }
-            if let Some(limit) = capture_limit
-                && !text.is_empty()
-            {
-                let index = choice.index.unwrap_or(0) as usize;
-                // Bounded: a hostile index must not allocate a huge vector.
-                if index < 16 {
-                    if self.output.len() <= index {
-                        self.output.resize(index + 1, String::new());
+            for (n, call) in m.tool_calls.iter().flatten().enumerate() {
+                content = true;
+                let key = ((index as u64) << 32) | u64::from(call.index.unwrap_or(n as u32));
+                let name = call.function.as_ref().and_then(|f| f.name.as_deref());
+                let args = call
+                    .function
+                    .as_ref()
+                    .and_then(|f| f.arguments.as_deref())
+                    .unwrap_or("");
+                // A stream names a call (with its id) in its first delta only; later deltas
+                // carry arguments alone.
+                match name {
+                    Some(name) if !stream || call.id.is_some() || !name.is_empty() => {
+                        info.tool_call(key, call.id.as_deref(), name, args, capture)
                     }
-                    push_bounded(&mut self.output[index], text, limit);
+                    _ => info.tool_arguments(key, args, capture),
                 }
             }
-            if let Some(r) = choice.finish_reason {
-                self.finish_reasons.push(r.into_owned());
-            }
         }
-        if kind.content {
-            self.content_events += 1;
+        if let Some(r) = choice.finish_reason {
+            info.push_finish_reason(&r);
         }
-        Ok(kind)
     }
-}
-
-/// Appends as much of `text` as fits in `limit` bytes, cut on a character boundary.
-pub fn push_bounded(s: &mut String, text: &str, limit: usize) {
-    let room = limit.saturating_sub(s.len());
-    if text.len() <= room {
-        s.push_str(text);
-    } else {
-        let mut cut = room;
-        // A char boundary is at most 3 bytes back.
-        while !text.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        s.push_str(&text[..cut]);
-    }
+    content
 }
 
 #[cfg(test)]
@@ -346,23 +364,23 @@ mod tests {
     #[test]
     fn operations_from_paths() {
         assert_eq!(
-            Operation::from_path("/v1/chat/completions"),
+            operation_from_path("/v1/chat/completions"),
             Some(Operation::Chat)
         );
         assert_eq!(
-            Operation::from_path("/api/openai/v1/chat/completions/"),
+            operation_from_path("/api/openai/v1/chat/completions/"),
             Some(Operation::Chat)
         );
         assert_eq!(
-            Operation::from_path("/v1/completions"),
+            operation_from_path("/v1/completions"),
             Some(Operation::TextCompletion)
         );
         assert_eq!(
-            Operation::from_path("/v1/embeddings"),
+            operation_from_path("/v1/embeddings"),
             Some(Operation::Embeddings)
         );
-        assert_eq!(Operation::from_path("/query"), None);
-        assert_eq!(Operation::from_path("/v1/chat/completionsX"), None);
+        assert_eq!(operation_from_path("/query"), None);
+        assert_eq!(operation_from_path("/v1/chat/completionsX"), None);
     }
 
     #[test]
@@ -406,7 +424,7 @@ mod tests {
         let body = br#"{"id":"chatcmpl-1","model":"rag-model-2","choices":[
             {"index":0,"message":{"role":"assistant","content":"Paris"},"finish_reason":"stop"}],
             "usage":{"prompt_tokens":12,"completion_tokens":3,"total_tokens":15}}"#;
-        let info = ResponseInfo::parse_body(body, Some(1024)).expect("parses");
+        let info = parse_body(body, Some(1024)).expect("parses");
         assert_eq!(info.id.as_deref(), Some("chatcmpl-1"));
         assert_eq!(info.model.as_deref(), Some("rag-model-2"));
         assert_eq!(info.finish_reasons, vec!["stop".to_owned()]);
@@ -419,7 +437,7 @@ mod tests {
     fn embeddings_response_has_only_input_tokens() {
         let body = br#"{"object":"list","model":"embed","data":[{"embedding":[0.1]}],
             "usage":{"prompt_tokens":8,"total_tokens":8}}"#;
-        let info = ResponseInfo::parse_body(body, None).expect("parses");
+        let info = parse_body(body, None).expect("parses");
         assert_eq!(info.input_tokens, Some(8));
         assert_eq!(info.output_tokens, None);
         assert!(info.finish_reasons.is_empty());
@@ -437,7 +455,7 @@ mod tests {
         ];
         let kinds: Vec<EventKind> = events
             .iter()
-            .map(|e| info.on_event(e, Some(3)).expect("parses"))
+            .map(|e| on_event(&mut info, e, Some(3)).expect("parses"))
             .collect();
         assert!(!kinds[0].content, "a role-only delta is not content");
         assert!(kinds[1].content && kinds[2].content);
@@ -453,7 +471,8 @@ mod tests {
     #[test]
     fn stream_without_usage_says_absent() {
         let mut info = ResponseInfo::default();
-        info.on_event(
+        on_event(
+            &mut info,
             br#"{"choices":[{"text":"x","finish_reason":"length"}]}"#,
             None,
         )
@@ -466,20 +485,9 @@ mod tests {
     #[test]
     fn malformed_events_are_reported_and_ignored() {
         let mut info = ResponseInfo::default();
-        assert!(info.on_event(b"{\"choices\":[", None).is_err());
-        assert!(info.on_event(b"not json", None).is_err());
-        assert!(info.on_event(br#"{"choices":7}"#, None).is_err());
+        assert!(on_event(&mut info, b"{\"choices\":[", None).is_err());
+        assert!(on_event(&mut info, b"not json", None).is_err());
+        assert!(on_event(&mut info, br#"{"choices":7}"#, None).is_err());
         assert_eq!(info, ResponseInfo::default());
-    }
-
-    #[test]
-    fn bounded_push_cuts_on_a_character_boundary() {
-        let mut s = String::new();
-        push_bounded(&mut s, "aé€", 4);
-        assert_eq!(s, "aé");
-        push_bounded(&mut s, "€", 4);
-        assert_eq!(s, "aé", "no room for a 3-byte character in the last byte");
-        push_bounded(&mut s, "zz", 4);
-        assert_eq!(s, "aéz");
     }
 }

@@ -18,7 +18,7 @@ fuzz_target!(|input: &[u8]| {
         for c in chunks {
             parser.feed(c, |e| {
                 assert!(e.data.len() <= 256);
-                let _ = info.on_event(&e.data, Some(64));
+                let _ = ragscope::genai::openai::on_event(&mut info, &e.data, Some(64));
                 events.push(e.data);
             });
         }
