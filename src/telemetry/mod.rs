@@ -14,6 +14,7 @@ mod genai_instruments;
 pub mod logging;
 mod metrics;
 pub mod prometheus;
+mod queue;
 pub mod recent;
 mod record;
 mod settings;
@@ -34,6 +35,7 @@ use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
 use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor, Sampler, SpanProcessor};
 
 use crate::observe::{HttpFacts, Record, TraceIds};
+use queue::Drain as _;
 use trace_context::StrictExtractor;
 
 pub use genai_instruments::GenAiInstruments;
@@ -102,6 +104,8 @@ pub struct Telemetry {
     prometheus: Option<PrometheusEndpoint>,
     /// Recent requests for `/traces`; `None` when the ring is off or the SDK is disabled.
     recent: Option<Arc<RecentTraces>>,
+    /// Finished records on their way to the telemetry thread.
+    queue: queue::Queue,
 }
 
 impl Telemetry {
@@ -207,7 +211,7 @@ impl Telemetry {
         });
         let propagator = propagator.filter(|_| config.propagators != Default::default());
 
-        Ok(Arc::new(Telemetry {
+        let telemetry = Arc::new(Telemetry {
             spans,
             propagator,
             instruments,
@@ -215,7 +219,13 @@ impl Telemetry {
             meter_provider,
             prometheus,
             recent,
-        }))
+            queue: queue::Queue::new(),
+        });
+        if let Err(e) = queue::Queue::start(&telemetry) {
+            tracing::warn!(error = %e, "no telemetry thread: records are handled on the data path");
+            telemetry.queue.run_inline();
+        }
+        Ok(telemetry)
     }
 
     /// The registry behind `/metrics`, unless the SDK is disabled.
@@ -275,15 +285,37 @@ impl Telemetry {
         HeaderValue::from_str(&header).ok()
     }
 
-    /// Records a finished exchange: metrics, spans (when sampled), the access-log line.
+    /// Hands a finished exchange to the telemetry thread, which records its metrics, spans
+    /// (when sampled) and access-log line within [`queue::DRAIN_INTERVAL`]. Never waits: when
+    /// the queue is full the record is dropped and counted
+    /// (`ragscope.telemetry.records.dropped`).
     pub fn record(&self, record: Record) {
-        record::record(self, record);
+        match self.queue.push(record) {
+            Ok(()) => {
+                if self.queue.stopped() {
+                    queue::drain(self);
+                }
+            }
+            Err(queue::Refused::Stopped(record)) => {
+                self.handle(&mut std::iter::once(record));
+            }
+            Err(queue::Refused::Full(record)) => {
+                self.instruments.records_dropped.add(1, &[]);
+                // It was counted active when it began.
+                self.instruments
+                    .server_active
+                    .add(-1, &record::active_attributes(&record.http));
+            }
+        }
     }
 
-    /// Flushes and stops the exporters, giving up after `timeout` so a dead or black-holed
-    /// collector cannot hold the process. The SDK's shutdown blocks, so it runs on the blocking
-    /// pool, never on a runtime worker.
-    pub async fn shutdown(&self, timeout: Duration) {
+    /// Drains the record queue, then flushes and stops the exporters, giving up after `timeout`
+    /// so a dead or black-holed collector cannot hold the process. The SDK's shutdown blocks,
+    /// so it runs on the blocking pool, never on a runtime worker.
+    pub async fn shutdown(self: &Arc<Self>, timeout: Duration) {
+        let me = self.clone();
+        // Every finished record reaches the exporters before they flush.
+        let _ = tokio::task::spawn_blocking(move || queue::Queue::stop(&*me)).await;
         let spans = self.spans.clone();
         let meter_provider = self.meter_provider.clone();
         // Both flushes run side by side so they share one budget instead of adding up.
@@ -309,6 +341,20 @@ impl Telemetry {
                 "telemetry shutdown timed out; unexported data was dropped"
             );
         }
+    }
+}
+
+impl queue::Drain for Telemetry {
+    fn handle(&self, records: &mut dyn Iterator<Item = Record>) {
+        let mut log = access_log::Batch::new();
+        for r in records {
+            record::record(self, r, &mut log);
+        }
+        log.write();
+    }
+
+    fn queue(&self) -> &queue::Queue {
+        &self.queue
     }
 }
 
