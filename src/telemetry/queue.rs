@@ -138,3 +138,85 @@ pub(super) fn drain<D: Drain + ?Sized>(owner: &D) {
     let mut batch = std::iter::from_fn(|| first.take().or_else(|| records.next()));
     owner.handle(&mut batch);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+
+    /// Collects the paths of handled records and says when a batch arrives.
+    struct Collect {
+        queue: Queue,
+        seen: Mutex<Vec<String>>,
+        batches: Mutex<mpsc::Sender<usize>>,
+    }
+
+    impl Drain for Collect {
+        fn handle(&self, records: &mut dyn Iterator<Item = Record>) {
+            let paths: Vec<String> = records.map(|r| r.http.path).collect();
+            let n = paths.len();
+            self.seen.lock().expect("seen").extend(paths);
+            let _ = self.batches.lock().expect("tx").send(n);
+        }
+        fn queue(&self) -> &Queue {
+            &self.queue
+        }
+    }
+
+    fn record(path: &str) -> Record {
+        let http = crate::observe::HttpFacts::from_request(
+            &http::Method::GET,
+            &path.parse().expect("uri"),
+            http::Version::HTTP_11,
+            &http::HeaderMap::new(),
+            "127.0.0.1:1".parse().expect("addr"),
+            "http",
+        );
+        Record::new(None, http)
+    }
+
+    fn collector() -> (Arc<Collect>, mpsc::Receiver<usize>) {
+        let (tx, rx) = mpsc::channel();
+        let c = Arc::new(Collect {
+            queue: Queue::new(),
+            seen: Mutex::new(Vec::new()),
+            batches: Mutex::new(tx),
+        });
+        (c, rx)
+    }
+
+    #[test]
+    fn records_are_drained_by_the_thread_in_order() {
+        let (c, batches) = collector();
+        Queue::start(&c).expect("thread");
+        for i in 0..3 {
+            assert!(c.queue.push(record(&format!("/{i}"))).is_ok());
+        }
+        let mut total = 0;
+        while total < 3 {
+            total += batches
+                .recv_timeout(Duration::from_secs(10))
+                .expect("a drain within the deadline");
+        }
+        assert_eq!(*c.seen.lock().expect("seen"), ["/0", "/1", "/2"]);
+    }
+
+    #[test]
+    fn a_full_queue_refuses_and_stop_drains_everything() {
+        // No thread: nothing drains until stop.
+        let (c, _batches) = collector();
+        for i in 0..CAPACITY {
+            assert!(c.queue.push(record(&format!("/{i}"))).is_ok());
+        }
+        assert!(matches!(
+            c.queue.push(record("/over")),
+            Err(Refused::Full(_))
+        ));
+        Queue::stop(&*c);
+        assert_eq!(c.seen.lock().expect("seen").len(), CAPACITY);
+        assert!(matches!(
+            c.queue.push(record("/late")),
+            Err(Refused::Stopped(_))
+        ));
+    }
+}
