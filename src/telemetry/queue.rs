@@ -83,6 +83,9 @@ impl Queue {
     }
 
     /// Queues `record` without waiting.
+    // The refused record comes back by value: boxing it would cost an allocation per request
+    // on the data path, for the rare refusal.
+    #[allow(clippy::result_large_err)]
     pub(super) fn push(&self, record: Record) -> Result<(), Refused> {
         if self.stopped.load(Ordering::SeqCst) {
             return Err(Refused::Stopped(record));

@@ -253,9 +253,11 @@ impl TelemetryConfig {
         // batch is on the wire. 2048 spans make a ~1-2 MB request, under a collector's usual
         // 4 MiB gRPC message limit.
         let bsp_max_queue_size = number("OTEL_BSP_MAX_QUEUE_SIZE", DEFAULT_BSP_MAX_QUEUE_SIZE);
-        let bsp_max_export_batch_size =
-            number("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", DEFAULT_BSP_MAX_EXPORT_BATCH_SIZE)
-                .min(bsp_max_queue_size);
+        let bsp_max_export_batch_size = number(
+            "OTEL_BSP_MAX_EXPORT_BATCH_SIZE",
+            DEFAULT_BSP_MAX_EXPORT_BATCH_SIZE,
+        )
+        .min(bsp_max_queue_size);
         let bsp_schedule_delay =
             Duration::from_millis(number("OTEL_BSP_SCHEDULE_DELAY", 5000) as u64);
         let metric_export_interval =
