@@ -43,8 +43,8 @@ pub use metrics::Instruments;
 pub use prometheus::PrometheusEndpoint;
 pub use recent::{RecentTraces, TraceFilter};
 pub use settings::{
-    ExporterKind, LogFormat, OtlpProtocol, OtlpSignal, ParentRoot, Propagators, SamplerConfig,
-    TelemetryConfig, read_log,
+    DEFAULT_BSP_MAX_EXPORT_BATCH_SIZE, DEFAULT_BSP_MAX_QUEUE_SIZE, ExporterKind, LogFormat,
+    OtlpProtocol, OtlpSignal, ParentRoot, Propagators, SamplerConfig, TelemetryConfig, read_log,
 };
 
 /// A telemetry pipeline that could not be built.
