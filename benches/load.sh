@@ -527,13 +527,14 @@ CPU_BUSY=$(cpu_busy)
 for t in direct nginx; do
   if want "$t"; then measure "$t"; fi
 done
-DROPPED="" SPANS="" LOG_LINES=""
+DROPPED="" RECORDS_DROPPED="" SPANS="" LOG_LINES=""
 if want ragscope; then
   if scenario full; then
     start_ragscope full
     measure ragscope
     sleep 6   # one metric export interval: the last batches and the drop counter are in
     DROPPED=$(metric ragscope_telemetry_spans_dropped_total)
+    RECORDS_DROPPED=$(metric ragscope_telemetry_records_dropped_total)
     SPANS=$(metric http_server_request_duration_seconds_count)
     LOG_LINES=$(wc -l <"$TMP/ragscope.full.stdout")
   fi
@@ -584,6 +585,7 @@ fi
 if [[ -n $DROPPED ]]; then
   echo
   echo "ragscope spans: $SPANS requests recorded on /metrics (one server span each, 100% sampled); dropped: $DROPPED (must be 0)"
+  echo "ragscope records dropped before telemetry (queue to the telemetry thread full): $RECORDS_DROPPED (must be 0)"
   echo "ragscope access-log lines: $LOG_LINES"
 fi
 for t in ragscope nginx; do

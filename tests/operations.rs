@@ -25,6 +25,34 @@ async fn admin_get(proxy: &Proxy, path: &str) -> Reply {
     Client::http1().get(proxy.admin_url(path)).await
 }
 
+/// Telemetry records finished requests within a drain interval (25 ms), off the data path:
+/// asks `url` until `ready` says the answer has them (at most 10 s; then the last answer).
+async fn get_until(url: String, ready: impl Fn(&Reply) -> bool) -> Reply {
+    let ready = &ready;
+    let url = &url;
+    match wait_for(Duration::from_secs(10), || async move {
+        let reply = Client::http1().get(url.clone()).await;
+        ready(&reply).then_some(reply)
+    })
+    .await
+    {
+        Some(reply) => reply,
+        None => Client::http1().get(url.clone()).await,
+    }
+}
+
+/// The `path`s of a `/traces.json` answer.
+fn trace_paths(reply: &Reply) -> Vec<String> {
+    reply.json()["traces"]
+        .as_array()
+        .map(|t| {
+            t.iter()
+                .filter_map(|t| t["path"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 fn text(reply: &Reply) -> String {
     String::from_utf8_lossy(&reply.body).into_owned()
 }
@@ -51,7 +79,10 @@ async fn metrics_endpoint_serves_every_instrument_valid_for_promtool() {
     }
     assert_eq!(client.get(proxy.url("/status/503")).await.status, 503);
 
-    let reply = admin_get(&proxy, "/metrics").await;
+    let reply = get_until(proxy.admin_url("/metrics"), |r| {
+        text(r).contains("error_type=\"503\"")
+    })
+    .await;
     assert_eq!(reply.status, 200);
     assert_eq!(
         reply.header("content-type"),
@@ -138,7 +169,11 @@ async fn traces_json_keeps_the_newest_requests_with_their_spans() {
     ] {
         client.get(proxy.url(path)).await;
     }
-    let all = admin_get(&proxy, "/traces.json").await.json();
+    let all = get_until(proxy.admin_url("/traces.json"), |r| {
+        trace_paths(r).first().map(String::as_str) == Some("/json")
+    })
+    .await
+    .json();
     assert_eq!(all["capacity"], 3);
     let traces = all["traces"].as_array().expect("traces");
     let paths: Vec<&str> = traces
@@ -480,10 +515,11 @@ async fn demo_command_prints_what_to_try_and_serves_it() {
         .await;
     assert_eq!(query.json()["sources"][0]["id"], "doc-1");
 
-    let recent = Client::http1()
-        .get(format!("{admin_base}/traces.json"))
-        .await
-        .json();
+    let recent = get_until(format!("{admin_base}/traces.json"), |r| {
+        trace_paths(r) == ["/query", "/v1/chat/completions"]
+    })
+    .await
+    .json();
     let paths: Vec<&str> = recent["traces"]
         .as_array()
         .expect("traces")

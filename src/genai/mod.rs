@@ -88,9 +88,13 @@ impl GenAi {
         self.recent.lock().ok()?.get(trace_id)
     }
 
-    /// Starts observing a request, when GenAI observation is on.
+    /// Starts observing a request, when GenAI observation is on and the request can carry
+    /// facts: a POST. Every OpenAI-compatible operation ragscope recognises is a POST, the
+    /// `RAGSCOPE_EXTRACT` rules and RAG `sources` are read from JSON bodies of POST exchanges
+    /// (a query sent to the RAG server); a GET, HEAD, OPTIONS, PUT or DELETE is never read,
+    /// so it costs nothing here.
     pub fn observe(self: &Arc<Self>, method: &Method, path: &str) -> Option<Observation> {
-        if !self.config.enabled || method == Method::OPTIONS || method == Method::HEAD {
+        if !self.config.enabled || method != Method::POST {
             return None;
         }
         Some(Observation {

@@ -223,7 +223,10 @@ fn otel_switches_and_invalid_values_are_warned_and_ignored() {
         SamplerConfig::ParentBased(ParentRoot::TraceIdRatio(0.25))
     );
     assert_eq!(t.traces.protocol, OtlpProtocol::HttpProtobuf);
-    assert_eq!(t.bsp_max_queue_size, 2048);
+    assert_eq!(
+        t.bsp_max_queue_size,
+        crate::telemetry::DEFAULT_BSP_MAX_QUEUE_SIZE
+    );
     assert_eq!(c.warnings.len(), 4, "{:?}", c.warnings);
     assert!(c.warnings.iter().any(|w| w.contains("OTEL_PROPAGATORS")));
 

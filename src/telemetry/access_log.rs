@@ -1,11 +1,11 @@
 //! The access log: one line per request, JSON by default.
 //!
-//! It is written on every request, so it is formatted here by hand into a reused per-thread
-//! buffer and handed to the non-blocking log writer as one message; going through `tracing`'s
-//! generic JSON formatter cost several times more per line. It still obeys `RAGSCOPE_LOG`: a
-//! filter that turns off `ragscope::access` at INFO turns the access log off.
+//! The telemetry thread formats the lines of every drained batch of records by hand into one
+//! buffer and hands it to the non-blocking log writer as one message: one wake-up of the writer
+//! thread and one write(2) per batch, not per line (going through `tracing`'s generic JSON
+//! formatter cost several times more per line). It still obeys `RAGSCOPE_LOG`: a filter that
+//! turns off `ragscope::access` at INFO turns the access log off.
 
-use std::cell::RefCell;
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::net::IpAddr;
@@ -26,6 +26,8 @@ pub(super) fn install(writer: NonBlocking, format: LogFormat) {
 /// One request's access-log record.
 #[derive(Debug)]
 pub struct AccessRecord<'a> {
+    /// When the exchange ended (the line's `timestamp`).
+    pub at: SystemTime,
     /// 32 hex digits, empty when traces are off.
     pub trace_id: &'a str,
     /// 16 hex digits, empty when traces are off.
@@ -52,32 +54,55 @@ pub struct AccessRecord<'a> {
     pub client: IpAddr,
 }
 
-thread_local! {
-    static LINE: RefCell<String> = RefCell::new(String::with_capacity(512));
+/// The lines of one drained batch, written as one message.
+#[derive(Debug)]
+pub struct Batch {
+    /// `None` when logging is not set up or `ragscope::access` is filtered out.
+    sink: Option<&'static (NonBlocking, LogFormat)>,
+    lines: String,
 }
 
-/// Writes the record, unless logging is not set up or filtered out.
-pub fn write(record: &AccessRecord<'_>) {
-    let Some((writer, format)) = SINK.get() else {
-        return;
-    };
-    if !tracing::enabled!(target: "ragscope::access", tracing::Level::INFO) {
-        return;
-    }
-    LINE.with_borrow_mut(|line| {
-        line.clear();
-        match format {
-            LogFormat::Json => format_json(line, record, SystemTime::now()),
-            LogFormat::Text => format_text(line, record, SystemTime::now()),
+impl Batch {
+    /// An empty batch; the log filter is asked once per batch, not per line.
+    pub fn new() -> Batch {
+        let sink = SINK
+            .get()
+            .filter(|_| tracing::enabled!(target: "ragscope::access", tracing::Level::INFO));
+        Batch {
+            sink,
+            lines: String::new(),
         }
-        // The non-blocking writer never waits: a full queue drops the line.
-        let _ = writer.clone().write_all(line.as_bytes());
-    });
+    }
+
+    /// Adds the record's line, unless the access log is off.
+    pub fn push(&mut self, record: &AccessRecord<'_>) {
+        match self.sink {
+            Some((_, LogFormat::Json)) => format_json(&mut self.lines, record),
+            Some((_, LogFormat::Text)) => format_text(&mut self.lines, record),
+            None => {}
+        }
+    }
+
+    /// Hands the lines to the log writer. The non-blocking writer never waits: a full queue
+    /// drops the batch.
+    pub fn write(self) {
+        if let Some((writer, _)) = self.sink
+            && !self.lines.is_empty()
+        {
+            let _ = writer.clone().write_all(self.lines.as_bytes());
+        }
+    }
 }
 
-fn format_json(out: &mut String, r: &AccessRecord<'_>, now: SystemTime) {
+impl Default for Batch {
+    fn default() -> Batch {
+        Batch::new()
+    }
+}
+
+fn format_json(out: &mut String, r: &AccessRecord<'_>) {
     out.push_str("{\"timestamp\":\"");
-    rfc3339(out, now);
+    rfc3339(out, r.at);
     out.push_str("\",\"level\":\"INFO\",\"target\":\"ragscope::access\"");
     let _ = write!(
         out,
@@ -111,8 +136,8 @@ fn format_json(out: &mut String, r: &AccessRecord<'_>, now: SystemTime) {
     );
 }
 
-fn format_text(out: &mut String, r: &AccessRecord<'_>, now: SystemTime) {
-    rfc3339(out, now);
+fn format_text(out: &mut String, r: &AccessRecord<'_>) {
+    rfc3339(out, r.at);
     let _ = write!(
         out,
         "  INFO ragscope::access: trace_id={} span_id={} method={} path={:?} protocol={} status=",
@@ -191,6 +216,7 @@ mod tests {
 
     fn record() -> AccessRecord<'static> {
         AccessRecord {
+            at: SystemTime::UNIX_EPOCH,
             trace_id: "4bf92f3577b34da6a3ce929d0e0e4736",
             span_id: "00f067aa0ba902b7",
             method: "GET",
@@ -209,8 +235,9 @@ mod tests {
     #[test]
     fn json_line_parses_and_escapes() {
         let mut s = String::new();
-        let t = SystemTime::UNIX_EPOCH + Duration::from_micros(1_764_072_206_813_311);
-        format_json(&mut s, &record(), t);
+        let mut r = record();
+        r.at = SystemTime::UNIX_EPOCH + Duration::from_micros(1_764_072_206_813_311);
+        format_json(&mut s, &r);
         assert!(s.ends_with('\n'));
         let v: serde_json::Value = serde_json::from_str(&s).expect("valid JSON");
         assert_eq!(v["timestamp"], "2025-11-25T12:03:26.813311Z");
@@ -242,7 +269,7 @@ mod tests {
         let mut r = record();
         r.status = None;
         r.error_type = Some("upstream_timeout");
-        format_text(&mut s, &r, SystemTime::UNIX_EPOCH);
+        format_text(&mut s, &r);
         assert!(
             s.starts_with("1970-01-01T00:00:00.000000Z  INFO ragscope::access: "),
             "{s}"

@@ -40,6 +40,9 @@ pub struct Instruments {
     pub client_duration: Histogram<f64>,
     /// `ragscope.telemetry.spans.dropped` ({span}): by `reason` (`queue_full`, `export_failed`).
     pub spans_dropped: Counter<u64>,
+    /// `ragscope.telemetry.records.dropped` ({record}): finished exchanges dropped because the
+    /// queue to the telemetry thread was full (no span, log line or metric of theirs).
+    pub records_dropped: Counter<u64>,
     /// `ragscope.connection.errors` ({error}): connection-level failures with no request span.
     pub connection_errors: Counter<u64>,
     /// `ragscope.connections.active` ({connection}): open client connections.
@@ -86,6 +89,13 @@ impl Instruments {
                 .with_unit("{span}")
                 .with_description(
                     "Spans not delivered to the collector: export queue full or export failed.",
+                )
+                .build(),
+            records_dropped: meter
+                .u64_counter("ragscope.telemetry.records.dropped")
+                .with_unit("{record}")
+                .with_description(
+                    "Finished requests not recorded: the queue to the telemetry thread was full.",
                 )
                 .build(),
             connection_errors: meter

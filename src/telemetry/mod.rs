@@ -16,6 +16,7 @@ pub mod logging;
 mod metrics;
 mod overview;
 pub mod prometheus;
+mod queue;
 pub mod recent;
 mod record;
 mod sampling;
@@ -37,6 +38,7 @@ use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
 use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor, Sampler, SpanProcessor};
 
 use crate::observe::{HttpFacts, Record, TraceIds};
+use queue::Drain as _;
 use trace_context::StrictExtractor;
 
 pub use genai_instruments::GenAiInstruments;
@@ -45,8 +47,8 @@ pub use prometheus::PrometheusEndpoint;
 pub use recent::{RecentTraces, TraceFilter};
 pub use sampling::{TAIL_SAMPLING_FORM, TailRules, Verdict, read_tail_sampling};
 pub use settings::{
-    ExporterKind, LogFormat, OtlpProtocol, OtlpSignal, ParentRoot, Propagators, SamplerConfig,
-    TelemetryConfig, read_log,
+    DEFAULT_BSP_MAX_EXPORT_BATCH_SIZE, DEFAULT_BSP_MAX_QUEUE_SIZE, ExporterKind, LogFormat,
+    OtlpProtocol, OtlpSignal, ParentRoot, Propagators, SamplerConfig, TelemetryConfig, read_log,
 };
 
 /// A telemetry pipeline that could not be built.
@@ -110,6 +112,8 @@ pub struct Telemetry {
     overview: Arc<crate::overview::Overview>,
     /// `RAGSCOPE_TAIL_SAMPLING`; `None` when off (every recorded trace is exported).
     tail: Option<sampling::Tail>,
+    /// Finished records on their way to the telemetry thread.
+    queue: queue::Queue,
 }
 
 impl Telemetry {
@@ -224,7 +228,7 @@ impl Telemetry {
         });
         let propagator = propagator.filter(|_| config.propagators != Default::default());
 
-        Ok(Arc::new(Telemetry {
+        let telemetry = Arc::new(Telemetry {
             spans,
             propagator,
             instruments,
@@ -234,7 +238,13 @@ impl Telemetry {
             recent,
             overview: Arc::new(crate::overview::Overview::new()),
             tail,
-        }))
+            queue: queue::Queue::new(),
+        });
+        if let Err(e) = queue::Queue::start(&telemetry) {
+            tracing::warn!(error = %e, "no telemetry thread: records are handled on the data path");
+            telemetry.queue.run_inline();
+        }
+        Ok(telemetry)
     }
 
     /// The registry behind `/metrics`, unless the SDK is disabled.
@@ -299,16 +309,37 @@ impl Telemetry {
         HeaderValue::from_str(&header).ok()
     }
 
-    /// Records a finished exchange: metrics, the operator's view, spans (when sampled), the
-    /// access-log line.
+    /// Hands a finished exchange to the telemetry thread, which records its metrics, the
+    /// operator's view, spans (when sampled and kept) and access-log line within
+    /// [`queue::DRAIN_INTERVAL`]. Never waits: when the queue is full the record is dropped and
+    /// counted (`ragscope.telemetry.records.dropped`).
     pub fn record(&self, record: Record) {
-        record::record(self, record);
+        match self.queue.push(record) {
+            Ok(()) => {
+                if self.queue.stopped() {
+                    queue::drain(self);
+                }
+            }
+            Err(queue::Refused::Stopped(record)) => {
+                self.handle(&mut std::iter::once(record));
+            }
+            Err(queue::Refused::Full(record)) => {
+                self.instruments.records_dropped.add(1, &[]);
+                // It was counted active when it began.
+                self.instruments
+                    .server_active
+                    .add(-1, &record::active_attributes(&record.http));
+            }
+        }
     }
 
-    /// Flushes and stops the exporters, giving up after `timeout` so a dead or black-holed
-    /// collector cannot hold the process. The SDK's shutdown blocks, so it runs on the blocking
-    /// pool, never on a runtime worker.
-    pub async fn shutdown(&self, timeout: Duration) {
+    /// Drains the record queue, then flushes and stops the exporters, giving up after `timeout`
+    /// so a dead or black-holed collector cannot hold the process. The SDK's shutdown blocks,
+    /// so it runs on the blocking pool, never on a runtime worker.
+    pub async fn shutdown(self: &Arc<Self>, timeout: Duration) {
+        let me = self.clone();
+        // Every finished record reaches the exporters before they flush.
+        let _ = tokio::task::spawn_blocking(move || queue::Queue::stop(&*me)).await;
         let spans = self.spans.clone();
         let meter_provider = self.meter_provider.clone();
         // Both flushes run side by side so they share one budget instead of adding up.
@@ -334,6 +365,20 @@ impl Telemetry {
                 "telemetry shutdown timed out; unexported data was dropped"
             );
         }
+    }
+}
+
+impl queue::Drain for Telemetry {
+    fn handle(&self, records: &mut dyn Iterator<Item = Record>) {
+        let mut log = access_log::Batch::new();
+        for r in records {
+            record::record(self, r, &mut log);
+        }
+        log.write();
+    }
+
+    fn queue(&self) -> &queue::Queue {
+        &self.queue
     }
 }
 

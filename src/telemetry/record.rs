@@ -16,7 +16,7 @@ use super::{Telemetry, genai, overview};
 use crate::observe::{Ending, HttpFacts, Record, TraceIds, UpstreamCall};
 
 /// Records everything the exchange says.
-pub(super) fn record(t: &Telemetry, record: Record) {
+pub(super) fn record(t: &Telemetry, record: Record, log: &mut access_log::Batch) {
     let cancelled = record.ending == Ending::Cancelled;
     let error_type = record.error.as_ref().map(|e| e.kind.clone());
     let client_error = client_error_type(&record);
@@ -48,7 +48,8 @@ pub(super) fn record(t: &Telemetry, record: Record) {
         .as_ref()
         .map(|ids| (ids.trace_id.to_string(), ids.server_span_id.to_string()));
     let duration = record.times.end.0.duration_since(record.times.start.0);
-    access_log::write(&AccessRecord {
+    log.push(&AccessRecord {
+        at: record.times.end.1,
         trace_id: ids.as_ref().map_or("", |i| i.0.as_str()),
         span_id: ids.as_ref().map_or("", |i| i.1.as_str()),
         method: record.http.method.as_str(),

@@ -6,6 +6,11 @@ use std::time::Duration;
 
 use crate::config::{ConfigError, Reader, Source};
 
+/// `OTEL_BSP_MAX_QUEUE_SIZE` unless set: spans waiting for export.
+pub const DEFAULT_BSP_MAX_QUEUE_SIZE: usize = 32 * 1024;
+/// `OTEL_BSP_MAX_EXPORT_BATCH_SIZE` unless set: spans per export request.
+pub const DEFAULT_BSP_MAX_EXPORT_BATCH_SIZE: usize = 2048;
+
 /// Log line format (`RAGSCOPE_LOG_FORMAT`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
@@ -245,9 +250,17 @@ impl TelemetryConfig {
                 }
             },
         };
-        let bsp_max_queue_size = number("OTEL_BSP_MAX_QUEUE_SIZE", 2048);
-        let bsp_max_export_batch_size =
-            number("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512).min(bsp_max_queue_size);
+        // Larger than the spec's 2048/512: records reach the batch processor in bursts (one
+        // drain of the record queue every 25 ms, ~5,000 spans at 100k requests/s), and the
+        // export thread sends one batch at a time, so the queue must hold a few bursts while a
+        // batch is on the wire. 2048 spans make a ~1-2 MB request, under a collector's usual
+        // 4 MiB gRPC message limit.
+        let bsp_max_queue_size = number("OTEL_BSP_MAX_QUEUE_SIZE", DEFAULT_BSP_MAX_QUEUE_SIZE);
+        let bsp_max_export_batch_size = number(
+            "OTEL_BSP_MAX_EXPORT_BATCH_SIZE",
+            DEFAULT_BSP_MAX_EXPORT_BATCH_SIZE,
+        )
+        .min(bsp_max_queue_size);
         let bsp_schedule_delay =
             Duration::from_millis(number("OTEL_BSP_SCHEDULE_DELAY", 5000) as u64);
         let metric_export_interval =
