@@ -286,7 +286,7 @@ impl Proxy {
         if req.method() == http::Method::CONNECT {
             return Err(ProxyError::UnsupportedProtocol("CONNECT tunnels"));
         }
-        if req.headers().contains_key(header::UPGRADE) {
+        if asks_upgrade(req) {
             return Err(ProxyError::UnsupportedProtocol(
                 "protocol upgrades (Upgrade)",
             ));
@@ -486,6 +486,14 @@ pub fn upstream_connector(
 }
 
 /// The request's declared body length, if it has a valid one.
+/// An upgrade request (RFC 9110 7.8): `Upgrade` named in `Connection`. A bare `Upgrade`
+/// header asks for nothing and is stripped as hop-by-hop like the others.
+fn asks_upgrade(req: &Request<Incoming>) -> bool {
+    req.headers().contains_key(header::UPGRADE)
+        && headers::tokens(req.headers(), header::CONNECTION)
+            .any(|token| token.eq_ignore_ascii_case("upgrade"))
+}
+
 /// Whether the request has a body still to come (declared by length or chunked framing).
 fn declares_body(req: &Request<Incoming>) -> bool {
     !http_body::Body::is_end_stream(req.body())
