@@ -11,6 +11,10 @@
 #   full - the above;  off - ragscope with all telemetry off (OTEL_SDK_DISABLED, no access
 #   log, no ring, no GenAI);  idle - 10,000 idle keep-alive connections: memory per
 #   connection (RSS delta / connections) for ragscope and nginx.
+# TAIL=<rules> adds a run of ragscope as in full with RAGSCOPE_TAIL_SAMPLING=<rules> (e.g.
+#   TAIL=errors,refused,cancelled,slow=2s,ttft=1s,rest=0.05): CPU per request and OTLP export
+#   bytes per request (bytes acknowledged on ragscope's connections to the collector over the
+#   measured window, from `ss -ti`) against full, which exports every span.
 # See benches/README.md.
 #
 # Env: DURATION (measured seconds, default 10), WARMUP (seconds, default 2),
@@ -32,6 +36,7 @@ TARGETS=${TARGETS:-direct nginx ragscope}
 SCENARIOS=${SCENARIOS:-full off idle}
 IDLE_CONNECTIONS=${IDLE_CONNECTIONS:-10000}
 REQUEST=${REQUEST:-post}
+TAIL=${TAIL:-}
 ROTEL_PKG="rotel==0.0.1a15"
 REQ_PATH=/v1/chat/completions
 
@@ -318,7 +323,10 @@ start_ragscope() {
     RAGSCOPE_MAX_CONNECTIONS=20000
   )
   [[ -n ${RAGSCOPE_WORKERS:-} ]] && vars+=(RAGSCOPE_WORKERS="$RAGSCOPE_WORKERS")
-  if [[ $mode == full ]]; then
+  if [[ $mode == tail ]]; then
+    vars+=(RAGSCOPE_TAIL_SAMPLING="$TAIL")
+  fi
+  if [[ $mode == full || $mode == tail ]]; then
     vars+=(
       RAGSCOPE_ADMIN_LISTEN="127.0.0.1:$RS_ADMIN"
       RAGSCOPE_LOG=info
@@ -424,7 +432,14 @@ metric() {
     | awk -v n="$1" '$1 == n || index($1, n "{") == 1 {s += $NF} END {printf "%d", s}'
 }
 
-declare -A RPS P50 P99 ERRS CPU_US REQS
+declare -A RPS P50 P99 ERRS CPU_US REQS EXPORT_B
+# otlp_bytes: bytes acknowledged by the collector on the open connections to it (its port only
+# ever has ragscope as a client). A connection closed within a window is missed: the figure
+# is a lower bound, and hyper keeps its export connection alive.
+otlp_bytes() {
+  ss -tinH state established "( dport = :$OTLP_HTTP )" 2>/dev/null \
+    | grep -o 'bytes_acked:[0-9]*' | awk -F: '{s += $2} END {printf "%d", s}'
+}
 WRK=(wrk "-t$THREADS" "-c$CONNECTIONS" --latency -s "$WRK_SCRIPT")
 # measure NAME: warm-up, then a measured run against NAME's port; fills the arrays.
 measure() {
@@ -438,14 +453,21 @@ measure() {
   run_wrk "$WARMUP" "$url" "$TMP/$t.warmup.txt" || die "$t: wrk warm-up failed: $(cat "$TMP/$t.warmup.txt")"
   log "$t: measuring ${DURATION}s: ${WRK[*]} -d${DURATION}s $url"
   read -r -a pids <<<"$(pids_of "$t")"
+  local b0 b1
+  b0=$(otlp_bytes)
   c0=$(cpu_ticks "${pids[@]}")
   run_wrk "$DURATION" "$url" "$TMP/$t.wrk.txt" || die "$t: wrk failed: $(cat "$TMP/$t.wrk.txt")"
   c1=$(cpu_ticks "${pids[@]}")
+  # Spans still in the batch queue leave within the schedule delay (5 s).
+  [[ $t == ragscope || $t == ragscope-tail ]] && sleep 6
+  b1=$(otlp_bytes)
   out=$TMP/$t.wrk.txt
   RPS[$t]=$(awk '/^Requests\/sec:/ {printf "%.0f", $2}' "$out")
   REQS[$t]=$(awk '/requests in/ {print $1}' "$out")
   P50[$t]=$(to_ms "$(awk '$1 == "50%" {print $2}' "$out")")
   P99[$t]=$(to_ms "$(awk '$1 == "99%" {print $2}' "$out")")
+  EXPORT_B[$t]=$(awk -v b="$((b1 - b0))" -v n="${REQS[$t]}" \
+               'BEGIN { if (n > 0 && b >= 0) printf "%.0f", b / n; else print "n/a" }')
   CPU_US[$t]=$(awk -v c="$((c1 - c0))" -v hz="$CLK_TCK" -v n="${REQS[$t]}" \
                'BEGIN { if (n > 0) printf "%.1f", c / hz * 1e6 / n; else print "n/a" }')
   # Non-2xx answers and socket errors: a proxy that fails fast must not look fast.
@@ -519,6 +541,13 @@ if want ragscope; then
     start_ragscope off
     measure ragscope-off
   fi
+  if [[ -n $TAIL ]]; then
+    start_ragscope tail
+    measure ragscope-tail
+    sleep 6
+    TAIL_KEPT=$(curl -s --max-time 5 "http://127.0.0.1:$RS_ADMIN/metrics" \
+      | awk '/^ragscope_tail_sampling_traces_total[{]/ && /decision="kept"/ {s += $NF} END {printf "%d", s}')
+  fi
 fi
 declare -A IDLE
 if scenario idle; then
@@ -539,7 +568,7 @@ echo
 echo "CPU busy with other work: $CPU_BUSY before the runs, $CPU_BUSY_AFTER after (should be ~0%)"
 echo "ragscope load benchmark: $(nproc) CPUs, wrk -t$THREADS -c$CONNECTIONS, ${WARMUP}s warm-up + ${DURATION}s measured, ${REQUEST^^} $REQ_PATH"
 printf '%-13s %9s %8s %8s %10s %9s %8s %8s %7s\n' target "req/s" "p50 ms" "p99 ms" "CPU us/req" "req/s:ngx" "p99:ngx" "CPU:ngx" errors
-for t in direct nginx ragscope ragscope-off; do
+for t in direct nginx ragscope ragscope-off ragscope-tail; do
   [[ -n ${RPS[$t]:-} ]] || continue
   cpu=${CPU_US[$t]} cpu_ratio=$(ratio "${CPU_US[$t]}" "${CPU_US[nginx]:-0}")
   [[ $t == direct ]] && cpu="-" cpu_ratio="-"
@@ -548,6 +577,10 @@ for t in direct nginx ragscope ragscope-off; do
     "$cpu_ratio" "${ERRS[$t]}"
 done
 echo "(ragscope: default telemetry on, exporting to rotel; ragscope-off: all telemetry off)"
+if [[ -n $TAIL ]]; then
+  echo
+  echo "OTLP export bytes per request: ragscope ${EXPORT_B[ragscope]:-n/a} (every span), ragscope-tail ${EXPORT_B[ragscope-tail]:-n/a} (TAIL=$TAIL; traces kept: ${TAIL_KEPT:-?})"
+fi
 if [[ -n $DROPPED ]]; then
   echo
   echo "ragscope spans: $SPANS requests recorded on /metrics (one server span each, 100% sampled); dropped: $DROPPED (must be 0)"

@@ -1,9 +1,12 @@
 //! The admin listener: `/healthz` (the process serves), `/readyz` (the upstream is healthy and
 //! we are not draining), `/metrics` (Prometheus), `/traces` and `/traces.json` (recent requests),
-//! `/debug/config` (the effective configuration, secrets masked).
+//! `/debug/config` (the effective configuration, secrets masked), and the operator's view:
+//! `/` and `/overview` (charts of the last 15 minutes, per-model table), `/feedback`, each with a
+//! `.json` twin.
 //!
 //! It listens on loopback by default: the recent-requests view shows paths and client addresses,
-//! as spans do, so exposing it is an operator's decision.
+//! as spans do, so exposing it is an operator's decision; off loopback, the pages with request
+//! data need `RAGSCOPE_ADMIN_TOKEN` ([`crate::admin_auth`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +20,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 
+use crate::admin_auth::{AdminGuard, Denied};
 use crate::health::{UpstreamHealth, UpstreamState};
 use crate::proxy::Proxy;
 use crate::settings::Config;
@@ -42,7 +46,16 @@ pub async fn serve(listener: TcpListener, context: AdminContext) {
         .timer(TokioTimer::new())
         .header_read_timeout(Duration::from_secs(5));
     let builder = Arc::new(builder);
-    let context = Arc::new(context);
+    // Who may read the pages that show request data, decided once from the bind; an unknown
+    // bind is treated as exposed.
+    let bind = listener
+        .local_addr()
+        .unwrap_or_else(|_| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
+    let guard = AdminGuard::new(context.config.admin.token.clone(), bind);
+    if let Some(warning) = guard.startup_warning() {
+        tracing::warn!("{warning}");
+    }
+    let context = Arc::new((context, guard));
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -52,7 +65,13 @@ pub async fn serve(listener: TcpListener, context: AdminContext) {
         tokio::spawn(async move {
             let service = service_fn(move |req| {
                 let context = context.clone();
-                async move { Ok::<_, std::convert::Infallible>(route(req, &context).await) }
+                async move {
+                    let (context, guard) = &*context;
+                    if let Err(denied) = guard.check(req.uri().path(), req.headers()) {
+                        return Ok::<_, std::convert::Infallible>(refused(denied));
+                    }
+                    Ok(route(req, context).await)
+                }
             });
             let _ = builder
                 .serve_connection(TokioIo::new(stream), service)
@@ -98,17 +117,40 @@ async fn route(req: Request<Incoming>, cx: &AdminContext) -> Response<Full<Bytes
             "application/json",
             crate::debug_config::render(&cx.config).to_string().into(),
         ),
+        "/" | "/overview" | "/overview.json" => {
+            let data = telemetry.overview().json(std::time::SystemTime::now());
+            if path == "/overview.json" {
+                respond(StatusCode::OK, "application/json", data.to_string().into())
+            } else {
+                html(crate::overview::page::overview(&data))
+            }
+        }
+        "/feedback" | "/feedback.json" => {
+            let (lowest_first, limit) = feedback_query(req.uri().query());
+            let data = telemetry.overview().feedback_json(lowest_first, limit);
+            if path == "/feedback.json" {
+                respond(StatusCode::OK, "application/json", data.to_string().into())
+            } else {
+                html(crate::overview::page::feedback(&data))
+            }
+        }
         "/traces" | "/traces/" | "/traces.json" => {
             let Some(ring) = telemetry.recent_traces() else {
                 return traces_off();
             };
             if path == "/traces.json" {
                 let filter = crate::trace_view::filter_from_query(req.uri().query());
-                respond(
-                    StatusCode::OK,
-                    "application/json",
-                    crate::trace_view::json(ring, &filter).to_string().into(),
-                )
+                let mut data = crate::trace_view::json(ring, &filter);
+                // The twin of a trace's page carries its feedback too.
+                if let Some(id) = filter
+                    .trace_id
+                    .as_deref()
+                    .and_then(crate::overview::parse_trace_id)
+                {
+                    let feedback = telemetry.overview().feedback(false, Some(id));
+                    data["feedback"] = feedback.iter().map(crate::overview::entry_json).collect();
+                }
+                respond(StatusCode::OK, "application/json", data.to_string().into())
             } else {
                 html(crate::trace_view::list_page(ring))
             }
@@ -119,7 +161,11 @@ async fn route(req: Request<Incoming>, cx: &AdminContext) -> Response<Full<Bytes
                     return traces_off();
                 };
                 if crate::trace_view::is_trace_id(id) {
-                    return html(crate::trace_view::trace_page(ring, id));
+                    // The feedback given about this trace, joined in.
+                    let feedback = crate::overview::parse_trace_id(id)
+                        .map(|t| telemetry.overview().feedback(false, Some(t)))
+                        .unwrap_or_default();
+                    return html(crate::trace_view::trace_page(ring, id, &feedback));
                 }
                 return error(
                     StatusCode::NOT_FOUND,
@@ -130,7 +176,7 @@ async fn route(req: Request<Incoming>, cx: &AdminContext) -> Response<Full<Bytes
             error(
                 StatusCode::NOT_FOUND,
                 "not_found",
-                "try /healthz, /readyz, /metrics, /traces, /traces.json or /debug/config",
+                "try /healthz, /readyz, /metrics, /overview, /traces, /feedback (each page also as .json) or /debug/config",
             )
         }
     }
@@ -163,6 +209,32 @@ async fn readiness(cx: &AdminContext) -> Response<Full<Bytes>> {
             r#"{"status":"upstream_unreachable"}"#,
         ),
     }
+}
+
+/// `sort=score` (lowest first) and `limit=N` of `/feedback` and `/feedback.json`.
+fn feedback_query(query: Option<&str>) -> (bool, Option<usize>) {
+    let (mut lowest_first, mut limit) = (false, None);
+    for pair in query.unwrap_or_default().split('&') {
+        match pair.split_once('=').unwrap_or((pair, "")) {
+            ("sort", v) => lowest_first = v == "score",
+            ("limit", v) => limit = v.parse().ok(),
+            _ => {}
+        }
+    }
+    (lowest_first, limit)
+}
+
+/// A protected page without the right token: 401 with a challenge, or 403 when no token is
+/// configured on an exposed listener.
+fn refused(denied: Denied) -> Response<Full<Bytes>> {
+    let mut r = error(denied.status(), denied.error_type(), &denied.to_string());
+    if denied.status() == StatusCode::UNAUTHORIZED {
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"ragscope admin\""),
+        );
+    }
+    r
 }
 
 fn traces_off() -> Response<Full<Bytes>> {

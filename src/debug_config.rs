@@ -32,6 +32,8 @@ fn core(config: &Config) -> Value {
         "RAGSCOPE_LISTEN": config.listen.to_string(),
         "RAGSCOPE_UPSTREAM": format!("{}://{}", config.upstream.scheme, config.upstream.authority),
         "RAGSCOPE_ADMIN_LISTEN": config.admin_listen.map_or("off".to_owned(), |a| a.to_string()),
+        // The token is a secret; only whether it is set is shown.
+        "RAGSCOPE_ADMIN_TOKEN": config.admin.token.as_ref().map(|_| MASK),
         "RAGSCOPE_LOG": config.log,
         "RAGSCOPE_LOG_FORMAT": match config.log_format { LogFormat::Json => "json", LogFormat::Text => "text" },
         "RAGSCOPE_CONNECT_TIMEOUT": duration(config.connect_timeout),
@@ -46,6 +48,7 @@ fn core(config: &Config) -> Value {
         "RAGSCOPE_MAX_HEADERS": config.max_headers,
         "RAGSCOPE_H2_MAX_CONCURRENT_STREAMS": config.h2_max_concurrent_streams,
         "RAGSCOPE_RECENT_TRACES": config.ops.recent_traces,
+        "RAGSCOPE_TAIL_SAMPLING": t.tail_sampling.as_ref().map_or("off".to_owned(), |r| r.to_string()),
         "RAGSCOPE_HEALTH_PATH": config.ops.health.as_ref().map_or("off".to_owned(), |h| h.path.to_string()),
         "RAGSCOPE_HEALTH_INTERVAL": config.ops.health.as_ref().map(|h| duration(h.interval)),
         "RAGSCOPE_HEALTH_TIMEOUT": config.ops.health.as_ref().map(|h| duration(h.timeout)),

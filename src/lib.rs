@@ -12,6 +12,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod admin_auth;
 pub mod auth;
 pub mod config;
 pub mod debug_config;
@@ -23,6 +24,7 @@ pub mod identity;
 pub mod limit;
 pub mod listener;
 pub mod observe;
+pub mod overview;
 pub mod proxy;
 pub mod reload;
 pub mod server;

@@ -27,6 +27,7 @@ async fn a_bad_setting_stops_start_up_with_one_line_and_exit_code_2() {
         ("RAGSCOPE_UPSTREAM", "ftp://x", "http://"),
         ("RAGSCOPE_MAX_REQUEST_BODY", "lots", "16MiB"),
         ("RAGSCOPE_LOG_FORMAT", "xml", "json or text"),
+        ("RAGSCOPE_TAIL_SAMPLING", "slow=fast", "errors, refused"),
     ] {
         let mut ragscope = Proxy::builder().env(var, value).spawn();
         let started = Instant::now();

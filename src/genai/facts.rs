@@ -263,6 +263,16 @@ impl Facts {
     pub fn generates(&self) -> bool {
         matches!(self.operation.as_deref(), Some("chat" | "text_completion"))
     }
+
+    /// The best finite document score, when documents with scores were retrieved.
+    pub fn top_score(&self) -> Option<f64> {
+        self.documents
+            .as_ref()?
+            .iter()
+            .filter_map(|d| d.score)
+            .filter(|s| s.is_finite())
+            .reduce(f64::max)
+    }
 }
 
 /// Applies the configured rules for `side` to a parsed body; without a `documents` rule, the

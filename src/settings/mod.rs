@@ -1,10 +1,11 @@
 //! The whole configuration, [`Config`]: every `RAGSCOPE_*` and `OTEL_*` variable, parsed once at
 //! start-up. This module sits above the concerns: each concern parses its own settings with the
 //! readers in [`crate::config`] ([`crate::genai::Settings`], [`crate::limit::RateLimitConfig`],
-//! [`crate::tls::Settings`], [`crate::telemetry::TelemetryConfig`], [`OpsConfig`]), and
+//! [`crate::tls::Settings`], [`crate::telemetry::TelemetryConfig`], [`OpsConfig`], [`AdminConfig`]), and
 //! [`Config::from_source`] assembles them. The listener and upstream settings are `Config`'s
 //! own fields, read here.
 
+mod admin;
 mod ops;
 mod upstream;
 
@@ -17,6 +18,7 @@ use crate::genai;
 use crate::limit::RateLimitConfig;
 use crate::telemetry::{LogFormat, TelemetryConfig};
 
+pub use admin::{AdminConfig, AdminToken};
 pub use ops::{HealthCheckConfig, OpsConfig};
 pub use upstream::{UPSTREAM_FORM, Upstream, parse_upstream};
 
@@ -76,6 +78,8 @@ pub struct Config {
     pub warnings: Vec<String>,
     /// GenAI and RAG observation (`RAGSCOPE_GENAI*`, `RAGSCOPE_PARSE_MAX_BYTES`, ...).
     pub genai: genai::Settings,
+    /// Admin listener access (`RAGSCOPE_ADMIN_TOKEN`).
+    pub admin: AdminConfig,
 }
 
 impl Config {
@@ -83,7 +87,8 @@ impl Config {
     /// variable.
     pub fn from_source(source: &(impl Source + ?Sized)) -> Result<Config, ConfigError> {
         let r = Reader::new(source);
-        let telemetry = TelemetryConfig::from_reader(&r);
+        let mut telemetry = TelemetryConfig::from_reader(&r);
+        telemetry.tail_sampling = crate::telemetry::read_tail_sampling(&r)?;
         let genai = genai::Settings::from_reader(&r)?;
         let tls = crate::tls::Settings::from_reader(&r)?;
         let (log, log_format) = crate::telemetry::read_log(&r)?;
@@ -131,6 +136,7 @@ impl Config {
             rate_limit: RateLimitConfig::from_reader(&r)?,
             telemetry,
             ops: OpsConfig::from_reader(&r)?,
+            admin: AdminConfig::from_reader(&r)?,
             warnings: Vec::new(),
             genai,
         };

@@ -174,7 +174,7 @@ fn content(facts: &Facts) -> Vec<KeyValue> {
 }
 
 /// Seconds from the request's arrival to the first content-bearing event of a stream.
-fn time_to_first_token(facts: &Facts, times: &Times) -> Option<f64> {
+pub(super) fn time_to_first_token(facts: &Facts, times: &Times) -> Option<f64> {
     let (at, _) = facts.first_token?;
     facts
         .streamed
@@ -246,12 +246,7 @@ pub(super) fn record_metrics(
         i.rag_documents.record(docs.len() as u64, &a);
         if docs.is_empty() {
             i.rag_empty.add(1, &a);
-        } else if let Some(top) = docs
-            .iter()
-            .filter_map(|d| d.score)
-            .filter(|s| s.is_finite())
-            .reduce(f64::max)
-        {
+        } else if let Some(top) = facts.top_score() {
             i.rag_top_score.record(top, &a);
         }
     }

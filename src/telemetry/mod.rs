@@ -11,11 +11,14 @@ pub mod access_log;
 mod export;
 mod genai;
 mod genai_instruments;
+mod held;
 pub mod logging;
 mod metrics;
+mod overview;
 pub mod prometheus;
 pub mod recent;
 mod record;
+mod sampling;
 mod settings;
 mod spans;
 pub mod trace_context;
@@ -40,6 +43,7 @@ pub use genai_instruments::GenAiInstruments;
 pub use metrics::Instruments;
 pub use prometheus::PrometheusEndpoint;
 pub use recent::{RecentTraces, TraceFilter};
+pub use sampling::{TAIL_SAMPLING_FORM, TailRules, Verdict, read_tail_sampling};
 pub use settings::{
     ExporterKind, LogFormat, OtlpProtocol, OtlpSignal, ParentRoot, Propagators, SamplerConfig,
     TelemetryConfig, read_log,
@@ -102,6 +106,10 @@ pub struct Telemetry {
     prometheus: Option<PrometheusEndpoint>,
     /// Recent requests for `/traces`; `None` when the ring is off or the SDK is disabled.
     recent: Option<Arc<RecentTraces>>,
+    /// The operator's view (`/overview`, `/feedback`), fed from every record like the metrics.
+    overview: Arc<crate::overview::Overview>,
+    /// `RAGSCOPE_TAIL_SAMPLING`; `None` when off (every recorded trace is exported).
+    tail: Option<sampling::Tail>,
 }
 
 impl Telemetry {
@@ -163,6 +171,11 @@ impl Telemetry {
         let recent =
             (!config.sdk_disabled && recent_traces > 0).then(|| RecentTraces::new(recent_traces));
         let ring = recent.as_ref().map(|r| r.processor());
+        let tail = config
+            .tail_sampling
+            .clone()
+            .filter(|_| !config.sdk_disabled)
+            .map(|rules| sampling::Tail::new(rules, &meter_provider.meter("ragscope")));
         let spans = if config.sdk_disabled {
             None
         } else {
@@ -183,7 +196,11 @@ impl Telemetry {
             if let Some(ring) = ring {
                 processors.push(Box::new(ring));
             }
-            processors.extend(exporter);
+            // The one point tail sampling acts: between the record and the export processor.
+            processors.extend(exporter.map(|e| match &tail {
+                Some(tail) => Box::new(tail.gate(e)) as Box<dyn SpanProcessor>,
+                None => e,
+            }));
             (!processors.is_empty()).then(|| {
                 Arc::new(spans::Spans::new(
                     sampler(&config.sampler),
@@ -215,6 +232,8 @@ impl Telemetry {
             meter_provider,
             prometheus,
             recent,
+            overview: Arc::new(crate::overview::Overview::new()),
+            tail,
         }))
     }
 
@@ -226,6 +245,11 @@ impl Telemetry {
     /// The recent requests behind `/traces`, unless the ring is off.
     pub fn recent_traces(&self) -> Option<&Arc<RecentTraces>> {
         self.recent.as_ref()
+    }
+
+    /// The operator's view behind `/overview` and `/feedback`.
+    pub fn overview(&self) -> &Arc<crate::overview::Overview> {
+        &self.overview
     }
 
     /// A meter on the provider every instrument of ragscope lives on, for parts that own their
@@ -275,7 +299,8 @@ impl Telemetry {
         HeaderValue::from_str(&header).ok()
     }
 
-    /// Records a finished exchange: metrics, spans (when sampled), the access-log line.
+    /// Records a finished exchange: metrics, the operator's view, spans (when sampled), the
+    /// access-log line.
     pub fn record(&self, record: Record) {
         record::record(self, record);
     }

@@ -202,7 +202,22 @@ impl RecentTrace {
             "input_tokens": self.find("gen_ai.usage.input_tokens").map(value_json),
             "output_tokens": self.find("gen_ai.usage.output_tokens").map(value_json),
             "ttft_ms": self.find("gen_ai.response.time_to_first_chunk").and_then(seconds_to_ms),
+            // RAG in the request list.
+            "documents": self.find("ragscope.rag.documents").map(value_json),
+            "top_score": self.top_score(),
+            "empty_retrieval": self.find("ragscope.rag.documents").is_some_and(|v| matches!(v, Value::I64(0))),
         })
+    }
+
+    /// The best score in `gen_ai.retrieval.documents` (read when the view is, not per request).
+    fn top_score(&self) -> Option<f64> {
+        let Value::String(docs) = self.find("gen_ai.retrieval.documents")? else {
+            return None;
+        };
+        let docs: Vec<Json> = serde_json::from_str(docs.as_str()).ok()?;
+        docs.iter()
+            .filter_map(|d| d["score"].as_f64())
+            .reduce(f64::max)
     }
 
     /// The summary plus every span, with start offsets relative to the request's start.

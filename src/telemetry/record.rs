@@ -1,5 +1,6 @@
-//! A finished [`Record`] becomes telemetry here, once: the HTTP metrics, the SERVER and
-//! CLIENT spans (when sampled) with the GenAI facts on them, and the access-log line.
+//! A finished [`Record`] becomes telemetry here, once: the HTTP metrics, the operator's view,
+//! the SERVER and CLIENT spans (when sampled) with the GenAI facts on them, and the access-log
+//! line.
 
 use std::borrow::Cow;
 
@@ -9,8 +10,9 @@ use opentelemetry::{KeyValue, StringValue};
 use opentelemetry_semantic_conventions::attribute as semconv;
 
 use super::access_log::{self, AccessRecord};
+use super::sampling::Verdict;
 use super::spans::{self, Spans};
-use super::{Telemetry, genai};
+use super::{Telemetry, genai, overview};
 use crate::observe::{Ending, HttpFacts, Record, TraceIds, UpstreamCall};
 
 /// Records everything the exchange says.
@@ -28,12 +30,17 @@ pub(super) fn record(t: &Telemetry, record: Record) {
         );
     }
     if let Some(fact) = &record.feedback {
+        // Late evidence first, so the feedback span below joins a trace that is exported.
+        if let Some(tail) = &t.tail {
+            tail.feedback(fact.trace_id, fact.score);
+        }
         genai::record_feedback(&t.genai_instruments, t.spans.as_deref(), fact);
     }
     if let (Some(sink), Some(ids)) = (&t.spans, &record.ids)
         && ids.sampled
     {
-        export_spans(sink, ids, &record, client_error);
+        let verdict = t.tail.as_ref().map(|tail| tail.decide(&record));
+        export_spans(sink, ids, &record, client_error, verdict);
     }
 
     let ids = record
@@ -55,6 +62,8 @@ pub(super) fn record(t: &Telemetry, record: Record) {
         cancelled,
         client: record.http.peer.ip(),
     });
+    // Last: the operator's view takes what it keeps out of the record.
+    overview::feed(&t.overview, record);
 }
 
 /// HTTP metrics: bounded attributes only (no path, no client address).
@@ -97,7 +106,13 @@ fn metrics(t: &Telemetry, r: &Record, error_type: Option<&str>, client_error: Op
 }
 
 /// Builds the exchange's spans from the record and hands them on, CLIENT first.
-fn export_spans(sink: &Spans, ids: &TraceIds, r: &Record, client_error: Option<Cow<'static, str>>) {
+fn export_spans(
+    sink: &Spans,
+    ids: &TraceIds,
+    r: &Record,
+    client_error: Option<Cow<'static, str>>,
+    verdict: Option<Verdict>,
+) {
     let cancelled = r.ending == Ending::Cancelled;
     let method = semconv_method(&r.http.method);
     let end = r.times.end.1;
@@ -174,6 +189,12 @@ fn export_spans(sink: &Spans, ids: &TraceIds, r: &Record, client_error: Option<C
         r.status.is_none_or(|s| s.is_server_error()) || matches!(r.ending, Ending::Failed(..));
     if server_failed && !cancelled {
         server.status = Status::error(error_type.unwrap_or_default());
+    }
+    if let Some(verdict) = verdict {
+        // First, so span attribute limits never cut the verdict the export gate reads.
+        for span in client.iter_mut().chain([&mut server]) {
+            span.attributes.splice(0..0, verdict.attributes());
+        }
     }
     sink.export(client.into_iter().chain([server]));
 }

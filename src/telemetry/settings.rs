@@ -134,6 +134,9 @@ pub struct TelemetryConfig {
     pub metric_export_interval: Duration,
     /// `OTEL_METRIC_EXPORT_TIMEOUT`.
     pub metric_export_timeout: Duration,
+    /// `RAGSCOPE_TAIL_SAMPLING` (read with the `RAGSCOPE_*` settings, where a bad value stops
+    /// start-up); `None` = off.
+    pub tail_sampling: Option<super::TailRules>,
 }
 
 impl TelemetryConfig {
@@ -267,6 +270,7 @@ impl TelemetryConfig {
             bsp_max_export_batch_size,
             metric_export_interval,
             metric_export_timeout,
+            tail_sampling: None,
         }
     }
 }

@@ -57,15 +57,21 @@ pub fn list_page(ring: &RecentTraces) -> String {
     page(&json!({ "view": "list", "capacity": ring.capacity(), "traces": traces }))
 }
 
-/// `/traces/{trace id}`: every recent request of that trace, with its waterfall and attributes.
-pub fn trace_page(ring: &RecentTraces, trace_id: &str) -> String {
+/// `/traces/{trace id}`: every recent request of that trace, with its waterfall, attributes,
+/// retrieved documents and the `feedback` given about it.
+pub fn trace_page(
+    ring: &RecentTraces,
+    trace_id: &str,
+    feedback: &[crate::overview::FeedbackEntry],
+) -> String {
+    let feedback: Vec<Value> = feedback.iter().map(crate::overview::entry_json).collect();
     let filter = TraceFilter {
         trace_id: Some(trace_id.to_owned()),
         ..TraceFilter::default()
     };
     let traces: Vec<Value> = ring.snapshot(&filter).iter().map(|t| t.detail()).collect();
     page(
-        &json!({ "view": "trace", "trace_id": trace_id, "capacity": ring.capacity(), "traces": traces }),
+        &json!({ "view": "trace", "trace_id": trace_id, "capacity": ring.capacity(), "traces": traces, "feedback": feedback }),
     )
 }
 

@@ -13,12 +13,14 @@
 //!   and OTLP/HTTP protobuf, flattening what it receives into
 //!   [`CollectedSpan`]s and [`CollectedMetric`]s.
 //!
+//! * [`browser`]: the DOM of an admin page as headless Chromium renders it.
 //! * [`tls`]: a private CA (rcgen), certificate files, TLS clients and an https upstream.
 //!
 //! Integration tests use it with `mod support; use support::*;`.
 
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod otlp;
 pub mod ragscope;
 mod serve;
@@ -26,6 +28,8 @@ pub mod tls;
 pub mod upstream;
 
 // A test binary that uses only part of the library would otherwise warn.
+#[allow(unused_imports)]
+pub use browser::*;
 #[allow(unused_imports)]
 pub use otlp::*;
 #[allow(unused_imports)]

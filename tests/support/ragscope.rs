@@ -147,6 +147,11 @@ impl Proxy {
         format!("http://{}{path}", self.addr)
     }
 
+    /// The admin listener's bound address (`0.0.0.0:PORT` when bound to every interface).
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin
+    }
+
     /// A URL on the admin listener.
     pub fn admin_url(&self, path: &str) -> String {
         format!("http://{}{path}", self.admin.expect("admin listener is on"))
