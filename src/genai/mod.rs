@@ -345,3 +345,29 @@ mod tests {
         assert_eq!(r.spans.len(), RECENT_TRACES);
     }
 }
+
+#[cfg(test)]
+mod redact_bound_tests {
+    use super::*;
+    use crate::config::Reader;
+
+    #[test]
+    fn only_a_bounded_head_is_redacted() {
+        let genai = GenAi::new(
+            Settings::from_reader(&Reader::new(&[] as &[(&str, &str)])).expect("defaults"),
+        );
+        let mut counts = Vec::new();
+        // A secret straddling the limit is still redacted whole; e-mails far past the limit
+        // and its margin are never looked at.
+        let text = format!(
+            "{}bob@example.com {}",
+            "a".repeat(60),
+            "carol@example.com ".repeat(100_000)
+        );
+        let out = genai.redact(&text, 64, &mut counts);
+        assert!(out.len() <= 64 + REDACT_MARGIN + 64, "{}", out.len());
+        assert!(!out.contains("bob@"), "{out}");
+        let emails: u64 = counts.iter().map(|(_, n)| n).sum();
+        assert!(emails <= 1 + (REDACT_MARGIN as u64) / 18 + 1, "{counts:?}");
+    }
+}
