@@ -90,6 +90,10 @@ pub enum ProxyError {
     /// A feedback body that does not say what it must (trace id, numeric score).
     #[error("invalid feedback: {0}")]
     InvalidFeedback(String),
+    /// A protocol ragscope does not proxy (CONNECT tunnels, `Upgrade`): refused rather than
+    /// forwarded as a plain request with the upgrade silently stripped.
+    #[error("ragscope does not proxy {0}")]
+    UnsupportedProtocol(&'static str),
 }
 
 impl ProxyError {
@@ -109,6 +113,7 @@ impl ProxyError {
             ProxyError::Draining => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::MissingApiKey | ProxyError::InvalidApiKey => StatusCode::UNAUTHORIZED,
             ProxyError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ProxyError::UnsupportedProtocol(_) => StatusCode::NOT_IMPLEMENTED,
         }
     }
 
@@ -127,6 +132,7 @@ impl ProxyError {
             ProxyError::InvalidApiKey => "invalid_api_key",
             ProxyError::RateLimited { .. } => "rate_limited",
             ProxyError::InvalidFeedback(_) => "invalid_feedback",
+            ProxyError::UnsupportedProtocol(_) => "unsupported_protocol",
         }
     }
 
@@ -143,7 +149,8 @@ impl ProxyError {
             | ProxyError::MissingApiKey
             | ProxyError::InvalidApiKey
             | ProxyError::RateLimited { .. }
-            | ProxyError::InvalidFeedback(_) => Origin::Downstream,
+            | ProxyError::InvalidFeedback(_)
+            | ProxyError::UnsupportedProtocol(_) => Origin::Downstream,
             ProxyError::Draining => Origin::Proxy,
         }
     }
@@ -178,7 +185,8 @@ impl ProxyError {
             // find the next request in the remains of this one.
             ProxyError::BodyTooLarge { .. }
             | ProxyError::BadRequest(_)
-            | ProxyError::ClientBody { .. } => {
+            | ProxyError::ClientBody { .. }
+            | ProxyError::UnsupportedProtocol(_) => {
                 headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
             ProxyError::Draining => {

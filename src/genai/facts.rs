@@ -176,7 +176,7 @@ fn capture_content(
             .messages
             .iter()
             .map(|(role, text)| {
-                let text = cut(&genai.redact(text, redactions), &mut budget);
+                let text = cut(&genai.redact(text, budget, redactions), &mut budget);
                 json!({"role": role, "parts": [{"type": "text", "content": text}]})
             })
             .collect();
@@ -189,7 +189,7 @@ fn capture_content(
             .iter()
             .enumerate()
             .map(|(i, text)| {
-                let text = cut(&genai.redact(text, redactions), &mut budget);
+                let text = cut(&genai.redact(text, budget, redactions), &mut budget);
                 let mut m = json!({
                     "role": "assistant",
                     "parts": [{"type": "text", "content": text}],

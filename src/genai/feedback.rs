@@ -132,7 +132,7 @@ pub fn fact(genai: &GenAi, feedback: &Feedback) -> FeedbackFact {
             let mut text = String::new();
             push_bounded(
                 &mut text,
-                &genai.redact(comment, &mut redactions),
+                &genai.redact(comment, genai.config.capture_max_bytes, &mut redactions),
                 genai.config.capture_max_bytes,
             );
             text

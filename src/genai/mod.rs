@@ -50,6 +50,10 @@ pub struct GenAi {
     labels: Mutex<HashSet<String>>,
 }
 
+/// Bytes redacted past a capture limit, so a secret that straddles the limit is still
+/// recognised whole: longer than the API keys and tokens the redaction rules look for.
+const REDACT_MARGIN: usize = 1024;
+
 impl GenAi {
     /// Builds the shared state.
     pub fn new(config: Settings) -> GenAi {
@@ -113,9 +117,15 @@ impl GenAi {
         (self.config.capture != CaptureMode::Off).then_some(self.config.capture_max_bytes)
     }
 
-    /// Redacts `text`, adding what was replaced to `counts` (kind, matches).
-    fn redact(&self, text: &str, counts: &mut Vec<(&'static str, u64)>) -> String {
-        self.redactor.redact(text, counts).into_owned()
+    /// Redacts what of `text` can be kept within `limit` bytes, adding what was replaced to
+    /// `counts` (kind, matches). The text is cut to `limit` plus [`REDACT_MARGIN`] first, so a
+    /// huge prompt costs bounded work; the margin lets a secret that straddles `limit` still
+    /// match whole (and a replacement that is longer than what it replaces still fit). The
+    /// caller cuts the result to its budget.
+    fn redact(&self, text: &str, limit: usize, counts: &mut Vec<(&'static str, u64)>) -> String {
+        let mut head = String::new();
+        openai::push_bounded(&mut head, text, limit.saturating_add(REDACT_MARGIN));
+        self.redactor.redact(&head, counts).into_owned()
     }
 
     /// A feedback label as a metric attribute: the first labels seen are kept as they are,
@@ -344,5 +354,31 @@ mod tests {
             Some(SpanId::from(7))
         );
         assert_eq!(r.spans.len(), RECENT_TRACES);
+    }
+}
+
+#[cfg(test)]
+mod redact_bound_tests {
+    use super::*;
+    use crate::config::Reader;
+
+    #[test]
+    fn only_a_bounded_head_is_redacted() {
+        let genai = GenAi::new(
+            Settings::from_reader(&Reader::new(&[] as &[(&str, &str)])).expect("defaults"),
+        );
+        let mut counts = Vec::new();
+        // A secret straddling the limit is still redacted whole; e-mails far past the limit
+        // and its margin are never looked at.
+        let text = format!(
+            "{}bob@example.com {}",
+            "a".repeat(60),
+            "carol@example.com ".repeat(100_000)
+        );
+        let out = genai.redact(&text, 64, &mut counts);
+        assert!(out.len() <= 64 + REDACT_MARGIN + 64, "{}", out.len());
+        assert!(!out.contains("bob@"), "{out}");
+        let emails: u64 = counts.iter().map(|(_, n)| n).sum();
+        assert!(emails <= 1 + (REDACT_MARGIN as u64) / 18 + 1, "{counts:?}");
     }
 }

@@ -17,24 +17,25 @@ const HOP_BY_HOP: [HeaderName; 6] = [
     header::UPGRADE,
 ];
 
+/// The comma-separated tokens of every `name` header, trimmed.
+pub fn tokens(headers: &HeaderMap, name: HeaderName) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(name)
+        .into_iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+}
+
 /// Removes `Connection`, every header it names, and the fixed hop-by-hop set. On requests,
 /// `TE: trailers` is kept: it is the one TE value gRPC needs end to end, and it says nothing
 /// about this connection.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, is_request: bool) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+    let named: Vec<HeaderName> = tokens(headers, header::CONNECTION)
+        .filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok())
         .collect();
-    let wants_trailers = is_request
-        && headers
-            .get_all(header::TE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
+    let wants_trailers =
+        is_request && tokens(headers, header::TE).any(|t| t.eq_ignore_ascii_case("trailers"));
     for name in named {
         headers.remove(name);
     }

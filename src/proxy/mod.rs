@@ -144,7 +144,14 @@ impl Proxy {
     ) -> Result<Response<ResponseBody>, Infallible> {
         let mut exchange = self.observe(&req, peer, scheme);
         let version = req.version();
+        // An early answer leaves a declared body unread; on HTTP/1 the connection then cannot
+        // carry another request, so the answer must say `Connection: close` (hyper closes it).
+        let unread_body = version != Version::HTTP_2 && declares_body(&req);
         let admitted = self.admit(&mut req, peer, &mut exchange).await;
+        let body_left_unread = unread_body && admitted.is_err();
+        if admitted.is_ok() {
+            self.remember(&mut exchange);
+        }
         let (rate, outcome) = match admitted {
             Ok(rate) if self.genai.is_feedback(req.method(), req.uri().path()) => (
                 rate,
@@ -158,7 +165,15 @@ impl Proxy {
         };
         let mut response = match outcome {
             Ok(answer) => self.respond(answer, exchange, version),
-            Err(error) => error_response(&error, exchange, version),
+            Err(error) => {
+                let mut response = error_response(&error, exchange, version);
+                if body_left_unread {
+                    response
+                        .headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
+                response
+            }
         };
         if let Some(decision) = rate {
             decision.add_headers(response.headers_mut());
@@ -179,11 +194,20 @@ impl Proxy {
         let mut exchange = Exchange::begin(self.telemetry.clone(), http, req.headers());
         if let Some(record) = exchange.record() {
             record.tls = req.extensions().get::<Arc<crate::tls::TlsInfo>>().cloned();
-            if let Some(ids) = record.ids.as_ref().filter(|ids| ids.sampled) {
-                self.genai.remember(ids.trace_id, ids.server_span_id);
-            }
         }
         exchange
+    }
+
+    /// The feedback join remembers the trace of an admitted request only: a client refused by
+    /// access control or the rate limit cannot evict remembered traces.
+    fn remember(&self, exchange: &mut Exchange) {
+        if let Some(ids) = exchange
+            .record()
+            .and_then(|record| record.ids.as_ref())
+            .filter(|ids| ids.sampled)
+        {
+            self.genai.remember(ids.trace_id, ids.server_span_id);
+        }
     }
 
     /// admit: access control, the request's framing, then the rate limit. The decision (for
@@ -258,6 +282,14 @@ impl Proxy {
     fn check(&self, req: &Request<Incoming>) -> Result<(), ProxyError> {
         if self.is_draining() {
             return Err(ProxyError::Draining);
+        }
+        if req.method() == http::Method::CONNECT {
+            return Err(ProxyError::UnsupportedProtocol("CONNECT tunnels"));
+        }
+        if asks_upgrade(req) {
+            return Err(ProxyError::UnsupportedProtocol(
+                "protocol upgrades (Upgrade)",
+            ));
         }
         if req.version() == Version::HTTP_11 {
             // RFC 9112 3.2: exactly one Host.
@@ -454,6 +486,19 @@ pub fn upstream_connector(
 }
 
 /// The request's declared body length, if it has a valid one.
+/// An upgrade request (RFC 9110 7.8): `Upgrade` named in `Connection`. A bare `Upgrade`
+/// header asks for nothing and is stripped as hop-by-hop like the others.
+fn asks_upgrade(req: &Request<Incoming>) -> bool {
+    req.headers().contains_key(header::UPGRADE)
+        && headers::tokens(req.headers(), header::CONNECTION)
+            .any(|token| token.eq_ignore_ascii_case("upgrade"))
+}
+
+/// Whether the request has a body still to come (declared by length or chunked framing).
+fn declares_body(req: &Request<Incoming>) -> bool {
+    !http_body::Body::is_end_stream(req.body())
+}
+
 fn declared_length(req: &Request<Incoming>) -> Result<Option<u64>, ProxyError> {
     match req.headers().get(header::CONTENT_LENGTH) {
         None => Ok(None),
