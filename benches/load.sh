@@ -437,8 +437,9 @@ declare -A RPS P50 P99 ERRS CPU_US REQS EXPORT_B
 # ever has ragscope as a client). A connection closed within a window is missed: the figure
 # is a lower bound, and hyper keeps its export connection alive.
 otlp_bytes() {
-  ss -tinH state established "( dport = :$OTLP_HTTP )" 2>/dev/null \
-    | grep -o 'bytes_acked:[0-9]*' | awk -F: '{s += $2} END {printf "%d", s}'
+  # No connection to the collector yet (direct, nginx) is 0 bytes, not a failure (pipefail).
+  { ss -tinH state established "( dport = :$OTLP_HTTP )" 2>/dev/null || true; } \
+    | { grep -o 'bytes_acked:[0-9]*' || true; } | awk -F: '{s += $2} END {printf "%d", s}'
 }
 WRK=(wrk "-t$THREADS" "-c$CONNECTIONS" --latency -s "$WRK_SCRIPT")
 # measure NAME: warm-up, then a measured run against NAME's port; fills the arrays.
