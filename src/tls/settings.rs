@@ -34,8 +34,8 @@ impl Settings {
                 missing,
                 "",
                 format!(
-                    "{what}, because {given}={} is set (set both or neither)",
-                    path.display()
+                    "{what}, because {given}={:?} is set (set both or neither)",
+                    path.display().to_string()
                 ),
             )
         };

@@ -31,7 +31,9 @@ for t in $targets; do
   if ! "${fuzz[@]}" run --fuzz-dir tests/fuzz "$t" "$scratch/$t" "$seeds" -- \
       -max_total_time="$FUZZ_SECONDS" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
       >"$scratch/$t.log" 2>&1; then
-    tail -60 "$scratch/$t.log" >&2
+    # The panic message comes before a long backtrace: print it on its own, then the end.
+    grep -m1 -A2 -E "panicked at|^==[0-9]+==ERROR" "$scratch/$t.log" >&2 || true
+    tail -40 "$scratch/$t.log" >&2
     echo "fuzz: $t FAILED; the input is in tests/fuzz/artifacts/$t/" >&2
     exit 1
   fi
