@@ -5,7 +5,7 @@
 
 use serde_json::{Value, json};
 
-use crate::limit::{RateKeyKind, RateMode};
+use crate::limit::{ForwardedHeader, RateKeyKind, RateMode};
 use crate::settings::Config;
 use crate::telemetry::{
     ExporterKind, LogFormat, OtlpProtocol, OtlpSignal, ParentRoot, SamplerConfig,
@@ -103,6 +103,10 @@ fn guard(config: &Config) -> Value {
             RateKeyKind::Header(name) => format!("header:{name}"),
         },
         "RAGSCOPE_TRUSTED_PROXIES": config.rate_limit.trusted_proxies.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+        "RAGSCOPE_FORWARDED_HEADER": match config.rate_limit.forwarded_header {
+            ForwardedHeader::XForwardedFor => "x-forwarded-for",
+            ForwardedHeader::Forwarded => "forwarded",
+        },
         "RAGSCOPE_RATE_MAX_KEYS": config.rate_limit.max_keys,
         "RAGSCOPE_RATE_MODE": match config.rate_limit.mode { RateMode::Enforce => "enforce", RateMode::Shadow => "shadow" },
         // A Redis URL may carry a password.

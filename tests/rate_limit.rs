@@ -154,6 +154,52 @@ async fn behind_a_trusted_proxy_the_right_most_untrusted_hop_is_the_client() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn behind_proxies_that_write_forwarded_that_header_names_the_client() {
+    let up = Upstream::start().await;
+    let proxy = Proxy::builder()
+        .upstream(&up)
+        .env("RAGSCOPE_RATE_LIMIT", "1/m")
+        .env("RAGSCOPE_TRUSTED_PROXIES", "127.0.0.0/8, 10.0.0.0/8")
+        .env("RAGSCOPE_FORWARDED_HEADER", "forwarded")
+        .run()
+        .await;
+    let c = Client::http1();
+    let url = proxy.url("/json");
+    let fwd = |v: &'static str| [("forwarded", v)];
+    assert_eq!(
+        status_with(
+            &c,
+            &url,
+            &fwd("for=6.6.6.6, for=203.0.113.1;proto=https, for=10.0.0.5")
+        )
+        .await,
+        200
+    );
+    assert_eq!(
+        status_with(&c, &url, &fwd("for=7.7.7.7, for=\"203.0.113.1:4711\"")).await,
+        429,
+        "the same client, whatever it wrote left of its own address"
+    );
+    assert_eq!(
+        status_with(&c, &url, &fwd("for=\"[2001:db8:1:2::1]:80\"")).await,
+        200
+    );
+    // In this mode X-Forwarded-For is whatever the client wrote: a new one buys nothing.
+    assert_eq!(
+        status_with(
+            &c,
+            &url,
+            &[
+                ("forwarded", "for=203.0.113.1"),
+                ("x-forwarded-for", "198.51.100.7")
+            ]
+        )
+        .await,
+        429
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn shadow_mode_forwards_everything_and_records_what_it_would_have_refused() {
     let up = Upstream::start().await;
     let otlp = OtlpReceiver::start().await;

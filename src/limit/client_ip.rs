@@ -1,24 +1,39 @@
 //! Who the client is, by address: the socket peer, or — only when the peer is a trusted
-//! proxy — the right-most `X-Forwarded-For` address that is not itself a trusted proxy.
+//! proxy — the right-most address of the forwarding chain (`X-Forwarded-For`, or `Forwarded`
+//! per RFC 7239) that is not itself a trusted proxy.
 //!
 //! Walking from the right matters: each proxy appends the address it saw, so everything left
-//! of the first untrusted hop was written by the client and can be forged.
+//! of the first untrusted hop was written by the client and can be forged. For the same reason
+//! only ONE header is read, the one the operator's proxies write (`RAGSCOPE_FORWARDED_HEADER`):
+//! a proxy that appends to `X-Forwarded-For` passes a client's own `Forwarded` line through
+//! untouched, and reading that would believe the client.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 
 use http::HeaderMap;
 use ipnet::IpNet;
+
+/// Which header trusted proxies record the chain in (`RAGSCOPE_FORWARDED_HEADER`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ForwardedHeader {
+    /// `X-Forwarded-For: client, proxy1, proxy2` (the default; what most proxies write).
+    #[default]
+    XForwardedFor,
+    /// `Forwarded: for=client, for=proxy1;proto=https` (RFC 7239).
+    Forwarded,
+}
 
 /// Resolves the client address of a request.
 #[derive(Debug, Clone, Default)]
 pub struct ClientIp {
     trusted: Vec<IpNet>,
+    header: ForwardedHeader,
 }
 
 impl ClientIp {
-    /// With the peers whose `X-Forwarded-For` is believed.
-    pub fn new(trusted: Vec<IpNet>) -> Self {
-        ClientIp { trusted }
+    /// With the peers whose forwarding header is believed, and which header that is.
+    pub fn new(trusted: Vec<IpNet>, header: ForwardedHeader) -> Self {
+        ClientIp { trusted, header }
     }
 
     fn is_trusted(&self, ip: IpAddr) -> bool {
@@ -33,15 +48,26 @@ impl ClientIp {
             return peer;
         }
         let mut client = peer;
-        // Several X-Forwarded-For lines form one list, in order (RFC 9110 5.3).
-        let hops: Vec<&str> = headers
-            .get_all("x-forwarded-for")
+        // Several lines of either header form one list, in order (RFC 9110 5.3). `None` is a hop
+        // that names no address we can use (garbage, `unknown`, an obfuscated identifier).
+        let lines = headers
+            .get_all(match self.header {
+                ForwardedHeader::XForwardedFor => "x-forwarded-for",
+                ForwardedHeader::Forwarded => "forwarded",
+            })
             .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .collect();
+            .filter_map(|v| v.to_str().ok());
+        let hops: Vec<Option<IpAddr>> = match self.header {
+            ForwardedHeader::XForwardedFor => {
+                lines.flat_map(|v| v.split(',')).map(parse_hop).collect()
+            }
+            ForwardedHeader::Forwarded => lines
+                .flat_map(forwarded_elements)
+                .map(forwarded_for)
+                .collect(),
+        };
         for hop in hops.iter().rev() {
-            let Some(ip) = parse_hop(hop) else {
+            let Some(ip) = *hop else {
                 // Garbage in the chain: nothing left of it can be believed; the last good hop
                 // (a trusted proxy) is the best we know.
                 break;
@@ -64,6 +90,70 @@ fn parse_hop(hop: &str) -> Option<IpAddr> {
     hop.parse::<std::net::SocketAddr>()
         .ok()
         .map(|s| s.ip().to_canonical())
+}
+
+/// The elements of one `Forwarded` line: split at commas outside quoted strings.
+fn forwarded_elements(line: &str) -> impl Iterator<Item = &str> {
+    let mut in_quotes = false;
+    let mut escaped = false;
+    line.split(move |c: char| {
+        if escaped {
+            escaped = false;
+            return false;
+        }
+        match c {
+            '\\' if in_quotes => escaped = true,
+            '"' => in_quotes = !in_quotes,
+            ',' if !in_quotes => return true,
+            _ => {}
+        }
+        false
+    })
+}
+
+/// The address in an element's `for=` parameter (RFC 7239 6: `192.0.2.43`, `192.0.2.43:47011`,
+/// `"[2001:db8:cafe::17]"`, `"[2001:db8:cafe::17]:4711"`). `None` for `unknown`, obfuscated
+/// identifiers (`_hidden`), a missing `for=` or anything unparsable: they end the walk.
+fn forwarded_for(element: &str) -> Option<IpAddr> {
+    let value = element.split(';').find_map(|pair| {
+        let (name, value) = pair.split_once('=')?;
+        name.trim()
+            .eq_ignore_ascii_case("for")
+            .then_some(value.trim())
+    })?;
+    // A quoted string may carry backslash escapes; an address never needs one.
+    let node = match value.strip_prefix('"') {
+        Some(quoted) => quoted.strip_suffix('"')?,
+        None => value,
+    };
+    if node.contains('\\') {
+        return None;
+    }
+    if let Some(rest) = node.strip_prefix('[') {
+        let (v6, port) = rest.split_once(']')?;
+        if !(port.is_empty() || port.strip_prefix(':').is_some_and(valid_port)) {
+            return None;
+        }
+        return v6
+            .parse::<Ipv6Addr>()
+            .ok()
+            .map(|ip| IpAddr::V6(ip).to_canonical());
+    }
+    let (host, port) = node.split_once(':').unwrap_or((node, ""));
+    if !(port.is_empty() && !node.contains(':') || valid_port(port)) {
+        return None;
+    }
+    host.parse::<std::net::Ipv4Addr>().ok().map(IpAddr::V4)
+}
+
+/// RFC 7239's node-port: a port number, or an obfuscated one (`_abc`) we accept and ignore.
+fn valid_port(port: &str) -> bool {
+    port.parse::<u16>().is_ok()
+        || port.strip_prefix('_').is_some_and(|p| {
+            !p.is_empty()
+                && p.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+        })
 }
 
 /// The address a budget belongs to: IPv4 as it is, IPv6 by its /64 (one subscriber's
@@ -96,7 +186,84 @@ mod tests {
     }
 
     fn trusting(nets: &[&str]) -> ClientIp {
-        ClientIp::new(nets.iter().map(|n| n.parse().expect("cidr")).collect())
+        ClientIp::new(
+            nets.iter().map(|n| n.parse().expect("cidr")).collect(),
+            ForwardedHeader::XForwardedFor,
+        )
+    }
+
+    fn trusting_forwarded(nets: &[&str]) -> ClientIp {
+        ClientIp::new(
+            nets.iter().map(|n| n.parse().expect("cidr")).collect(),
+            ForwardedHeader::Forwarded,
+        )
+    }
+
+    fn forwarded(lines: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for v in lines {
+            h.append("forwarded", HeaderValue::from_str(v).expect("value"));
+        }
+        h
+    }
+
+    #[test]
+    fn forwarded_is_walked_from_the_right_like_x_forwarded_for() {
+        let c = trusting_forwarded(&["10.0.0.0/8"]);
+        let h = forwarded(&[
+            "for=6.6.6.6, for=203.0.113.9;proto=https;by=10.9.9.9",
+            "For=\"10.1.1.1:8080\"",
+        ]);
+        assert_eq!(c.resolve(ip("10.0.0.1"), &h), ip("203.0.113.9"));
+        let h = forwarded(&["for=\"[2001:db8:cafe::17]:4711\";proto=http, for=10.2.2.2"]);
+        assert_eq!(c.resolve(ip("10.0.0.1"), &h), ip("2001:db8:cafe::17"));
+        let h = forwarded(&["for=\"[2001:db8::1]\""]);
+        assert_eq!(c.resolve(ip("10.0.0.1"), &h), ip("2001:db8::1"));
+        // A quoted comma does not split an element.
+        let h = forwarded(&["for=203.0.113.9;by=\"a,b\", for=10.3.3.3"]);
+        assert_eq!(c.resolve(ip("10.0.0.1"), &h), ip("203.0.113.9"));
+    }
+
+    #[test]
+    fn forwarded_unknown_obfuscated_or_missing_for_ends_the_walk() {
+        let c = trusting_forwarded(&["10.0.0.0/8"]);
+        for line in [
+            "for=203.0.113.9, for=unknown, for=10.4.4.4",
+            "for=203.0.113.9, for=_hidden, for=10.4.4.4",
+            "for=203.0.113.9, proto=https, for=10.4.4.4",
+            "for=203.0.113.9, for=2001:db8::1, for=10.4.4.4",
+            "for=203.0.113.9, for=\"10.0.0.\\9\", for=10.4.4.4",
+        ] {
+            assert_eq!(
+                c.resolve(ip("10.0.0.1"), &forwarded(&[line])),
+                ip("10.4.4.4"),
+                "{line}"
+            );
+        }
+        // Obfuscated ports are fine; the address still counts.
+        let h = forwarded(&["for=\"203.0.113.9:_port\""]);
+        assert_eq!(c.resolve(ip("10.0.0.1"), &h), ip("203.0.113.9"));
+    }
+
+    #[test]
+    fn only_the_configured_header_is_read() {
+        // Proxies that write X-Forwarded-For pass a client's own Forwarded line through: reading
+        // it would believe the client.
+        let mut h = headers(&["203.0.113.9"]);
+        h.append("forwarded", HeaderValue::from_static("for=6.6.6.6"));
+        assert_eq!(
+            trusting(&["10.0.0.0/8"]).resolve(ip("10.0.0.1"), &h),
+            ip("203.0.113.9")
+        );
+        assert_eq!(
+            trusting_forwarded(&["10.0.0.0/8"]).resolve(ip("10.0.0.1"), &h),
+            ip("6.6.6.6")
+        );
+        // Untrusted peers are believed in neither.
+        assert_eq!(
+            trusting_forwarded(&["10.0.0.0/8"]).resolve(ip("198.51.100.1"), &h),
+            ip("198.51.100.1")
+        );
     }
 
     #[test]

@@ -29,7 +29,7 @@ use tokio::sync::Notify;
 use crate::error::ProxyError;
 use crate::identity::ApiKeyName;
 
-pub use client_ip::{ClientIp, group as group_ip};
+pub use client_ip::{ClientIp, ForwardedHeader, group as group_ip};
 pub use redis::{Fallback, RedisUrlError};
 pub use settings::{Rate, RateKeyKind, RateLimitConfig, RateMode};
 pub use store::BoundedStore;
@@ -273,7 +273,7 @@ impl RateLimiter {
         let limiter = Arc::new(RateLimiter {
             mode: config.mode,
             key_kind: config.key.clone(),
-            client_ip: ClientIp::new(config.trusted_proxies.clone()),
+            client_ip: ClientIp::new(config.trusted_proxies.clone(), config.forwarded_header),
             burst: burst.get(),
             interval,
             local,

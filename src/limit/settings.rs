@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use http::Uri;
 
+use super::client_ip::ForwardedHeader;
 use crate::config::{ConfigError, Reader, Source};
 
 /// Rate limiting settings. `limit: None` means rate limiting is off (the default).
@@ -15,8 +16,10 @@ pub struct RateLimitConfig {
     pub burst: u32,
     /// `RAGSCOPE_RATE_KEY`: what a budget belongs to.
     pub key: RateKeyKind,
-    /// `RAGSCOPE_TRUSTED_PROXIES`: peers whose `X-Forwarded-For` is believed.
+    /// `RAGSCOPE_TRUSTED_PROXIES`: peers whose forwarding header is believed.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// `RAGSCOPE_FORWARDED_HEADER`: the header those proxies write the chain in.
+    pub forwarded_header: ForwardedHeader,
     /// `RAGSCOPE_RATE_MAX_KEYS`: most keys tracked in memory at once.
     pub max_keys: usize,
     /// `RAGSCOPE_RATE_MODE`: refuse, or only record.
@@ -96,6 +99,14 @@ impl RateLimitConfig {
                 "",
                 "a comma-separated list of CIDRs or addresses, like 10.0.0.0/8,fd00::/8,192.0.2.7",
                 parse_cidrs,
+            )?,
+            forwarded_header: r.one_of(
+                "RAGSCOPE_FORWARDED_HEADER",
+                "x-forwarded-for",
+                &[
+                    ("x-forwarded-for", ForwardedHeader::XForwardedFor),
+                    ("forwarded", ForwardedHeader::Forwarded),
+                ],
             )?,
             max_keys: r.count_in("RAGSCOPE_RATE_MAX_KEYS", 100_000, "keys", 1..)?,
             mode: r.one_of(
@@ -183,6 +194,10 @@ mod tests {
         assert_eq!(c.redis, None);
         assert_eq!(c.redis_timeout, Duration::from_millis(50));
         assert!(c.trusted_proxies.is_empty());
+        assert_eq!(c.forwarded_header, ForwardedHeader::XForwardedFor);
+        let c = parse(&[("RAGSCOPE_FORWARDED_HEADER", "Forwarded")]).expect("parse");
+        assert_eq!(c.forwarded_header, ForwardedHeader::Forwarded);
+        assert!(parse(&[("RAGSCOPE_FORWARDED_HEADER", "x-real-ip")]).is_err());
     }
 
     #[test]
