@@ -152,7 +152,20 @@ fn signal(s: &OtlpSignal) -> Value {
         "headers": s.headers.iter()
             .map(|(k, _)| (k.clone(), Value::String(MASK.to_owned())))
             .collect::<serde_json::Map<_, _>>(),
+        // Paths only (the variable that set each): never the files' contents.
+        "tls": {
+            "certificate": tls_file(&s.tls.certificate),
+            "client_certificate": tls_file(&s.tls.client_certificate),
+            "client_key": tls_file(&s.tls.client_key),
+        },
     })
+}
+
+fn tls_file(file: &Option<(String, std::path::PathBuf)>) -> Value {
+    match file {
+        None => Value::Null,
+        Some((var, path)) => json!({ "variable": var, "path": path.display().to_string() }),
+    }
 }
 
 fn exporter(e: ExporterKind) -> &'static str {

@@ -45,6 +45,117 @@ async fn spans_reach_a_real_collector_over_otlp_http_protobuf() {
     request_and_find_the_span_in_rotel(&proxy, &rotel).await;
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn spans_reach_a_collector_behind_tls_over_grpc_with_a_private_ca() {
+    let rotel = Rotel::start().await;
+    let ca = Ca::new("collector CA");
+    let front = TlsFront::start(rotel.grpc, &ca.server_cert(&["localhost"]), None).await;
+    let files = CertFiles::new(&ca.server_cert(&["localhost"]));
+    let ca_file = files.write("collector-ca.pem", &ca.pem);
+    let up = Upstream::start().await;
+    let proxy = Proxy::builder()
+        .upstream(&up)
+        .otlp_endpoint(&format!("https://localhost:{}", front.addr.port()), "grpc")
+        .env(
+            "OTEL_EXPORTER_OTLP_CERTIFICATE",
+            ca_file.display().to_string(),
+        )
+        .run()
+        .await;
+    request_and_find_the_span_in_rotel(&proxy, &rotel).await;
+    assert!(front.handshakes.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn spans_reach_a_collector_that_requires_a_client_certificate_over_http() {
+    let rotel = Rotel::start().await;
+    let ca = Ca::new("collector CA");
+    let front = TlsFront::start(rotel.http, &ca.server_cert(&["localhost"]), Some(&ca)).await;
+    let files = CertFiles::new(&ca.client_cert("ragscope", "platform"));
+    let ca_file = files.write("collector-ca.pem", &ca.pem);
+    let up = Upstream::start().await;
+    let proxy = Proxy::builder()
+        .upstream(&up)
+        .otlp_endpoint(
+            &format!("https://localhost:{}", front.addr.port()),
+            "http/protobuf",
+        )
+        .env(
+            "OTEL_EXPORTER_OTLP_CERTIFICATE",
+            ca_file.display().to_string(),
+        )
+        .env(
+            "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE",
+            files.cert().display().to_string(),
+        )
+        .env(
+            "OTEL_EXPORTER_OTLP_CLIENT_KEY",
+            files.key().display().to_string(),
+        )
+        .run()
+        .await;
+    request_and_find_the_span_in_rotel(&proxy, &rotel).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_collector_certificate_from_the_wrong_ca_fails_closed_and_traffic_goes_on() {
+    let rotel = Rotel::start().await;
+    let ca = Ca::new("collector CA");
+    let other = Ca::new("some other CA");
+    let front = TlsFront::start(rotel.grpc, &ca.server_cert(&["localhost"]), None).await;
+    let files = CertFiles::new(&other.server_cert(&["localhost"]));
+    let wrong_ca = files.write("wrong-ca.pem", &other.pem);
+    let up = Upstream::start().await;
+    let proxy = Proxy::builder()
+        .upstream(&up)
+        .otlp_endpoint(&format!("https://localhost:{}", front.addr.port()), "grpc")
+        .env(
+            "OTEL_EXPORTER_OTLP_CERTIFICATE",
+            wrong_ca.display().to_string(),
+        )
+        .env("OTEL_METRICS_EXPORTER", "none")
+        .run()
+        .await;
+    let client = Client::http1();
+    for _ in 0..5 {
+        assert_eq!(
+            client.get(proxy.url("/json")).await.status,
+            200,
+            "traffic is unaffected"
+        );
+    }
+    // The spans are counted as failed exports once the exporter has tried (and refused the
+    // collector's certificate); nothing reaches the collector.
+    let counted = wait_for(Duration::from_secs(15), || async {
+        let metrics = client.get(proxy.admin_url("/metrics")).await;
+        String::from_utf8_lossy(&metrics.body)
+            .lines()
+            .any(|l| {
+                l.starts_with("ragscope_telemetry_spans_dropped")
+                    && l.contains("reason=\"export_failed\"")
+            })
+            .then_some(())
+    })
+    .await;
+    assert!(
+        counted.is_some(),
+        "the failed exports are counted on /metrics"
+    );
+    assert!(
+        front.failed.load(std::sync::atomic::Ordering::SeqCst) >= 1,
+        "the handshake was refused by us"
+    );
+    assert_eq!(
+        front.handshakes.load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
+    assert!(
+        parse_spans(&rotel.output()).is_empty(),
+        "nothing may reach the collector: {:#?}",
+        rotel.output()
+    );
+}
+
 /// One request with a unique marker in its path; rotel must print its SERVER span with the HTTP
 /// attributes and our resource, and the CLIENT child for the upstream call in the same trace.
 async fn request_and_find_the_span_in_rotel(proxy: &Proxy, rotel: &Rotel) {

@@ -457,20 +457,12 @@ pub fn upstream_connector(
     // with an internal certificate should not also be trusted on a public CA's word.
     let roots = match &config.upstream_ca {
         Some(path) => crate::tls::load_ca_bundle("RAGSCOPE_UPSTREAM_CA", path)?,
-        None => {
-            let native = rustls_native_certs::load_native_certs();
-            let mut roots = rustls::RootCertStore::empty();
-            roots.add_parsable_certificates(native.certs);
-            if config.upstream.scheme == http::uri::Scheme::HTTPS && roots.is_empty() {
-                let why = native
-                    .errors
-                    .first()
-                    .map(|e| e.to_string())
-                    .unwrap_or_else(|| "none installed".to_owned());
+        None => match crate::tls::system_roots() {
+            (_, Some(why)) if config.upstream.scheme == http::uri::Scheme::HTTPS => {
                 return Err(ClientError::NoRoots(why));
             }
-            roots
-        }
+            (roots, _) => roots,
+        },
     };
     let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),

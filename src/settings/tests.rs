@@ -195,6 +195,56 @@ fn otlp_endpoints_follow_the_spec() {
 }
 
 #[test]
+fn otlp_tls_files_are_read_per_signal_with_the_generic_ones_as_fallback() {
+    let c = parse(&[
+        ("OTEL_EXPORTER_OTLP_CERTIFICATE", "/etc/otel/ca.pem"),
+        (
+            "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE",
+            "/etc/otel/traces-ca.pem",
+        ),
+        (
+            "OTEL_EXPORTER_OTLP_METRICS_CLIENT_CERTIFICATE",
+            "/etc/otel/client.pem",
+        ),
+        (
+            "OTEL_EXPORTER_OTLP_METRICS_CLIENT_KEY",
+            "/etc/otel/client.key",
+        ),
+        ("OTEL_EXPORTER_OTLP_CLIENT_KEY", ""),
+    ])
+    .expect("parse");
+    let file = |var: &str, path: &str| Some((var.to_owned(), std::path::PathBuf::from(path)));
+    let (t, m) = (&c.telemetry.traces.tls, &c.telemetry.metrics.tls);
+    assert_eq!(
+        t.certificate,
+        file(
+            "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE",
+            "/etc/otel/traces-ca.pem"
+        )
+    );
+    assert_eq!(
+        m.certificate,
+        file("OTEL_EXPORTER_OTLP_CERTIFICATE", "/etc/otel/ca.pem")
+    );
+    assert_eq!(t.client_certificate, None);
+    assert_eq!(t.client_key, None, "an empty value is unset");
+    assert_eq!(
+        m.client_certificate,
+        file(
+            "OTEL_EXPORTER_OTLP_METRICS_CLIENT_CERTIFICATE",
+            "/etc/otel/client.pem"
+        )
+    );
+    assert_eq!(
+        m.client_key,
+        file(
+            "OTEL_EXPORTER_OTLP_METRICS_CLIENT_KEY",
+            "/etc/otel/client.key"
+        )
+    );
+}
+
+#[test]
 fn otel_switches_and_invalid_values_are_warned_and_ignored() {
     let c = parse(&[
         ("OTEL_SDK_DISABLED", "TRUE"),

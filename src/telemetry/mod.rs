@@ -14,6 +14,7 @@ mod genai_instruments;
 mod held;
 pub mod logging;
 mod metrics;
+mod otlp_tls;
 mod overview;
 pub mod prometheus;
 mod queue;
@@ -71,20 +72,35 @@ pub enum TelemetryError {
 macro_rules! otlp_exporter {
     ($exporter:ty, $signal:expr, $name:literal) => {{
         let signal: &OtlpSignal = $signal;
+        let https = signal.endpoint.starts_with("https://");
         let built = match signal.protocol {
-            OtlpProtocol::Grpc => <$exporter>::builder()
-                .with_tonic()
-                .with_endpoint(signal.endpoint.clone())
-                .with_timeout(signal.timeout)
-                .with_metadata(grpc_metadata(&signal.headers))
-                .build(),
-            OtlpProtocol::HttpProtobuf => <$exporter>::builder()
-                .with_http()
-                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-                .with_endpoint(signal.endpoint.clone())
-                .with_timeout(signal.timeout)
-                .with_headers(signal.headers.iter().cloned().collect())
-                .build(),
+            OtlpProtocol::Grpc => {
+                let builder = <$exporter>::builder()
+                    .with_tonic()
+                    .with_endpoint(signal.endpoint.clone())
+                    .with_timeout(signal.timeout)
+                    .with_metadata(grpc_metadata(&signal.headers));
+                if https {
+                    builder
+                        .with_tls_config(otlp_tls::tonic_config($name, signal))
+                        .build()
+                } else {
+                    builder.build()
+                }
+            }
+            // Our own client always: reqwest is built without a crypto provider of its own (it
+            // would bring aws-lc-rs), so its default client could not do TLS.
+            OtlpProtocol::HttpProtobuf => match otlp_tls::http_client($name, signal) {
+                Ok(client) => <$exporter>::builder()
+                    .with_http()
+                    .with_http_client(client)
+                    .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+                    .with_endpoint(signal.endpoint.clone())
+                    .with_timeout(signal.timeout)
+                    .with_headers(signal.headers.iter().cloned().collect())
+                    .build(),
+                Err(why) => Err(opentelemetry_otlp::ExporterBuildError::InternalFailure(why)),
+            },
         };
         built.map_err(|source| TelemetryError::Exporter {
             signal: $name,

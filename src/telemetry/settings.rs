@@ -2,6 +2,7 @@
 //! empty value is unset, and an invalid value is warned about and ignored (never fatal). Also the
 //! process log settings (`RAGSCOPE_LOG`, `RAGSCOPE_LOG_FORMAT`).
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::config::{ConfigError, Reader, Source};
@@ -72,6 +73,21 @@ pub struct OtlpSignal {
     pub timeout: Duration,
     /// Extra request headers (`OTEL_EXPORTER_OTLP_HEADERS`): never logged, they hold credentials.
     pub headers: Vec<(String, String)>,
+    /// TLS files for an `https://` endpoint.
+    pub tls: OtlpTls,
+}
+
+/// TLS to the collector (`OTEL_EXPORTER_OTLP_CERTIFICATE`, `..._CLIENT_CERTIFICATE`,
+/// `..._CLIENT_KEY`, each with its per-signal variant). Only paths here: the files are read when
+/// the exporter is built (src/telemetry/otlp_tls.rs).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OtlpTls {
+    /// PEM CA bundle that replaces the system roots for the collector's certificate.
+    pub certificate: Option<(String, PathBuf)>,
+    /// PEM client certificate chain for mTLS (with `client_key`).
+    pub client_certificate: Option<(String, PathBuf)>,
+    /// PEM private key of the client certificate.
+    pub client_key: Option<(String, PathBuf)>,
 }
 
 /// Sampler (`OTEL_TRACES_SAMPLER` and `OTEL_TRACES_SAMPLER_ARG`).
@@ -345,11 +361,23 @@ fn signal<S: Source + ?Sized>(otel: &Reader<'_, S>, signal: &str, path: &str) ->
     let headers = get_signal(otel, signal, "HEADERS")
         .map(|(_, v)| parse_key_values(&v))
         .unwrap_or_default();
+    // The variable's name travels with the path, so a warning about the file names it.
+    let file = |suffix: &str| {
+        get_signal(otel, signal, suffix)
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(var, v)| (var, PathBuf::from(v)))
+    };
+    let tls = OtlpTls {
+        certificate: file("CERTIFICATE"),
+        client_certificate: file("CLIENT_CERTIFICATE"),
+        client_key: file("CLIENT_KEY"),
+    };
     OtlpSignal {
         protocol,
         endpoint,
         timeout,
         headers,
+        tls,
     }
 }
 

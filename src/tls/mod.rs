@@ -88,15 +88,35 @@ pub fn load_ca_bundle(var: &'static str, path: &Path) -> Result<RootCertStore, T
         path: path.to_owned(),
         detail,
     };
-    let certs = CertificateDer::pem_slice_iter(&pem)
+    parse_ca_bundle(&pem).map_err(content)
+}
+
+/// The CA certificates of a PEM bundle; the error says what is wrong with its contents.
+pub fn parse_ca_bundle(pem: &[u8]) -> Result<RootCertStore, String> {
+    let certs = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| content(format!("not valid PEM: {e}")))?;
+        .map_err(|e| format!("not valid PEM: {e}"))?;
     let mut roots = RootCertStore::empty();
     let (added, _ignored) = roots.add_parsable_certificates(certs);
     if added == 0 {
-        return Err(content("holds no usable CA certificate".to_owned()));
+        return Err("holds no usable CA certificate".to_owned());
     }
     Ok(roots)
+}
+
+/// The system's CA certificates, and why there are none when there are none.
+pub fn system_roots() -> (RootCertStore, Option<String>) {
+    let native = rustls_native_certs::load_native_certs();
+    let mut roots = RootCertStore::empty();
+    roots.add_parsable_certificates(native.certs);
+    let why = roots.is_empty().then(|| {
+        native
+            .errors
+            .first()
+            .map(|e| e.to_string())
+            .unwrap_or_else(|| "none installed".to_owned())
+    });
+    (roots, why)
 }
 
 /// Hands every new handshake the certificate currently in service.

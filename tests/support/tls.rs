@@ -401,3 +401,82 @@ impl super::Proxy {
         format!("https://localhost:{}{path}", self.addr().port())
     }
 }
+
+/// A TLS endpoint in front of a plaintext one (as a load balancer or ingress puts in front of
+/// a collector): it terminates TLS with `server` (requiring a client certificate signed by
+/// `client_ca` when given), offers ALPN h2 and http/1.1, and relays the bytes to `target`.
+pub struct TlsFront {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Handshakes that completed.
+    pub handshakes: Arc<AtomicUsize>,
+    /// Handshakes that failed (an untrusted server for the client, a missing client cert...).
+    pub failed: Arc<AtomicUsize>,
+    task: JoinHandle<()>,
+}
+
+impl TlsFront {
+    /// Starts the front on a loopback port.
+    pub async fn start(target: SocketAddr, server: &Leaf, client_ca: Option<&Ca>) -> TlsFront {
+        let builder = rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .expect("versions");
+        let builder = match client_ca {
+            Some(ca) => builder.with_client_cert_verifier(
+                rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    Arc::new(ca.roots()),
+                    provider(),
+                )
+                .build()
+                .expect("client verifier"),
+            ),
+            None => builder.with_no_client_auth(),
+        };
+        let mut config = builder
+            .with_single_cert(
+                vec![server.der.clone()],
+                PrivateKeyDer::from_pem_slice(server.key_pem.as_bytes()).expect("server key"),
+            )
+            .expect("server certificate");
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let handshakes = Arc::new(AtomicUsize::new(0));
+        let failed = Arc::new(AtomicUsize::new(0));
+        let (ok, bad) = (handshakes.clone(), failed.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
+                let (acceptor, ok, bad) = (acceptor.clone(), ok.clone(), bad.clone());
+                tokio::spawn(async move {
+                    let mut tls = match acceptor.accept(tcp).await {
+                        Ok(tls) => tls,
+                        Err(_) => {
+                            bad.fetch_add(1, Ordering::SeqCst);
+                            return;
+                        }
+                    };
+                    ok.fetch_add(1, Ordering::SeqCst);
+                    if let Ok(mut plain) = TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+                    }
+                });
+            }
+        });
+        TlsFront {
+            addr,
+            handshakes,
+            failed,
+            task,
+        }
+    }
+}
+
+impl Drop for TlsFront {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
