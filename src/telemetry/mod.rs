@@ -8,6 +8,7 @@
 //! by a periodic reader thread. Shutdown is bounded by a timeout whatever the collector does.
 
 pub mod access_log;
+mod exchange;
 mod export;
 mod genai;
 mod genai_instruments;
@@ -17,6 +18,7 @@ mod metrics;
 mod overview;
 pub mod prometheus;
 mod queue;
+mod readers;
 pub mod recent;
 mod record;
 mod sampling;
@@ -33,6 +35,7 @@ use opentelemetry::propagation::TextMapCompositePropagator;
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_otlp::{WithExportConfig, WithHttpConfig, WithTonicConfig};
 use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::metrics::reader::MetricReader;
 use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
 use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
 use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor, Sampler, SpanProcessor};
@@ -102,6 +105,8 @@ pub struct Telemetry {
     /// `None` when `OTEL_PROPAGATORS=none` or the SDK is disabled: trace headers pass untouched.
     propagator: Option<TextMapCompositePropagator>,
     instruments: Instruments,
+    /// The instruments' series bound to their (bounded) attribute sets.
+    series: metrics::Series,
     genai_instruments: GenAiInstruments,
     meter_provider: SdkMeterProvider,
     /// The registry `/metrics` renders; `None` when the SDK is disabled.
@@ -135,10 +140,11 @@ impl Telemetry {
         let mut meter_builder = SdkMeterProvider::builder().with_resource(resource.clone());
         let mut prometheus = None;
         if !config.sdk_disabled {
+            let mut readers: Vec<Box<dyn MetricReader>> = Vec::new();
             // The Prometheus pull reader sits beside the push exporter, whatever that is.
             match PrometheusEndpoint::new() {
                 Ok((endpoint, reader)) => {
-                    meter_builder = meter_builder.with_reader(reader);
+                    readers.push(Box::new(reader));
                     prometheus = Some(endpoint);
                 }
                 Err(e) => tracing::warn!(error = %e, "/metrics is not available"),
@@ -150,20 +156,24 @@ impl Telemetry {
                         &config.metrics,
                         "metrics"
                     )?;
-                    meter_builder = meter_builder.with_reader(
+                    readers.push(Box::new(
                         PeriodicReader::builder(exporter)
                             .with_interval(config.metric_export_interval)
                             .build(),
-                    );
+                    ));
                 }
                 ExporterKind::Console => {
-                    meter_builder = meter_builder.with_reader(
+                    readers.push(Box::new(
                         PeriodicReader::builder(opentelemetry_stdout::MetricExporter::default())
                             .with_interval(config.metric_export_interval)
                             .build(),
-                    );
+                    ));
                 }
                 ExporterKind::None => {}
+            }
+            // One aggregation for /metrics and OTLP, unless the exporter asks for delta.
+            for shared in readers::group(readers) {
+                meter_builder = meter_builder.with_reader(shared);
             }
         }
         // With the SDK disabled the provider has no readers and hands out no-op instruments:
@@ -174,7 +184,6 @@ impl Telemetry {
 
         let recent =
             (!config.sdk_disabled && recent_traces > 0).then(|| RecentTraces::new(recent_traces));
-        let ring = recent.as_ref().map(|r| r.processor());
         let tail = config
             .tail_sampling
             .clone()
@@ -196,22 +205,14 @@ impl Telemetry {
                 )),
                 ExporterKind::None => None,
             };
-            let mut processors: Vec<Box<dyn SpanProcessor>> = Vec::new();
-            if let Some(ring) = ring {
-                processors.push(Box::new(ring));
-            }
             // The one point tail sampling acts: between the record and the export processor.
-            processors.extend(exporter.map(|e| match &tail {
+            let exporter = exporter.map(|e| match &tail {
                 Some(tail) => Box::new(tail.gate(e)) as Box<dyn SpanProcessor>,
                 None => e,
-            }));
-            (!processors.is_empty()).then(|| {
-                Arc::new(spans::Spans::new(
-                    sampler(&config.sampler),
-                    &resource,
-                    processors,
-                ))
-            })
+            });
+            // The ring needs trace ids even when nothing is exported.
+            (exporter.is_some() || recent.is_some())
+                .then(|| Arc::new(spans::Spans::new(sampler(&config.sampler), &resource, exporter)))
         };
 
         let propagator = (!config.sdk_disabled).then(|| {
@@ -231,6 +232,7 @@ impl Telemetry {
         let telemetry = Arc::new(Telemetry {
             spans,
             propagator,
+            series: metrics::Series::new(&instruments),
             instruments,
             genai_instruments,
             meter_provider,
@@ -278,9 +280,7 @@ impl Telemetry {
     /// Returns the ids (`None` when traces are off) and the parent context, which carries the
     /// caller's baggage to [`Telemetry::inject`].
     pub fn begin(&self, http: &HttpFacts, headers: &HeaderMap) -> (Option<TraceIds>, Context) {
-        self.instruments
-            .server_active
-            .add(1, &record::active_attributes(http));
+        self.active(http, 1);
         let Some(spans) = &self.spans else {
             return (None, Context::new());
         };
@@ -291,7 +291,7 @@ impl Telemetry {
             }
             None => Context::new(),
         };
-        let name = record::span_name(record::semconv_method(&http.method));
+        let name = exchange::span_name(exchange::semconv_method(&http.method));
         (Some(spans.begin(&parent, name)), parent)
     }
 
@@ -326,10 +326,21 @@ impl Telemetry {
             Err(queue::Refused::Full(record)) => {
                 self.instruments.records_dropped.add(1, &[]);
                 // It was counted active when it began.
-                self.instruments
-                    .server_active
-                    .add(-1, &record::active_attributes(&record.http));
+                self.active(&record.http, -1);
             }
+        }
+    }
+
+    /// Counts a request in or out of `http.server.active_requests`, through the bound series
+    /// (no attribute set built on the data path).
+    fn active(&self, http: &HttpFacts, delta: i64) {
+        let method = exchange::semconv_method(&http.method);
+        match self.series.active(method, http.scheme) {
+            Some(counter) => counter.add(delta),
+            None => self
+                .instruments
+                .server_active
+                .add(delta, &exchange::active_attributes(http)),
         }
     }
 

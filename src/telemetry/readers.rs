@@ -1,0 +1,88 @@
+//! One metric aggregation for every reader that can share it. The SDK builds one pipeline per
+//! registered reader and aggregates every measurement once per pipeline, so `/metrics` (pull)
+//! beside OTLP (push) used to cost every measurement twice. [`Shared`] is registered once and
+//! hands its single pipeline to each reader it wraps: the Prometheus reader collects from it on
+//! a scrape, the periodic reader on its timer. Only cumulative readers can share (a collect never
+//! resets cumulative state); a reader asking for delta gets a pipeline of its own.
+
+use std::sync::Weak;
+use std::time::Duration;
+
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::metrics::data::ResourceMetrics;
+use opentelemetry_sdk::metrics::reader::MetricReader;
+use opentelemetry_sdk::metrics::{InstrumentKind, Pipeline, Temporality};
+
+/// Readers that read one pipeline (or a single reader, passed through).
+#[derive(Debug)]
+pub(super) struct Shared {
+    readers: Vec<Box<dyn MetricReader>>,
+}
+
+const KINDS: [InstrumentKind; 7] = [
+    InstrumentKind::Counter,
+    InstrumentKind::UpDownCounter,
+    InstrumentKind::Histogram,
+    InstrumentKind::Gauge,
+    InstrumentKind::ObservableCounter,
+    InstrumentKind::ObservableUpDownCounter,
+    InstrumentKind::ObservableGauge,
+];
+
+/// Whether `reader` wants cumulative data for every kind of instrument.
+fn cumulative(reader: &dyn MetricReader) -> bool {
+    KINDS
+        .into_iter()
+        .all(|k| reader.temporality(k) == Temporality::Cumulative)
+}
+
+/// Groups `readers` into as few pipelines as their temporalities allow: every cumulative reader
+/// in one [`Shared`], each other reader alone.
+pub(super) fn group(readers: Vec<Box<dyn MetricReader>>) -> Vec<Shared> {
+    let (shared, alone): (Vec<_>, Vec<_>) = readers.into_iter().partition(|r| cumulative(&**r));
+    let mut groups: Vec<Shared> = alone
+        .into_iter()
+        .map(|r| Shared { readers: vec![r] })
+        .collect();
+    if !shared.is_empty() {
+        groups.push(Shared { readers: shared });
+    }
+    groups
+}
+
+fn all(results: impl Iterator<Item = OTelSdkResult>) -> OTelSdkResult {
+    // Every reader is told, whatever the first one said.
+    results.fold(Ok(()), |acc, r| acc.and(r))
+}
+
+impl MetricReader for Shared {
+    fn register_pipeline(&self, pipeline: Weak<Pipeline>) {
+        for r in &self.readers {
+            r.register_pipeline(pipeline.clone());
+        }
+    }
+
+    fn collect(&self, rm: &mut ResourceMetrics) -> OTelSdkResult {
+        // Every reader reads the same data; the first one's view is as good as any.
+        match self.readers.first() {
+            Some(r) => r.collect(rm),
+            None => Ok(()),
+        }
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        all(self.readers.iter().map(|r| r.force_flush()))
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        all(self.readers.iter().map(|r| r.shutdown_with_timeout(timeout)))
+    }
+
+    fn temporality(&self, kind: InstrumentKind) -> Temporality {
+        match self.readers.as_slice() {
+            [one] => one.temporality(kind),
+            // A group of several is cumulative by construction.
+            _ => Temporality::Cumulative,
+        }
+    }
+}
