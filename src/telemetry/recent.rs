@@ -407,16 +407,14 @@ mod tests {
 
     /// A forwarded request that took `dur_ms` and answered `status`.
     fn request(ring: &RecentTraces, trace: u128, dur_ms: u64, status: u16) {
-        let http = HttpFacts {
-            method: http::Method::POST,
-            path: "/v1/chat/completions".into(),
-            redacted_query: None,
-            scheme: "http",
-            version: http::Version::HTTP_11,
-            server_address: None,
-            peer: ([127, 0, 0, 1], 1).into(),
-            user_agent: None,
-        };
+        let http = HttpFacts::from_request(
+            &http::Method::POST,
+            &"/v1/chat/completions".parse().expect("uri"),
+            http::Version::HTTP_11,
+            &http::HeaderMap::new(),
+            "127.0.0.1:1".parse().expect("addr"),
+            "http",
+        );
         let mut r = Record::new(None, http);
         let start = (
             Instant::now(),
