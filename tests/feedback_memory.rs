@@ -8,10 +8,10 @@ mod support;
 
 use std::time::Duration;
 
+use ::ragscope::telemetry::recent::MAX_FEEDBACK_SPANS;
 use bytes::Bytes;
 use http::Method;
 use http_body_util::Full;
-use ::ragscope::telemetry::recent::MAX_FEEDBACK_SPANS;
 use serde_json::{Value, json};
 use support::*;
 

@@ -6,9 +6,9 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
+use opentelemetry::Value;
 use opentelemetry::metrics::{Counter, Meter};
 use opentelemetry::trace::TraceId;
-use opentelemetry::Value;
 use opentelemetry_sdk::trace::{SpanData, SpanProcessor};
 
 use super::sampling::REASON;

@@ -211,8 +211,13 @@ impl Telemetry {
                 None => e,
             });
             // The ring needs trace ids even when nothing is exported.
-            (exporter.is_some() || recent.is_some())
-                .then(|| Arc::new(spans::Spans::new(sampler(&config.sampler), &resource, exporter)))
+            (exporter.is_some() || recent.is_some()).then(|| {
+                Arc::new(spans::Spans::new(
+                    sampler(&config.sampler),
+                    &resource,
+                    exporter,
+                ))
+            })
         };
 
         let propagator = (!config.sdk_disabled).then(|| {

@@ -51,8 +51,9 @@ pub(super) fn group(readers: Vec<Box<dyn MetricReader>>) -> Vec<Shared> {
 }
 
 fn all(results: impl Iterator<Item = OTelSdkResult>) -> OTelSdkResult {
-    // Every reader is told, whatever the first one said.
-    results.fold(Ok(()), |acc, r| acc.and(r))
+    // Every reader is told (collected first), whatever the first one said; the first error wins.
+    let results: Vec<OTelSdkResult> = results.collect();
+    results.into_iter().find(Result::is_err).unwrap_or(Ok(()))
 }
 
 impl MetricReader for Shared {
@@ -75,7 +76,10 @@ impl MetricReader for Shared {
     }
 
     fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
-        all(self.readers.iter().map(|r| r.shutdown_with_timeout(timeout)))
+        all(self
+            .readers
+            .iter()
+            .map(|r| r.shutdown_with_timeout(timeout)))
     }
 
     fn temporality(&self, kind: InstrumentKind) -> Temporality {

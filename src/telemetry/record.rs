@@ -126,10 +126,9 @@ fn metrics(t: &Telemetry, r: &Record, error_type: Option<&str>, client_error: Op
         attrs
     };
     let duration = r.times.end.0.duration_since(r.times.start.0).as_secs_f64();
-    let bound = t
-        .series
-        .server
-        .get(server.clone(), || ServerSeries::bind(i, &attributes(&server)));
+    let bound = t.series.server.get(server.clone(), || {
+        ServerSeries::bind(i, &attributes(&server))
+    });
     match bound {
         Some(s) => {
             s.duration.record(duration);
@@ -178,4 +177,3 @@ fn metrics(t: &Telemetry, r: &Record, error_type: Option<&str>, client_error: Op
         }
     }
 }
-
