@@ -37,10 +37,12 @@ pub(super) fn build(
     );
     let mut client = match (&r.upstream, r.times.upstream_start) {
         (Some(call), Some((_, start))) => {
-            let mut attributes = vec![
+            // Sized for the GenAI facts the inference span takes too.
+            let mut attributes = Vec::with_capacity(32);
+            attributes.extend([
                 KeyValue::new(semconv::HTTP_REQUEST_METHOD, method),
                 KeyValue::new(semconv::URL_FULL, call.url.clone()),
-            ];
+            ]);
             attributes.extend(upstream_attributes(call));
             if method == "_OTHER" {
                 attributes.push(KeyValue::new(
@@ -126,7 +128,9 @@ fn server_attributes(r: &Record, method: &'static str) -> Vec<KeyValue> {
     let http = &r.http;
     // One string for both address attributes.
     let ip = StringValue::from(std::sync::Arc::<str>::from(http.peer.ip().to_string()));
-    let mut attributes = vec![
+    // Sized for what is pushed below and by the GenAI facts, so it is not grown on the way.
+    let mut attributes = Vec::with_capacity(32);
+    attributes.extend([
         KeyValue::new(semconv::HTTP_REQUEST_METHOD, method),
         KeyValue::new(semconv::URL_PATH, http.path.clone()),
         KeyValue::new(semconv::URL_SCHEME, http.scheme),
@@ -137,7 +141,7 @@ fn server_attributes(r: &Record, method: &'static str) -> Vec<KeyValue> {
         KeyValue::new(semconv::CLIENT_ADDRESS, ip.clone()),
         KeyValue::new(semconv::NETWORK_PEER_ADDRESS, ip),
         KeyValue::new(semconv::NETWORK_PEER_PORT, i64::from(http.peer.port())),
-    ];
+    ]);
     if method == "_OTHER" {
         attributes.push(KeyValue::new(
             semconv::HTTP_REQUEST_METHOD_ORIGINAL,

@@ -119,6 +119,8 @@ pub struct Telemetry {
     tail: Option<sampling::Tail>,
     /// Finished records on their way to the telemetry thread.
     queue: queue::Queue,
+    /// The access log's line buffer, reused by every drain.
+    log_buffer: std::sync::Mutex<String>,
 }
 
 impl Telemetry {
@@ -246,6 +248,7 @@ impl Telemetry {
             overview: Arc::new(crate::overview::Overview::new()),
             tail,
             queue: queue::Queue::new(),
+            log_buffer: std::sync::Mutex::new(String::new()),
         });
         if let Err(e) = queue::Queue::start(&telemetry) {
             tracing::warn!(error = %e, "no telemetry thread: records are handled on the data path");
@@ -311,7 +314,8 @@ impl Telemetry {
     /// The W3C `traceresponse` header value carrying the trace back to the client.
     pub fn traceresponse(ids: &TraceIds) -> Option<HeaderValue> {
         let header = spans::w3c_header(ids.trace_id, ids.server_span_id, ids.flags);
-        HeaderValue::from_str(&header).ok()
+        // The string's buffer becomes the header's: no second copy.
+        HeaderValue::from_maybe_shared(bytes::Bytes::from(header)).ok()
     }
 
     /// Hands a finished exchange to the telemetry thread, which records its metrics, the
@@ -386,11 +390,14 @@ impl Telemetry {
 
 impl queue::Drain for Telemetry {
     fn handle(&self, records: &mut dyn Iterator<Item = Record>) {
-        let mut log = access_log::Batch::new();
+        // The batch's buffer is kept between drains, so it is not grown again every 25 ms.
+        let buffer =
+            std::mem::take(&mut *self.log_buffer.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut log = access_log::Batch::reusing(buffer);
         for r in records {
             record::record(self, r, &mut log);
         }
-        log.write();
+        *self.log_buffer.lock().unwrap_or_else(|p| p.into_inner()) = log.write();
     }
 
     fn queue(&self) -> &queue::Queue {

@@ -13,7 +13,7 @@ use super::exchange::{
 };
 use super::metrics::{ClientKey, ServerKey, ServerSeries};
 use super::sampling::Verdict;
-use super::{Telemetry, exchange, genai, overview};
+use super::{Telemetry, exchange, genai, overview, spans};
 use crate::observe::{Ending, Record};
 
 /// Records everything the exchange says.
@@ -68,10 +68,13 @@ pub(super) fn record(t: &Telemetry, mut record: Record, log: &mut access_log::Ba
         sink.export(client.into_iter().chain([server]));
     }
 
-    let ids = record
-        .ids
-        .as_ref()
-        .map(|ids| (ids.trace_id.to_string(), ids.server_span_id.to_string()));
+    let ids = record.ids.as_ref().map(|ids| {
+        let mut hex = String::with_capacity(48);
+        spans::push_hex(&mut hex, &ids.trace_id.to_bytes());
+        spans::push_hex(&mut hex, &ids.server_span_id.to_bytes());
+        let span_id = hex.split_off(32);
+        (hex, span_id)
+    });
     let duration = record.times.end.0.duration_since(record.times.start.0);
     log.push(&AccessRecord {
         at: record.times.end.1,

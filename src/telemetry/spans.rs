@@ -239,10 +239,28 @@ pub(super) fn inject(
 
 /// `00-<32 hex>-<16 hex>-<2 hex>`, the W3C header form of the server span's context.
 pub fn w3c_header(trace_id: TraceId, span_id: SpanId, flags: TraceFlags) -> String {
-    format!("00-{trace_id}-{span_id}-{:02x}", flags.to_u8())
+    let mut out = String::with_capacity(55);
+    out.push_str("00-");
+    push_hex(&mut out, &trace_id.to_bytes());
+    out.push('-');
+    push_hex(&mut out, &span_id.to_bytes());
+    out.push('-');
+    push_hex(&mut out, &[flags.to_u8()]);
+    out
 }
 
-/// Bytes a kept span costs (held traces, feedback in the ring), near enough to bound memory: the struct, its attribute and event
+/// Appends `bytes` as lowercase hex: ids are written per request, and the formatting machinery
+/// behind `Display` costs several times more.
+pub(super) fn push_hex(out: &mut String, bytes: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for b in bytes {
+        out.push(char::from(HEX[usize::from(b >> 4)]));
+        out.push(char::from(HEX[usize::from(b & 0xf)]));
+    }
+}
+
+/// Bytes a kept span costs (held traces, feedback in the ring), near enough to bound memory:
+/// the struct, its attribute and event
 /// vectors, and the strings they own.
 pub(super) fn estimate(span: &SpanData) -> u64 {
     let kv = |a: &[KeyValue]| -> usize {
