@@ -90,3 +90,89 @@ impl MetricReader for Shared {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry::metrics::MeterProvider as _;
+    use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData};
+    use opentelemetry_sdk::metrics::{ManualReader, SdkMeterProvider};
+    use std::sync::Arc;
+
+    /// A manual reader the test keeps a handle on after the provider took it.
+    #[derive(Debug, Clone)]
+    struct Probe(Arc<ManualReader>);
+
+    impl MetricReader for Probe {
+        fn register_pipeline(&self, pipeline: Weak<Pipeline>) {
+            self.0.register_pipeline(pipeline)
+        }
+        fn collect(&self, rm: &mut ResourceMetrics) -> OTelSdkResult {
+            self.0.collect(rm)
+        }
+        fn force_flush(&self) -> OTelSdkResult {
+            self.0.force_flush()
+        }
+        fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+            self.0.shutdown_with_timeout(timeout)
+        }
+        fn temporality(&self, kind: InstrumentKind) -> Temporality {
+            self.0.temporality(kind)
+        }
+    }
+
+    fn probe(temporality: Temporality) -> Probe {
+        Probe(Arc::new(
+            ManualReader::builder()
+                .with_temporality(temporality)
+                .build(),
+        ))
+    }
+
+    /// The counter's total as `reader` sees it.
+    fn total(reader: &Probe) -> u64 {
+        let mut rm = ResourceMetrics::default();
+        reader.collect(&mut rm).expect("collect");
+        rm.scope_metrics()
+            .flat_map(|s| s.metrics())
+            .filter(|m| m.name() == "requests")
+            .map(|m| match m.data() {
+                AggregatedMetrics::U64(MetricData::Sum(sum)) => {
+                    sum.data_points().map(|p| p.value()).sum::<u64>()
+                }
+                other => panic!("unexpected data {other:?}"),
+            })
+            .sum::<u64>()
+    }
+
+    #[test]
+    fn cumulative_readers_share_one_pipeline_and_delta_gets_its_own() {
+        let (pull, push, delta) = (
+            probe(Temporality::Cumulative),
+            probe(Temporality::Cumulative),
+            probe(Temporality::Delta),
+        );
+        let groups = group(vec![
+            Box::new(pull.clone()),
+            Box::new(push.clone()),
+            Box::new(delta.clone()),
+        ]);
+        assert_eq!(groups.len(), 2, "the cumulative pair shares one pipeline");
+        let mut builder = SdkMeterProvider::builder();
+        for g in groups {
+            builder = builder.with_reader(g);
+        }
+        let provider = builder.build();
+        let counter = provider.meter("test").u64_counter("requests").build();
+        counter.add(3, &[]);
+        // Both cumulative readers read the same aggregate, and reading it resets nothing.
+        assert_eq!(total(&pull), 3);
+        assert_eq!(total(&push), 3);
+        assert_eq!(total(&pull), 3);
+        // The delta reader has its own pipeline: it sees the 3 once.
+        assert_eq!(total(&delta), 3);
+        counter.add(2, &[]);
+        assert_eq!(total(&delta), 2);
+        assert_eq!(total(&push), 5);
+    }
+}
