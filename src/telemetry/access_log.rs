@@ -83,14 +83,24 @@ impl Batch {
         }
     }
 
-    /// Hands the lines to the log writer. The non-blocking writer never waits: a full queue
-    /// drops the batch.
-    pub fn write(self) {
+    /// An empty batch writing into `buffer` (cleared; its capacity is what is reused).
+    pub fn reusing(mut buffer: String) -> Batch {
+        buffer.clear();
+        Batch {
+            lines: buffer,
+            ..Batch::new()
+        }
+    }
+
+    /// Hands the lines to the log writer and gives the buffer back for the next batch. The
+    /// non-blocking writer never waits: a full queue drops the batch.
+    pub fn write(self) -> String {
         if let Some((writer, _)) = self.sink
             && !self.lines.is_empty()
         {
             let _ = writer.clone().write_all(self.lines.as_bytes());
         }
+        self.lines
     }
 }
 

@@ -46,7 +46,9 @@ pub(super) fn write_spans(
     }
     inference.attributes.extend(attrs);
     let content = content(facts);
-    let now = opentelemetry::time::now();
+    // The exchange's end, not the time the spans are built (the `/traces` view builds them
+    // when it is read).
+    let now = times.end.1;
     let (on_span, as_event) = match facts.content.mode {
         CaptureMode::Span => (true, false),
         CaptureMode::Event => (false, true),
@@ -261,9 +263,14 @@ pub(super) fn record_redactions(i: &GenAiInstruments, counts: &[(&'static str, u
     }
 }
 
-/// Records feedback: the metrics, and (traces on) a `ragscope.feedback` span carrying the
-/// `gen_ai.evaluation.result` event in the trace the feedback is about.
-pub(super) fn record_feedback(i: &GenAiInstruments, spans: Option<&Spans>, fact: &FeedbackFact) {
+/// Records feedback: the metrics, and (traces on) returns a `ragscope.feedback` span carrying
+/// the `gen_ai.evaluation.result` event in the trace the feedback is about, for the caller to
+/// export and file in the `/traces` ring.
+pub(super) fn record_feedback(
+    i: &GenAiInstruments,
+    spans: Option<&Spans>,
+    fact: &FeedbackFact,
+) -> Option<SpanData> {
     let attrs = [KeyValue::new(
         "gen_ai.evaluation.score.label",
         fact.metric_label.clone(),
@@ -272,7 +279,7 @@ pub(super) fn record_feedback(i: &GenAiInstruments, spans: Option<&Spans>, fact:
     i.feedback.add(1, &attrs);
     record_redactions(i, &fact.redactions);
 
-    let Some(spans) = spans else { return };
+    let spans = spans?;
     // Without the original span (forgotten, or from another instance) the event still joins
     // its trace: under a parent id derived from the trace id, which trace backends show as a
     // span whose parent is missing.
@@ -293,11 +300,8 @@ pub(super) fn record_feedback(i: &GenAiInstruments, spans: Option<&Spans>, fact:
         TraceState::default(),
     );
     let known = KeyValue::new("ragscope.feedback.parent_known", fact.parent.is_some());
-    let Some(mut span) =
-        spans.standalone(parent, SpanKind::Internal, "ragscope.feedback", vec![known])
-    else {
-        return;
-    };
+    let mut span =
+        spans.standalone(parent, SpanKind::Internal, "ragscope.feedback", vec![known])?;
     let mut event = vec![
         KeyValue::new("gen_ai.evaluation.name", "user_feedback"),
         KeyValue::new("gen_ai.evaluation.score.value", fact.score),
@@ -317,5 +321,5 @@ pub(super) fn record_feedback(i: &GenAiInstruments, spans: Option<&Spans>, fact:
         event,
         0,
     ));
-    spans.export([span]);
+    Some(span)
 }

@@ -6,12 +6,13 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
+use opentelemetry::Value;
 use opentelemetry::metrics::{Counter, Meter};
 use opentelemetry::trace::TraceId;
-use opentelemetry::{KeyValue, Value};
 use opentelemetry_sdk::trace::{SpanData, SpanProcessor};
 
 use super::sampling::REASON;
+use super::spans::estimate;
 
 /// The held traces, oldest first.
 pub(super) struct Held {
@@ -183,33 +184,5 @@ impl Inner {
             .traces
             .store(self.traces.len() as u64, Ordering::Relaxed);
         self.totals.bytes.store(self.bytes, Ordering::Relaxed);
-    }
-}
-
-/// Bytes a held span costs, near enough to bound memory: the struct, its attribute and event
-/// vectors, and the strings they own.
-fn estimate(span: &SpanData) -> u64 {
-    let kv = |a: &[KeyValue]| -> usize {
-        a.iter()
-            .map(|kv| {
-                std::mem::size_of::<KeyValue>() + kv.key.as_str().len() + value_len(&kv.value)
-            })
-            .sum()
-    };
-    let mut n = std::mem::size_of::<SpanData>() + span.name.len() + kv(&span.attributes);
-    for e in &span.events.events {
-        n += std::mem::size_of_val(e) + e.name.len() + kv(&e.attributes);
-    }
-    for l in &span.links.links {
-        n += std::mem::size_of_val(l) + kv(&l.attributes);
-    }
-    n as u64
-}
-
-fn value_len(v: &Value) -> usize {
-    match v {
-        Value::String(s) => s.as_str().len(),
-        Value::Array(a) => a.to_string().len(),
-        _ => 0,
     }
 }

@@ -1,7 +1,16 @@
 //! The metric instruments ragscope records, named and bucketed per the OpenTelemetry HTTP
 //! semantic conventions, plus our own `ragscope.*` counters for what has no request span.
 
-use opentelemetry::metrics::{Counter, Histogram, Meter, UpDownCounter};
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use opentelemetry::KeyValue;
+use opentelemetry::metrics::{
+    BoundHistogram, BoundUpDownCounter, Counter, Histogram, Meter, UpDownCounter,
+};
+use opentelemetry_semantic_conventions::attribute as semconv_attr;
 use opentelemetry_semantic_conventions::metric as semconv;
 
 /// Advised buckets for `http.*.request.duration`, seconds.
@@ -111,5 +120,128 @@ impl Instruments {
                 .with_description("Open client connections.")
                 .build(),
         }
+    }
+}
+
+/// The semconv request methods, in the order of [`Series`]'s active-request table; anything
+/// else is `_OTHER`, the last entry.
+pub(super) const METHODS: [&str; 11] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH", "QUERY",
+    "_OTHER",
+];
+const SCHEMES: [&str; 2] = ["http", "https"];
+
+/// Distinct attribute sets bound per instrument group, at most; the SDK's own cardinality
+/// limit is 2,000 per stream, so past this the series would overflow there anyway. Beyond it
+/// measurements are recorded unbound (hashed per call), never lost.
+const MAX_BOUND: usize = 2048;
+
+/// Metric series bound once to their attribute set, so recording skips hashing and sorting
+/// the attributes (the SDK's bound instruments). The sets are bounded by design: methods,
+/// schemes, protocol versions, status codes, error types, upstreams.
+#[derive(Debug)]
+pub(super) struct Series {
+    /// `http.server.active_requests` by method and scheme, bound at start: the data path adds
+    /// to these without building an attribute set.
+    active: Vec<BoundUpDownCounter<i64>>,
+    pub(super) server: Bound<ServerKey, ServerSeries>,
+    pub(super) client: Bound<ClientKey, BoundHistogram<f64>>,
+}
+
+impl Series {
+    pub(super) fn new(i: &Instruments) -> Series {
+        let active = METHODS
+            .iter()
+            .flat_map(|m| {
+                SCHEMES.iter().map(|s| {
+                    i.server_active.bind(&[
+                        KeyValue::new(semconv_attr::HTTP_REQUEST_METHOD, *m),
+                        KeyValue::new(semconv_attr::URL_SCHEME, *s),
+                    ])
+                })
+            })
+            .collect();
+        Series {
+            active,
+            server: Bound::default(),
+            client: Bound::default(),
+        }
+    }
+
+    /// The active-requests counter of `method` (a semconv method) and `scheme`; `None` for a
+    /// scheme other than http/https, which the caller records unbound.
+    pub(super) fn active(&self, method: &str, scheme: &str) -> Option<&BoundUpDownCounter<i64>> {
+        let m = METHODS.iter().position(|x| *x == method)?;
+        let s = SCHEMES.iter().position(|x| *x == scheme)?;
+        self.active.get(m * SCHEMES.len() + s)
+    }
+}
+
+/// The attribute set of the HTTP server series, as plain values.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(super) struct ServerKey {
+    pub(super) method: &'static str,
+    pub(super) scheme: &'static str,
+    pub(super) version: &'static str,
+    pub(super) status: Option<u16>,
+    pub(super) error: Option<Cow<'static, str>>,
+}
+
+/// The attribute set of `http.client.request.duration`, as plain values.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(super) struct ClientKey {
+    pub(super) method: &'static str,
+    pub(super) status: Option<u16>,
+    pub(super) error: Option<Cow<'static, str>>,
+    pub(super) upstream: Option<(Arc<str>, u16)>,
+}
+
+/// The three server histograms of one attribute set.
+#[derive(Debug, Clone)]
+pub(super) struct ServerSeries {
+    pub(super) duration: BoundHistogram<f64>,
+    pub(super) request_size: BoundHistogram<u64>,
+    pub(super) response_size: BoundHistogram<u64>,
+}
+
+impl ServerSeries {
+    pub(super) fn bind(i: &Instruments, attributes: &[KeyValue]) -> ServerSeries {
+        ServerSeries {
+            duration: i.server_duration.bind(attributes),
+            request_size: i.server_request_size.bind(attributes),
+            response_size: i.server_response_size.bind(attributes),
+        }
+    }
+}
+
+/// Bound series by key, up to [`MAX_BOUND`]. Used by the telemetry thread only, so the lock is
+/// never contended.
+#[derive(Debug)]
+pub(super) struct Bound<K, V> {
+    map: Mutex<HashMap<K, V>>,
+}
+
+impl<K, V> Default for Bound<K, V> {
+    fn default() -> Self {
+        Bound {
+            map: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl<K: Hash + Eq, V: Clone> Bound<K, V> {
+    /// The series of `key`, bound by `bind` the first time; `None` once [`MAX_BOUND`] sets are
+    /// bound (the caller records unbound).
+    pub(super) fn get(&self, key: K, bind: impl FnOnce() -> V) -> Option<V> {
+        let mut map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(v) = map.get(&key) {
+            return Some(v.clone());
+        }
+        if map.len() >= MAX_BOUND {
+            return None;
+        }
+        let v = bind();
+        map.insert(key, v.clone());
+        Some(v)
     }
 }

@@ -8,6 +8,7 @@
 //! by a periodic reader thread. Shutdown is bounded by a timeout whatever the collector does.
 
 pub mod access_log;
+mod exchange;
 mod export;
 mod genai;
 mod genai_instruments;
@@ -18,6 +19,7 @@ mod otlp_tls;
 mod overview;
 pub mod prometheus;
 mod queue;
+mod readers;
 pub mod recent;
 mod record;
 mod sampling;
@@ -34,6 +36,7 @@ use opentelemetry::propagation::TextMapCompositePropagator;
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_otlp::{WithExportConfig, WithHttpConfig, WithTonicConfig};
 use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::metrics::reader::MetricReader;
 use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
 use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
 use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor, Sampler, SpanProcessor};
@@ -118,6 +121,8 @@ pub struct Telemetry {
     /// `None` when `OTEL_PROPAGATORS=none` or the SDK is disabled: trace headers pass untouched.
     propagator: Option<TextMapCompositePropagator>,
     instruments: Instruments,
+    /// The instruments' series bound to their (bounded) attribute sets.
+    series: metrics::Series,
     genai_instruments: GenAiInstruments,
     meter_provider: SdkMeterProvider,
     /// The registry `/metrics` renders; `None` when the SDK is disabled.
@@ -130,6 +135,8 @@ pub struct Telemetry {
     tail: Option<sampling::Tail>,
     /// Finished records on their way to the telemetry thread.
     queue: queue::Queue,
+    /// The access log's line buffer, reused by every drain.
+    log_buffer: std::sync::Mutex<String>,
 }
 
 impl Telemetry {
@@ -151,10 +158,11 @@ impl Telemetry {
         let mut meter_builder = SdkMeterProvider::builder().with_resource(resource.clone());
         let mut prometheus = None;
         if !config.sdk_disabled {
+            let mut readers: Vec<Box<dyn MetricReader>> = Vec::new();
             // The Prometheus pull reader sits beside the push exporter, whatever that is.
             match PrometheusEndpoint::new() {
                 Ok((endpoint, reader)) => {
-                    meter_builder = meter_builder.with_reader(reader);
+                    readers.push(Box::new(reader));
                     prometheus = Some(endpoint);
                 }
                 Err(e) => tracing::warn!(error = %e, "/metrics is not available"),
@@ -166,20 +174,24 @@ impl Telemetry {
                         &config.metrics,
                         "metrics"
                     )?;
-                    meter_builder = meter_builder.with_reader(
+                    readers.push(Box::new(
                         PeriodicReader::builder(exporter)
                             .with_interval(config.metric_export_interval)
                             .build(),
-                    );
+                    ));
                 }
                 ExporterKind::Console => {
-                    meter_builder = meter_builder.with_reader(
+                    readers.push(Box::new(
                         PeriodicReader::builder(opentelemetry_stdout::MetricExporter::default())
                             .with_interval(config.metric_export_interval)
                             .build(),
-                    );
+                    ));
                 }
                 ExporterKind::None => {}
+            }
+            // One aggregation for /metrics and OTLP, unless the exporter asks for delta.
+            for shared in readers::group(readers) {
+                meter_builder = meter_builder.with_reader(shared);
             }
         }
         // With the SDK disabled the provider has no readers and hands out no-op instruments:
@@ -190,7 +202,6 @@ impl Telemetry {
 
         let recent =
             (!config.sdk_disabled && recent_traces > 0).then(|| RecentTraces::new(recent_traces));
-        let ring = recent.as_ref().map(|r| r.processor());
         let tail = config
             .tail_sampling
             .clone()
@@ -212,20 +223,17 @@ impl Telemetry {
                 )),
                 ExporterKind::None => None,
             };
-            let mut processors: Vec<Box<dyn SpanProcessor>> = Vec::new();
-            if let Some(ring) = ring {
-                processors.push(Box::new(ring));
-            }
             // The one point tail sampling acts: between the record and the export processor.
-            processors.extend(exporter.map(|e| match &tail {
+            let exporter = exporter.map(|e| match &tail {
                 Some(tail) => Box::new(tail.gate(e)) as Box<dyn SpanProcessor>,
                 None => e,
-            }));
-            (!processors.is_empty()).then(|| {
+            });
+            // The ring needs trace ids even when nothing is exported.
+            (exporter.is_some() || recent.is_some()).then(|| {
                 Arc::new(spans::Spans::new(
                     sampler(&config.sampler),
                     &resource,
-                    processors,
+                    exporter,
                 ))
             })
         };
@@ -247,6 +255,7 @@ impl Telemetry {
         let telemetry = Arc::new(Telemetry {
             spans,
             propagator,
+            series: metrics::Series::new(&instruments),
             instruments,
             genai_instruments,
             meter_provider,
@@ -255,6 +264,7 @@ impl Telemetry {
             overview: Arc::new(crate::overview::Overview::new()),
             tail,
             queue: queue::Queue::new(),
+            log_buffer: std::sync::Mutex::new(String::new()),
         });
         if let Err(e) = queue::Queue::start(&telemetry) {
             tracing::warn!(error = %e, "no telemetry thread: records are handled on the data path");
@@ -294,9 +304,7 @@ impl Telemetry {
     /// Returns the ids (`None` when traces are off) and the parent context, which carries the
     /// caller's baggage to [`Telemetry::inject`].
     pub fn begin(&self, http: &HttpFacts, headers: &HeaderMap) -> (Option<TraceIds>, Context) {
-        self.instruments
-            .server_active
-            .add(1, &record::active_attributes(http));
+        self.active(http, 1);
         let Some(spans) = &self.spans else {
             return (None, Context::new());
         };
@@ -307,7 +315,7 @@ impl Telemetry {
             }
             None => Context::new(),
         };
-        let name = record::span_name(record::semconv_method(&http.method));
+        let name = exchange::span_name(exchange::semconv_method(&http.method));
         (Some(spans.begin(&parent, name)), parent)
     }
 
@@ -322,7 +330,8 @@ impl Telemetry {
     /// The W3C `traceresponse` header value carrying the trace back to the client.
     pub fn traceresponse(ids: &TraceIds) -> Option<HeaderValue> {
         let header = spans::w3c_header(ids.trace_id, ids.server_span_id, ids.flags);
-        HeaderValue::from_str(&header).ok()
+        // The string's buffer becomes the header's: no second copy.
+        HeaderValue::from_maybe_shared(bytes::Bytes::from(header)).ok()
     }
 
     /// Hands a finished exchange to the telemetry thread, which records its metrics, the
@@ -342,10 +351,21 @@ impl Telemetry {
             Err(queue::Refused::Full(record)) => {
                 self.instruments.records_dropped.add(1, &[]);
                 // It was counted active when it began.
-                self.instruments
-                    .server_active
-                    .add(-1, &record::active_attributes(&record.http));
+                self.active(&record.http, -1);
             }
+        }
+    }
+
+    /// Counts a request in or out of `http.server.active_requests`, through the bound series
+    /// (no attribute set built on the data path).
+    fn active(&self, http: &HttpFacts, delta: i64) {
+        let method = exchange::semconv_method(&http.method);
+        match self.series.active(method, http.scheme) {
+            Some(counter) => counter.add(delta),
+            None => self
+                .instruments
+                .server_active
+                .add(delta, &exchange::active_attributes(http)),
         }
     }
 
@@ -386,11 +406,14 @@ impl Telemetry {
 
 impl queue::Drain for Telemetry {
     fn handle(&self, records: &mut dyn Iterator<Item = Record>) {
-        let mut log = access_log::Batch::new();
+        // The batch's buffer is kept between drains, so it is not grown again every 25 ms.
+        let buffer =
+            std::mem::take(&mut *self.log_buffer.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut log = access_log::Batch::reusing(buffer);
         for r in records {
             record::record(self, r, &mut log);
         }
-        log.write();
+        *self.log_buffer.lock().unwrap_or_else(|p| p.into_inner()) = log.write();
     }
 
     fn queue(&self) -> &queue::Queue {

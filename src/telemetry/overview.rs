@@ -1,6 +1,6 @@
 //! A finished record as the operator's view counts it: [`crate::overview`] takes plain
-//! samples, built here from the record, its GenAI facts and its feedback, once every other
-//! consumer is done with them, so their strings are moved, not copied.
+//! samples, built here from the record, its GenAI facts and its feedback (the few strings it
+//! keeps are copied: the record itself goes on to the `/traces` ring).
 
 use std::time::Duration;
 
@@ -11,9 +11,9 @@ use crate::observe::{Ending, Record, Times};
 use crate::overview::{ExchangeSample, FeedbackSample, GenAiSample, Overview};
 
 /// Counts the exchange, and keeps the feedback it carried for review.
-pub(super) fn feed(overview: &Overview, record: Record) {
+pub(super) fn feed(overview: &Overview, record: &Record) {
     let times = record.times;
-    if let Some(fact) = record.feedback {
+    if let Some(fact) = &record.feedback {
         overview.record_feedback(feedback(fact, &times));
     }
     overview.record(ExchangeSample {
@@ -28,38 +28,41 @@ pub(super) fn feed(overview: &Overview, record: Record) {
             .is_some_and(|e| e.kind == "rate_limited"),
         cancelled: record.ending == Ending::Cancelled,
         trace_id: record.ids.as_ref().map(|ids| ids.trace_id.to_bytes()),
-        genai: record.genai.map(|facts| genai(facts, &times)),
+        genai: record.genai.as_ref().map(|facts| genai(facts, &times)),
     });
 }
 
-fn genai(facts: Facts, times: &Times) -> GenAiSample {
+fn genai(facts: &Facts, times: &Times) -> GenAiSample {
     GenAiSample {
-        ttft: time_to_first_token(&facts, times).and_then(|s| Duration::try_from_secs_f64(s).ok()),
+        ttft: time_to_first_token(facts, times).and_then(|s| Duration::try_from_secs_f64(s).ok()),
         top_score: facts.top_score(),
         documents: facts
             .documents
             .as_ref()
             .map(|d| u32::try_from(d.len()).unwrap_or(u32::MAX)),
-        model: facts.response_model.or(facts.request_model),
+        model: facts
+            .response_model
+            .clone()
+            .or_else(|| facts.request_model.clone()),
         input_tokens: facts.input_tokens.and_then(|n| u64::try_from(n).ok()),
         output_tokens: facts.output_tokens.and_then(|n| u64::try_from(n).ok()),
         // The facts carry no price yet (`RAGSCOPE_PRICES`, issue 13, adds one): no cost shown.
         cost: None,
-        version: facts.version,
+        version: facts.version.clone(),
         // Already redacted and bounded by the one capture; `None` unless capture is on.
-        input_messages: facts.content.input_messages,
-        output_messages: facts.content.output_messages,
+        input_messages: facts.content.input_messages.clone(),
+        output_messages: facts.content.output_messages.clone(),
     }
 }
 
 /// An accepted feedback, stamped with when it arrived.
-fn feedback(fact: FeedbackFact, times: &Times) -> FeedbackSample {
+fn feedback(fact: &FeedbackFact, times: &Times) -> FeedbackSample {
     FeedbackSample {
         trace_id: fact.trace_id.to_bytes(),
         time: times.start.1,
         score: fact.score,
-        label: fact.label,
+        label: fact.label.clone(),
         // The comment: present only with capture on, redacted and bounded.
-        comment: fact.explanation,
+        comment: fact.explanation.clone(),
     }
 }

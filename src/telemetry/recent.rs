@@ -1,32 +1,51 @@
-//! Recent requests in bounded memory, for the admin listener's `/traces` view: a span processor
-//! that keeps each finished SERVER span with the spans under it, the newest
-//! `RAGSCOPE_RECENT_TRACES` of them, whether or not a collector is configured.
+//! Recent requests in bounded memory, for the admin listener's `/traces` view: the newest
+//! `RAGSCOPE_RECENT_TRACES` finished exchanges, whether or not a collector is configured.
 //!
-//! Cheap on the data path: ending a span moves its already-built `SpanData` into a ring under a
-//! mutex held for a push and maybe a pop; all formatting happens when someone reads the view.
-//! The data are the spans as exported, so they hold no more than the collector gets (no secrets,
-//! per the telemetry contract).
+//! Cheap where requests are recorded: the ring keeps each exchange's [`Record`] itself (moved,
+//! no copy) with its tail-sampling verdict; its SERVER and CLIENT spans are built from it, the
+//! same way as for export, only when someone reads the view. So the view holds no more than the
+//! collector gets (no secrets, per the telemetry contract), and costs nothing until it is read.
+//!
+//! Feedback arrives after its request is recorded: a `ragscope.feedback` span joins the entry
+//! of the request it is about, at most [`MAX_FEEDBACK_SPANS`] per request and
+//! [`MAX_FEEDBACK_BYTES`] in the whole ring (more is counted, not kept), so a client posting
+//! feedback on one trace in a loop cannot grow memory. Feedback on a request no longer (or
+//! never) in the ring is not kept here; it is still exported and counted.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use opentelemetry::trace::{SpanId, SpanKind, Status};
-use opentelemetry::{Array, Context, Value};
-use opentelemetry_sdk::error::OTelSdkResult;
-use opentelemetry_sdk::trace::{Span, SpanData, SpanProcessor};
+use opentelemetry::{Array, Value};
+use opentelemetry_sdk::trace::SpanData;
 use serde_json::{Map, Value as Json, json};
 
-/// Child spans waiting for their SERVER span to end. Children end before their parent, so this
-/// holds a handful of spans per request in flight; the cap only matters for spans whose parent
-/// never ends here (a late span parented to an already recorded request), which are dropped.
-const MAX_PENDING_PARENTS: usize = 4096;
+use super::exchange;
+use super::sampling::Verdict;
+use super::spans::estimate;
+use crate::observe::{Record, TraceIds};
 
-/// One request: its SERVER span and every span recorded under it.
+/// Feedback spans kept per request; later ones are counted in the entry, not kept.
+pub const MAX_FEEDBACK_SPANS: usize = 16;
+/// Bytes of feedback spans kept in the whole ring (estimated as held traces are).
+pub const MAX_FEEDBACK_BYTES: u64 = 4 << 20;
+
+/// One request: its record, the spans built from it on demand, and the feedback about it.
 #[derive(Debug)]
 pub struct RecentTrace {
-    root: SpanData,
-    children: Vec<SpanData>,
+    ids: TraceIds,
+    record: Record,
+    verdict: Option<Verdict>,
+    feedback: Mutex<Feedback>,
+}
+
+#[derive(Debug, Default)]
+struct Feedback {
+    spans: Vec<SpanData>,
+    bytes: u64,
+    /// Feedback spans refused by the caps.
+    dropped: u64,
 }
 
 /// The ring of recent requests, newest last.
@@ -39,8 +58,8 @@ pub struct RecentTraces {
 #[derive(Debug, Default)]
 struct Inner {
     ring: VecDeque<Arc<RecentTrace>>,
-    /// Ended spans by parent span id, until the parent's request is recorded.
-    pending: HashMap<SpanId, Vec<SpanData>>,
+    /// Bytes of the feedback spans filed under the ring's entries.
+    feedback_bytes: u64,
 }
 
 /// Which requests a reader wants.
@@ -54,6 +73,11 @@ pub struct TraceFilter {
     pub trace_id: Option<String>,
     /// At most this many, newest first.
     pub limit: Option<usize>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding a lock leaves consistent data (each change is one push or pop).
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl RecentTraces {
@@ -70,48 +94,69 @@ impl RecentTraces {
         self.capacity
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        // A panic while holding the lock leaves a consistent ring (push/pop are atomic for us).
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    /// Keeps a finished, sampled exchange (its ids taken out of the record), evicting the
+    /// oldest past the capacity.
+    pub(super) fn record(&self, ids: TraceIds, record: Record, verdict: Option<Verdict>) {
+        let entry = Arc::new(RecentTrace {
+            ids,
+            record,
+            verdict,
+            feedback: Mutex::new(Feedback::default()),
+        });
+        let evicted = {
+            let mut inner = lock(&self.inner);
+            let evicted = if inner.ring.len() >= self.capacity {
+                inner.ring.pop_front()
+            } else {
+                None
+            };
+            if let Some(old) = &evicted {
+                inner.feedback_bytes -= lock(&old.feedback).bytes;
+            }
+            inner.ring.push_back(entry);
+            evicted
+        };
+        // Dropped outside the lock: freeing a record is not free.
+        drop(evicted);
     }
 
-    fn record(&self, span: SpanData) {
-        let mut inner = self.lock();
-        if span.span_kind != SpanKind::Server {
-            if inner.pending.len() >= MAX_PENDING_PARENTS
-                && !inner.pending.contains_key(&span.parent_span_id)
-            {
-                inner.pending.clear();
-            }
-            inner
-                .pending
-                .entry(span.parent_span_id)
-                .or_default()
-                .push(span);
-            return;
+    /// Files a feedback span under the request it is about (its parent), within the caps.
+    /// Returns whether it was kept.
+    pub(super) fn feedback(&self, span: SpanData) -> bool {
+        let size = estimate(&span);
+        let mut inner = lock(&self.inner);
+        let trace_id = span.span_context.trace_id();
+        let Some(entry) = inner
+            .ring
+            .iter()
+            .rev()
+            .find(|t| t.ids.server_span_id == span.parent_span_id && t.ids.trace_id == trace_id)
+            .cloned()
+        else {
+            return false;
+        };
+        let mut feedback = lock(&entry.feedback);
+        if feedback.spans.len() >= MAX_FEEDBACK_SPANS
+            || inner.feedback_bytes + size > MAX_FEEDBACK_BYTES
+        {
+            feedback.dropped += 1;
+            return false;
         }
-        let mut children = Vec::new();
-        let mut parents = vec![span.span_context.span_id()];
-        while let Some(parent) = parents.pop() {
-            if let Some(spans) = inner.pending.remove(&parent) {
-                parents.extend(spans.iter().map(|s| s.span_context.span_id()));
-                children.extend(spans);
-            }
-        }
-        children.sort_by_key(|s| s.start_time);
-        if inner.ring.len() >= self.capacity {
-            inner.ring.pop_front();
-        }
-        inner.ring.push_back(Arc::new(RecentTrace {
-            root: span,
-            children,
-        }));
+        feedback.spans.push(span);
+        feedback.bytes += size;
+        inner.feedback_bytes += size;
+        true
+    }
+
+    /// Bytes of feedback spans the ring holds (bounded by [`MAX_FEEDBACK_BYTES`]).
+    pub fn feedback_bytes(&self) -> u64 {
+        lock(&self.inner).feedback_bytes
     }
 
     /// The requests matching `filter`, newest first.
     pub fn snapshot(&self, filter: &TraceFilter) -> Vec<Arc<RecentTrace>> {
         // Cloning the Arcs keeps the lock short; filtering happens outside it.
-        let all: Vec<Arc<RecentTrace>> = self.lock().ring.iter().rev().cloned().collect();
+        let all: Vec<Arc<RecentTrace>> = lock(&self.inner).ring.iter().rev().cloned().collect();
         all.into_iter()
             .filter(|t| !filter.errors || t.is_error())
             .filter(|t| filter.slow.is_none_or(|s| t.duration() >= s))
@@ -124,63 +169,81 @@ impl RecentTraces {
             .take(filter.limit.unwrap_or(usize::MAX))
             .collect()
     }
-
-    /// The span processor that fills this ring.
-    pub fn processor(self: &Arc<Self>) -> RingProcessor {
-        RingProcessor(self.clone())
-    }
-}
-
-/// Records every ended span into a [`RecentTraces`] ring.
-#[derive(Debug)]
-pub struct RingProcessor(Arc<RecentTraces>);
-
-impl SpanProcessor for RingProcessor {
-    fn on_start(&self, _span: &mut Span, _cx: &Context) {}
-
-    fn on_end(&self, span: SpanData) {
-        if span.span_context.is_sampled() {
-            self.0.record(span);
-        }
-    }
-
-    fn force_flush(&self) -> OTelSdkResult {
-        Ok(())
-    }
-
-    fn shutdown_with_timeout(&self, _timeout: Duration) -> OTelSdkResult {
-        Ok(())
-    }
 }
 
 impl RecentTrace {
     /// The trace id, lowercase hex.
     pub fn trace_id(&self) -> String {
-        self.root.span_context.trace_id().to_string()
+        self.ids.trace_id.to_string()
     }
 
     /// From the first byte of the request to the last of the response.
     pub fn duration(&self) -> Duration {
-        self.root
-            .end_time
-            .duration_since(self.root.start_time)
-            .unwrap_or_default()
+        let t = &self.record.times;
+        t.end.1.duration_since(t.start.1).unwrap_or_default()
     }
 
     /// A request failed when it has an `error.type` (proxy-made errors, upstream 5xx, broken
     /// streams) or its span status is Error.
     pub fn is_error(&self) -> bool {
-        matches!(self.root.status, Status::Error { .. }) || attr(&self.root, "error.type").is_some()
+        self.record.error.is_some()
+            || matches!(exchange::server_status(&self.record), Status::Error { .. })
     }
 
+    /// The spans, built from the record as they are for export, and the feedback about it.
+    fn view(&self) -> View {
+        let (client, root) = exchange::build(&self.ids, &self.record, self.verdict);
+        let feedback = lock(&self.feedback);
+        let mut children: Vec<SpanData> = client.into_iter().collect();
+        children.extend(feedback.spans.iter().cloned());
+        children.sort_by_key(|s| s.start_time);
+        View {
+            root,
+            children,
+            feedback_dropped: feedback.dropped,
+        }
+    }
+
+    /// The row of the list view.
+    pub fn summary(&self) -> Json {
+        self.view().summary(self)
+    }
+
+    /// The summary plus every span, with start offsets relative to the request's start.
+    pub fn detail(&self) -> Json {
+        let view = self.view();
+        let mut summary = view.summary(self);
+        let origin = view.root.start_time;
+        let spans: Vec<Json> = std::iter::once(&view.root)
+            .chain(view.children.iter())
+            .map(|s| span_json(s, origin))
+            .collect();
+        if let Json::Object(map) = &mut summary {
+            map.insert("spans".to_owned(), Json::Array(spans));
+            map.insert(
+                "feedback_spans_dropped".to_owned(),
+                Json::from(view.feedback_dropped),
+            );
+        }
+        summary
+    }
+}
+
+/// One request's spans, built for reading.
+struct View {
+    root: SpanData,
+    children: Vec<SpanData>,
+    feedback_dropped: u64,
+}
+
+impl View {
     /// An attribute of the request: the SERVER span's, else the first child's that has it (the
     /// GenAI attributes live on the upstream call's span).
     fn find(&self, key: &str) -> Option<&Value> {
         attr(&self.root, key).or_else(|| self.children.iter().find_map(|s| attr(s, key)))
     }
 
-    /// The row of the list view.
-    pub fn summary(&self) -> Json {
+    fn summary(&self, trace: &RecentTrace) -> Json {
         let method = self
             .find("http.request.method_original")
             .or_else(|| self.find("http.request.method"));
@@ -188,14 +251,14 @@ impl RecentTrace {
             .find("gen_ai.response.model")
             .or_else(|| self.find("gen_ai.request.model"));
         json!({
-            "trace_id": self.trace_id(),
+            "trace_id": trace.trace_id(),
             "span_id": self.root.span_context.span_id().to_string(),
             "time": unix_ms(self.root.start_time),
             "method": method.map(value_json),
             "path": self.find("url.path").map(value_json),
             "status": self.find("http.response.status_code").map(value_json),
-            "duration_ms": ms(self.duration()),
-            "error": self.is_error(),
+            "duration_ms": ms(trace.duration()),
+            "error": trace.is_error(),
             "error_type": self.find("error.type").map(value_json),
             "cancelled": self.find("ragscope.cancelled").is_some_and(|v| matches!(v, Value::Bool(true))),
             "model": model.map(value_json),
@@ -218,20 +281,6 @@ impl RecentTrace {
         docs.iter()
             .filter_map(|d| d["score"].as_f64())
             .reduce(f64::max)
-    }
-
-    /// The summary plus every span, with start offsets relative to the request's start.
-    pub fn detail(&self) -> Json {
-        let mut summary = self.summary();
-        let origin = self.root.start_time;
-        let spans: Vec<Json> = std::iter::once(&self.root)
-            .chain(self.children.iter())
-            .map(|s| span_json(s, origin))
-            .collect();
-        if let Json::Object(map) = &mut summary {
-            map.insert("spans".to_owned(), Json::Array(spans));
-        }
-        summary
     }
 }
 
@@ -338,66 +387,75 @@ fn unix_ms(t: SystemTime) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::observe::{Ending, HttpFacts, UpstreamAddress, UpstreamCall};
     use opentelemetry::KeyValue;
     use opentelemetry::trace::{SpanContext, TraceFlags, TraceId, TraceState};
-    use opentelemetry_sdk::trace::{SpanEvents, SpanLinks};
+    use std::time::Instant;
 
-    fn span(
-        trace: u128,
-        id: u64,
-        parent: u64,
-        kind: SpanKind,
-        start_ms: u64,
-        dur_ms: u64,
-        attributes: Vec<KeyValue>,
-    ) -> SpanData {
-        let start = UNIX_EPOCH + Duration::from_millis(1_700_000_000_000 + start_ms);
-        SpanData {
-            span_context: SpanContext::new(
-                TraceId::from(trace),
-                SpanId::from(id),
-                TraceFlags::SAMPLED,
-                false,
-                TraceState::default(),
-            ),
-            parent_span_id: SpanId::from(parent),
-            parent_span_is_remote: false,
-            span_kind: kind,
-            name: "GET".into(),
-            start_time: start,
-            end_time: start + Duration::from_millis(dur_ms),
-            attributes,
-            dropped_attributes_count: 0,
-            events: SpanEvents::default(),
-            links: SpanLinks::default(),
-            status: Status::Unset,
-            instrumentation_scope: Default::default(),
+    fn ids(trace: u128) -> TraceIds {
+        TraceIds {
+            trace_id: TraceId::from(trace),
+            server_span_id: SpanId::from(1),
+            client_span_id: SpanId::from(2),
+            parent_span_id: SpanId::INVALID,
+            parent_remote: false,
+            flags: TraceFlags::SAMPLED,
+            state: TraceState::default(),
+            sampled: true,
         }
     }
 
-    fn request(ring: &RecentTraces, trace: u128, dur_ms: u64, status: i64) {
-        ring.record(span(
-            trace,
-            2,
-            1,
-            SpanKind::Client,
-            1,
-            dur_ms - 2,
-            vec![
-                KeyValue::new("gen_ai.request.model", "m-1"),
-                KeyValue::new("gen_ai.usage.output_tokens", 7_i64),
-                KeyValue::new("gen_ai.response.time_to_first_chunk", 0.25),
-            ],
-        ));
-        let mut attrs = vec![
-            KeyValue::new("http.request.method", "POST"),
-            KeyValue::new("url.path", "/v1/chat/completions"),
-            KeyValue::new("http.response.status_code", status),
-        ];
-        if status >= 500 {
-            attrs.push(KeyValue::new("error.type", status.to_string()));
-        }
-        ring.record(span(trace, 1, 0, SpanKind::Server, 0, dur_ms, attrs));
+    /// A forwarded request that took `dur_ms` and answered `status`.
+    fn request(ring: &RecentTraces, trace: u128, dur_ms: u64, status: u16) {
+        let http = HttpFacts::from_request(
+            &http::Method::POST,
+            &"/v1/chat/completions".parse().expect("uri"),
+            http::Version::HTTP_11,
+            &http::HeaderMap::new(),
+            "127.0.0.1:1".parse().expect("addr"),
+            "http",
+        );
+        let mut r = Record::new(None, http);
+        let start = (
+            Instant::now(),
+            UNIX_EPOCH + Duration::from_millis(1_700_000_000_000),
+        );
+        r.upstream = Some(UpstreamCall {
+            url: "http://up/v1/chat/completions".into(),
+            status: http::StatusCode::from_u16(status).ok(),
+            address: UpstreamAddress {
+                host: "up".into(),
+                port: 80,
+            },
+        });
+        r.respond(http::StatusCode::from_u16(status).expect("status"), None);
+        r.end(Ending::Complete);
+        r.times.start = start;
+        r.times.upstream_start = Some((start.0, start.1 + Duration::from_millis(1)));
+        r.times.end = (
+            start.0 + Duration::from_millis(dur_ms),
+            start.1 + Duration::from_millis(dur_ms),
+        );
+        ring.record(ids(trace), r, None);
+    }
+
+    fn feedback_span(trace: u128, parent: u64, comment: &str) -> SpanData {
+        let context = SpanContext::new(
+            TraceId::from(trace),
+            SpanId::from(99),
+            TraceFlags::SAMPLED,
+            false,
+            TraceState::default(),
+        );
+        let now = SystemTime::now();
+        super::super::spans::span(
+            context,
+            (SpanId::from(parent), true),
+            SpanKind::Internal,
+            "ragscope.feedback",
+            (now, now),
+            vec![KeyValue::new("comment", comment.to_owned())],
+        )
     }
 
     #[test]
@@ -409,21 +467,18 @@ mod tests {
         let all = ring.snapshot(&TraceFilter::default());
         let ids: Vec<String> = all.iter().map(|t| t.trace_id()).collect();
         assert_eq!(ids, [format!("{:032x}", 3), format!("{:032x}", 2)]);
-        assert_eq!(all[0].children.len(), 1);
-        assert!(ring.lock().pending.is_empty());
 
         let s = all[1].summary();
         assert_eq!(s["method"], "POST");
         assert_eq!(s["status"], 502);
-        assert_eq!(s["model"], "m-1");
-        assert_eq!(s["output_tokens"], 7);
-        assert_eq!(s["ttft_ms"], 250.0);
         assert_eq!(s["duration_ms"], 900.0);
         assert_eq!(s["error"], true);
+        assert_eq!(s["error_type"], "502");
         let d = all[1].detail();
         assert_eq!(d["spans"][1]["kind"], "client");
         assert_eq!(d["spans"][1]["start_ms"], 1.0);
         assert_eq!(d["spans"][1]["parent_span_id"], format!("{:016x}", 1));
+        assert_eq!(all[0].summary()["error"], false);
     }
 
     #[test]
@@ -471,19 +526,35 @@ mod tests {
     }
 
     #[test]
-    fn orphans_are_bounded() {
-        let ring = RecentTraces::new(10);
-        for i in 0..(MAX_PENDING_PARENTS as u64 + 10) {
-            ring.record(span(
-                1,
-                i + 10,
-                i + 100_000,
-                SpanKind::Internal,
-                0,
-                1,
-                vec![],
-            ));
+    fn feedback_is_bounded_per_request_and_in_total() {
+        let ring = RecentTraces::new(1000);
+        request(&ring, 1, 10, 200);
+        let comment = "x".repeat(2048);
+        for _ in 0..100 {
+            ring.feedback(feedback_span(1, 1, &comment));
         }
-        assert!(ring.lock().pending.len() <= MAX_PENDING_PARENTS);
+        let d = ring.snapshot(&TraceFilter::default())[0].detail();
+        let spans = d["spans"].as_array().expect("spans");
+        // The server span, the client span, and the capped feedback.
+        assert_eq!(spans.len(), 2 + MAX_FEEDBACK_SPANS);
+        assert_eq!(d["feedback_spans_dropped"], 100 - MAX_FEEDBACK_SPANS as u64);
+        // Unknown parents are not kept at all.
+        assert!(!ring.feedback(feedback_span(1, 7, "x")));
+        assert!(!ring.feedback(feedback_span(5, 1, "x")));
+
+        // Across many requests the byte cap holds.
+        for trace in 2..600 {
+            request(&ring, trace, 10, 200);
+            for _ in 0..MAX_FEEDBACK_SPANS {
+                ring.feedback(feedback_span(trace, 1, &comment));
+            }
+        }
+        assert!(ring.feedback_bytes() <= MAX_FEEDBACK_BYTES);
+        assert!(ring.feedback_bytes() > MAX_FEEDBACK_BYTES / 2);
+        // Evicting the requests frees their feedback's share.
+        for trace in 1000..2000 {
+            request(&ring, trace, 10, 200);
+        }
+        assert_eq!(ring.feedback_bytes(), 0);
     }
 }

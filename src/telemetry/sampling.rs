@@ -276,6 +276,11 @@ impl Tail {
         verdict
     }
 
+    /// Whether dropped traces are held for late feedback (so their spans are still built).
+    pub(super) fn holds(&self) -> bool {
+        self.held.is_some()
+    }
+
     /// Feedback arrived for `trace_id`: a score below `low_feedback` exports the trace if it is
     /// still held.
     pub(super) fn feedback(&self, trace_id: TraceId, score: f64) {

@@ -1,9 +1,11 @@
 //! Spans without SDK span objects on the data path: ids are chosen when a request arrives
 //! (the configured sampler decides, the SDK's id generator makes them), and when the exchange
-//! is over its spans are built as `SpanData` straight from the record and handed to the span
-//! processors (the batch exporter, the `/traces` ring) through `SpanProcessor::on_end`.
+//! is over its spans are built as `SpanData` straight from the record and handed to the export
+//! processor through `SpanProcessor::on_end`, moved, never cloned (the `/traces` ring keeps
+//! the record, not the spans).
 
 use std::borrow::Cow;
+use std::sync::OnceLock;
 use std::time::{Duration, SystemTime};
 
 use http::HeaderMap;
@@ -11,7 +13,7 @@ use opentelemetry::propagation::{TextMapCompositePropagator, TextMapPropagator a
 use opentelemetry::trace::{
     SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceFlags, TraceId,
 };
-use opentelemetry::{Context, InstrumentationScope, KeyValue};
+use opentelemetry::{Context, InstrumentationScope, KeyValue, Value};
 use opentelemetry_http::HeaderInjector;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::{
@@ -21,34 +23,35 @@ use opentelemetry_sdk::trace::{
 
 use crate::observe::TraceIds;
 
-/// The trace side of the pipeline: sampler, id generator and the processors spans go to.
+/// The trace side of the pipeline: sampler, id generator and the processor spans are exported
+/// through (`None`: traces are kept only for the `/traces` ring).
 #[derive(Debug)]
 pub(super) struct Spans {
     sampler: Sampler,
     ids: RandomIdGenerator,
-    limits: SpanLimits,
-    scope: InstrumentationScope,
-    processors: Vec<Box<dyn SpanProcessor>>,
+    exporter: Option<Box<dyn SpanProcessor>>,
 }
 
 impl Spans {
-    /// Spans sampled by `sampler` and handed to `processors`, each told the `resource` once.
+    /// Spans sampled by `sampler` and exported through `exporter`, told the `resource` once.
     pub(super) fn new(
         sampler: Sampler,
         resource: &Resource,
-        mut processors: Vec<Box<dyn SpanProcessor>>,
+        mut exporter: Option<Box<dyn SpanProcessor>>,
     ) -> Spans {
-        for p in &mut processors {
+        if let Some(p) = &mut exporter {
             p.set_resource(resource);
         }
         Spans {
             sampler,
             ids: RandomIdGenerator::default(),
-            // The SDK's limits, read from OTEL_SPAN_*_COUNT_LIMIT as the SDK would.
-            limits: opentelemetry_sdk::trace::Config::default().span_limits,
-            scope: InstrumentationScope::builder("ragscope").build(),
-            processors,
+            exporter,
         }
+    }
+
+    /// Whether spans are exported at all (else building them for export is wasted work).
+    pub(super) fn exports(&self) -> bool {
+        self.exporter.is_some()
     }
 
     /// The ids of a new exchange, continuing `parent` when it carries a valid span context.
@@ -92,33 +95,6 @@ impl Spans {
         }
     }
 
-    /// A span of the exchange, ready for attributes and events.
-    pub(super) fn span(
-        &self,
-        context: SpanContext,
-        parent: (SpanId, bool),
-        kind: SpanKind,
-        name: &'static str,
-        times: (SystemTime, SystemTime),
-        attributes: Vec<KeyValue>,
-    ) -> SpanData {
-        SpanData {
-            span_context: context,
-            parent_span_id: parent.0,
-            parent_span_is_remote: parent.1,
-            span_kind: kind,
-            name: Cow::Borrowed(name),
-            start_time: times.0,
-            end_time: times.1,
-            attributes,
-            dropped_attributes_count: 0,
-            events: SpanEvents::default(),
-            links: SpanLinks::default(),
-            status: Status::Unset,
-            instrumentation_scope: self.scope.clone(),
-        }
-    }
-
     /// A sampled span of its own, outside any exchange (feedback): `None` when the sampler
     /// drops it.
     pub(super) fn standalone(
@@ -143,7 +119,7 @@ impl Spans {
             result.trace_state,
         );
         let now = opentelemetry::time::now();
-        Some(self.span(
+        Some(span(
             context,
             (parent.span_id(), parent.is_remote()),
             kind,
@@ -153,41 +129,69 @@ impl Spans {
         ))
     }
 
-    /// Hands finished spans to every processor, children before their parent (the `/traces`
-    /// ring files a server span's children under it when the server span arrives).
+    /// Hands finished spans to the export processor, moved.
     pub(super) fn export(&self, spans: impl IntoIterator<Item = SpanData>) {
-        for mut span in spans {
-            self.limit(&mut span);
-            if let Some((last, rest)) = self.processors.split_last() {
-                for p in rest {
-                    p.on_end(span.clone());
-                }
-                last.on_end(span);
+        if let Some(p) = &self.exporter {
+            for mut span in spans {
+                limit(&mut span);
+                p.on_end(span);
             }
         }
     }
 
-    /// Applies the span limits the SDK would have applied.
-    fn limit(&self, span: &mut SpanData) {
-        let max = self.limits.max_attributes_per_span as usize;
-        if span.attributes.len() > max {
-            span.dropped_attributes_count += (span.attributes.len() - max) as u32;
-            span.attributes.truncate(max);
-        }
-        let max = self.limits.max_events_per_span as usize;
-        if span.events.events.len() > max {
-            span.events.dropped_count += (span.events.events.len() - max) as u32;
-            span.events.events.truncate(max);
-        }
-    }
-
-    /// Flushes and stops every processor; each gets `timeout`.
+    /// Flushes and stops the export processor within `timeout`.
     pub(super) fn shutdown(&self, timeout: Duration) {
-        for p in &self.processors {
+        if let Some(p) = &self.exporter {
             if let Err(e) = p.shutdown_with_timeout(timeout) {
                 tracing::warn!(error = %e, "trace export did not shut down cleanly");
             }
         }
+    }
+}
+
+/// A span of the exchange, ready for attributes and events.
+pub(super) fn span(
+    context: SpanContext,
+    parent: (SpanId, bool),
+    kind: SpanKind,
+    name: &'static str,
+    times: (SystemTime, SystemTime),
+    attributes: Vec<KeyValue>,
+) -> SpanData {
+    static SCOPE: OnceLock<InstrumentationScope> = OnceLock::new();
+    SpanData {
+        span_context: context,
+        parent_span_id: parent.0,
+        parent_span_is_remote: parent.1,
+        span_kind: kind,
+        name: Cow::Borrowed(name),
+        start_time: times.0,
+        end_time: times.1,
+        attributes,
+        dropped_attributes_count: 0,
+        events: SpanEvents::default(),
+        links: SpanLinks::default(),
+        status: Status::Unset,
+        instrumentation_scope: SCOPE
+            .get_or_init(|| InstrumentationScope::builder("ragscope").build())
+            .clone(),
+    }
+}
+
+/// Applies the span limits the SDK would have applied (read from `OTEL_SPAN_*_COUNT_LIMIT`
+/// once, as the SDK would).
+pub(super) fn limit(span: &mut SpanData) {
+    static LIMITS: OnceLock<SpanLimits> = OnceLock::new();
+    let limits = LIMITS.get_or_init(|| opentelemetry_sdk::trace::Config::default().span_limits);
+    let max = limits.max_attributes_per_span as usize;
+    if span.attributes.len() > max {
+        span.dropped_attributes_count += (span.attributes.len() - max) as u32;
+        span.attributes.truncate(max);
+    }
+    let max = limits.max_events_per_span as usize;
+    if span.events.events.len() > max {
+        span.events.dropped_count += (span.events.events.len() - max) as u32;
+        span.events.events.truncate(max);
     }
 }
 
@@ -235,7 +239,53 @@ pub(super) fn inject(
 
 /// `00-<32 hex>-<16 hex>-<2 hex>`, the W3C header form of the server span's context.
 pub fn w3c_header(trace_id: TraceId, span_id: SpanId, flags: TraceFlags) -> String {
-    format!("00-{trace_id}-{span_id}-{:02x}", flags.to_u8())
+    let mut out = String::with_capacity(55);
+    out.push_str("00-");
+    push_hex(&mut out, &trace_id.to_bytes());
+    out.push('-');
+    push_hex(&mut out, &span_id.to_bytes());
+    out.push('-');
+    push_hex(&mut out, &[flags.to_u8()]);
+    out
+}
+
+/// Appends `bytes` as lowercase hex: ids are written per request, and the formatting machinery
+/// behind `Display` costs several times more.
+pub(super) fn push_hex(out: &mut String, bytes: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for b in bytes {
+        out.push(char::from(HEX[usize::from(b >> 4)]));
+        out.push(char::from(HEX[usize::from(b & 0xf)]));
+    }
+}
+
+/// Bytes a kept span costs (held traces, feedback in the ring), near enough to bound memory:
+/// the struct, its attribute and event
+/// vectors, and the strings they own.
+pub(super) fn estimate(span: &SpanData) -> u64 {
+    let kv = |a: &[KeyValue]| -> usize {
+        a.iter()
+            .map(|kv| {
+                std::mem::size_of::<KeyValue>() + kv.key.as_str().len() + value_len(&kv.value)
+            })
+            .sum()
+    };
+    let mut n = std::mem::size_of::<SpanData>() + span.name.len() + kv(&span.attributes);
+    for e in &span.events.events {
+        n += std::mem::size_of_val(e) + e.name.len() + kv(&e.attributes);
+    }
+    for l in &span.links.links {
+        n += std::mem::size_of_val(l) + kv(&l.attributes);
+    }
+    n as u64
+}
+
+fn value_len(v: &Value) -> usize {
+    match v {
+        Value::String(s) => s.as_str().len(),
+        Value::Array(a) => a.to_string().len(),
+        _ => 0,
+    }
 }
 
 #[cfg(test)]
