@@ -39,6 +39,7 @@ fn core(config: &Config) -> Value {
         "RAGSCOPE_CONNECT_TIMEOUT": duration(config.connect_timeout),
         "RAGSCOPE_RESPONSE_TIMEOUT": duration(config.response_timeout),
         "RAGSCOPE_IDLE_TIMEOUT": duration(config.idle_timeout),
+        "RAGSCOPE_REQUEST_BODY_TIMEOUT": duration(config.request_body_timeout),
         "RAGSCOPE_MAX_REQUEST_BODY": config.max_request_body,
         "RAGSCOPE_DRAIN_TIMEOUT": duration(config.drain_timeout),
         "RAGSCOPE_HEADER_READ_TIMEOUT": duration(config.header_read_timeout),

@@ -371,7 +371,9 @@ impl Telemetry {
 impl queue::Drain for Telemetry {
     fn handle(&self, records: &mut dyn Iterator<Item = Record>) {
         let mut log = access_log::Batch::new();
-        for r in records {
+        for mut r in records {
+            // The GenAI parse happens here, on the telemetry thread (issue 11).
+            r.conclude();
             record::record(self, r, &mut log);
         }
         log.write();

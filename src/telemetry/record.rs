@@ -185,6 +185,9 @@ fn export_spans(
     if cancelled {
         // A client going away is not a server error: status stays unset.
         a.push(KeyValue::new("ragscope.cancelled", true));
+        if let Some(by) = r.cancelled_by {
+            a.push(KeyValue::new("ragscope.cancelled_by", by));
+        }
     }
     let server_failed =
         r.status.is_none_or(|s| s.is_server_error()) || matches!(r.ending, Ending::Failed(..));
