@@ -392,3 +392,78 @@ impl Drop for ResponseBody {
         self.exchange.finish(ending);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::task::Waker;
+
+    use http::{HeaderMap, HeaderValue, Method, Version, header};
+
+    use super::*;
+    use crate::genai::GenAi;
+    use crate::observe::HttpFacts;
+    use crate::settings::Config;
+    use crate::telemetry::Telemetry;
+
+    /// An exchange for `POST /v1/chat/completions` with a GenAI observation expecting JSON.
+    fn chat_exchange() -> Exchange {
+        let config = Config::from_source(&[("OTEL_SDK_DISABLED", "true")][..]).expect("config");
+        let telemetry = Telemetry::start(&config.telemetry).expect("telemetry");
+        let uri: http::Uri = "/v1/chat/completions".parse().expect("uri");
+        let headers = HeaderMap::new();
+        let http = HttpFacts::from_request(
+            &Method::POST,
+            &uri,
+            Version::HTTP_11,
+            &headers,
+            "127.0.0.1:1".parse().expect("addr"),
+            "http",
+        );
+        let mut exchange = Exchange::begin(telemetry, http, &headers);
+        let genai = Arc::new(GenAi::new(config.genai.clone()));
+        let mut observation = genai.observe(&Method::POST, uri.path()).expect("observed");
+        let mut head = HeaderMap::new();
+        head.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        observation.response_head(&head);
+        exchange.set_genai(observation);
+        exchange
+    }
+
+    const ANSWER: &str = r#"{"id":"c1","model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":7}}"#;
+
+    #[tokio::test]
+    async fn the_last_frame_leaves_before_the_record_is_handed_on_or_parsed() {
+        let mut body = ResponseBody::local(Bytes::from_static(ANSWER.as_bytes()), chat_exchange());
+        let mut cx = Context::from_waker(Waker::noop());
+        let Poll::Ready(Some(Ok(frame))) = Pin::new(&mut body).poll_frame(&mut cx) else {
+            panic!("the answer is one ready frame");
+        };
+        assert_eq!(frame.data_ref().map(|d| d.len()), Some(ANSWER.len()));
+        assert!(body.is_end_stream(), "hyper sees the end with this frame");
+        // The frame is in hyper's hands while the record is still here: ended (its end time
+        // taken with the last frame), not handed to telemetry, nothing parsed.
+        let record = body.exchange.record().expect("still held until the drop");
+        assert_eq!(record.ending, Ending::Complete);
+        assert!(record.genai.is_none() && record.observation.is_none());
+        assert_eq!(record.response_bytes, ANSWER.len() as u64);
+    }
+
+    #[tokio::test]
+    async fn the_record_carries_the_copies_unparsed_and_telemetry_concludes_them() {
+        let mut exchange = chat_exchange();
+        exchange.observe_response_data(ANSWER.as_bytes());
+        exchange.end(Ending::Complete);
+        // A later ending (the drop's "cancelled") does not replace the first.
+        let mut record = exchange.take_record(Ending::Cancelled).expect("a record");
+        assert_eq!(record.ending, Ending::Complete);
+        assert!(record.genai.is_none(), "no parse on the I/O path");
+        assert!(record.observation.is_some(), "the copies travel as they are");
+        record.conclude();
+        let facts = record.genai.expect("parsed where the record is consumed");
+        assert_eq!((facts.input_tokens, facts.output_tokens), (Some(3), Some(7)));
+        assert!(record.observation.is_none());
+    }
+}

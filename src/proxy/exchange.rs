@@ -132,10 +132,15 @@ impl Exchange {
     /// ([`Record::conclude`]), never here on the I/O path. Runs once; later calls (and the
     /// drop) do nothing.
     pub fn finish(&mut self, ending: Ending) {
+        if let Some(record) = self.take_record(ending) {
+            self.telemetry.record(record);
+        }
+    }
+
+    /// Ends the exchange (unless it already ended) and gives its record up for hand-off.
+    pub(super) fn take_record(&mut self, ending: Ending) -> Option<Record> {
         self.end(ending);
-        let Some(mut record) = self.record.take() else {
-            return;
-        };
+        let mut record = self.record.take()?;
         record.request_bytes = self.request_bytes.load(Ordering::Relaxed);
         record.observation = self.genai.take();
         if record.ending == Ending::Cancelled && crate::workers::closing() {
@@ -148,7 +153,7 @@ impl Exchange {
                 "request cancelled by shutdown: the drain timeout closed its connection"
             );
         }
-        self.telemetry.record(record);
+        Some(record)
     }
 }
 
