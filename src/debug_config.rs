@@ -118,6 +118,7 @@ fn genai(config: &Config) -> Value {
         "RAGSCOPE_GENAI": config.genai.enabled,
         "RAGSCOPE_GENAI_PROVIDER": config.genai.provider,
         "RAGSCOPE_PARSE_MAX_BYTES": config.genai.parse_max_bytes,
+        "RAGSCOPE_PARSE_BUDGET": config.genai.parse_budget,
         "RAGSCOPE_EXTRACT": config.genai.extract.iter().map(extract_rule).collect::<Vec<_>>(),
         "RAGSCOPE_VERSION_HEADER": config.genai.version_header.as_ref().map(|h| h.to_string()),
         "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT": format!("{:?}", config.genai.capture),

@@ -93,6 +93,7 @@ impl Proxy {
             )
         })?;
         let genai = Arc::new(GenAi::new(config.genai.clone()));
+        genai.budget().register(&telemetry.meter());
         Ok(Proxy {
             genai,
             upstream_address: UpstreamAddress {
