@@ -126,7 +126,11 @@ async fn a_large_json_answer_arrives_whole_and_is_read_to_its_last_byte() {
         )
         .await;
     assert_eq!(reply.status, StatusCode::OK);
-    assert_eq!(reply.body.len(), expected.len(), "every byte, the last included");
+    assert_eq!(
+        reply.body.len(),
+        expected.len(),
+        "every byte, the last included"
+    );
     assert_eq!(&reply.body[..], expected.as_bytes());
 
     let client = otlp
@@ -139,7 +143,10 @@ async fn a_large_json_answer_arrives_whole_and_is_read_to_its_last_byte() {
         .remove(0);
     assert_eq!(client.int_attr("gen_ai.usage.input_tokens"), Some(11));
     assert_eq!(client.int_attr("gen_ai.usage.output_tokens"), Some(230_000));
-    assert_eq!(client.str_attr("gen_ai.response.id"), Some("chatcmpl-large"));
+    assert_eq!(
+        client.str_attr("gen_ai.response.id"),
+        Some("chatcmpl-large")
+    );
 }
 
 /// Writes a request head declaring `declared` body bytes, then `sent` of them, then waits
@@ -150,7 +157,10 @@ async fn stalled_upload(addr: std::net::SocketAddr, declared: usize, sent: usize
         "POST /upload HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\nContent-Length: {declared}\r\n\r\n"
     );
     stream.write_all(head.as_bytes()).await.expect("head");
-    stream.write_all(&vec![b'a'; sent]).await.expect("part of the body");
+    stream
+        .write_all(&vec![b'a'; sent])
+        .await
+        .expect("part of the body");
     stream.flush().await.expect("flush");
     let mut out = Vec::new();
     let _ = tokio::time::timeout(WAIT, stream.read_to_end(&mut out)).await;
@@ -211,7 +221,11 @@ async fn a_slow_upload_that_keeps_sending_outlasts_the_response_timeout() {
     let send = tokio::spawn(async move {
         for _ in 0..5 {
             tokio::time::sleep(Duration::from_millis(150)).await;
-            if tx.send(bytes::Bytes::from_static(&[b'z'; 100])).await.is_err() {
+            if tx
+                .send(bytes::Bytes::from_static(&[b'z'; 100]))
+                .await
+                .is_err()
+            {
                 return;
             }
         }
@@ -254,4 +268,54 @@ impl http_body::Body for PacedBody {
 fn paced_body() -> (tokio::sync::mpsc::Sender<bytes::Bytes>, PacedBody) {
     let (tx, rx) = tokio::sync::mpsc::channel(1);
     (tx, PacedBody(rx))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upstream_that_takes_none_of_the_body_still_times_out() {
+    // The black hole accepts and never reads: once the socket buffers are full, the upload
+    // stops on the upstream's side, not the client's, and the response timeout applies.
+    let hole = BlackHole::start().await;
+    let proxy = Proxy::builder()
+        .upstream(&hole)
+        .env("RAGSCOPE_RESPONSE_TIMEOUT", "500ms")
+        .env("RAGSCOPE_REQUEST_BODY_TIMEOUT", "30s")
+        .env("RAGSCOPE_MAX_REQUEST_BODY", "1GiB")
+        .run()
+        .await;
+    let total: usize = 512 << 20;
+    let stream = tokio::net::TcpStream::connect(proxy.addr())
+        .await
+        .expect("connect");
+    let (mut rd, mut wr) = stream.into_split();
+    let writer = tokio::spawn(async move {
+        let head = format!(
+            "POST /upload HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\nContent-Length: {total}\r\n\r\n"
+        );
+        wr.write_all(head.as_bytes()).await.expect("head");
+        let chunk = vec![b'u'; 64 << 10];
+        let mut sent = 0;
+        // Blocks once nothing more is taken; fails once the proxy closes.
+        while sent < total && wr.write_all(&chunk).await.is_ok() {
+            sent += chunk.len();
+        }
+    });
+    let mut out = Vec::new();
+    let answered = tokio::time::timeout(WAIT, async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match rd.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+            if String::from_utf8_lossy(&out).contains("}}") {
+                return;
+            }
+        }
+    })
+    .await;
+    writer.abort();
+    let raw = String::from_utf8_lossy(&out);
+    assert!(answered.is_ok(), "no answer within {WAIT:?}: {raw}");
+    assert!(raw.starts_with("HTTP/1.1 504"), "{raw}");
+    assert!(raw.contains("\"type\":\"upstream_timeout\""), "{raw}");
 }

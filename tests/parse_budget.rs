@@ -100,9 +100,8 @@ async fn many_concurrent_large_bodies_stay_within_the_budget_and_all_succeed() {
     let admin = admin.expect("admin on");
     let baseline = ragscope.rss_kib();
 
-    let body = Bytes::from(
-        serde_json::json!({"query": "q".repeat(BODY_BYTES), "top_k": 3}).to_string(),
-    );
+    let body =
+        Bytes::from(serde_json::json!({"query": "q".repeat(BODY_BYTES), "top_k": 3}).to_string());
     let client = Client::http1();
     let requests: Vec<_> = (0..CLIENTS)
         .map(|_| {
@@ -127,11 +126,13 @@ async fn many_concurrent_large_bodies_stay_within_the_budget_and_all_succeed() {
         "{} of {CLIENTS} bodies arrived",
         up.request_count()
     );
-    assert!(up.requests().iter().all(|r| r.body_bytes == body.len() as u64));
+    assert!(
+        up.requests()
+            .iter()
+            .all(|r| r.body_bytes == body.len() as u64)
+    );
     let in_flight = ragscope.rss_kib();
-    let metrics = Client::http1()
-        .get(format!("http://{admin}/metrics"))
-        .await;
+    let metrics = Client::http1().get(format!("http://{admin}/metrics")).await;
     let text = String::from_utf8_lossy(&metrics.body).into_owned();
     let used = metric(&text, "ragscope_genai_parse_budget_used").expect("used gauge");
     let skipped = metric(&text, "ragscope_genai_parse_budget_skipped").expect("skips counted");
@@ -169,8 +170,14 @@ async fn many_concurrent_large_bodies_stay_within_the_budget_and_all_succeed() {
     assert!(flagged.len() <= CLIENTS);
     let drained = wait_until_async(WAIT, || async {
         let m = Client::http1().get(format!("http://{admin}/metrics")).await;
-        metric(&String::from_utf8_lossy(&m.body), "ragscope_genai_parse_budget_used") == Some(0.0)
+        metric(
+            &String::from_utf8_lossy(&m.body),
+            "ragscope_genai_parse_budget_used",
+        ) == Some(0.0)
     })
     .await;
-    assert!(drained, "every reservation is released once the exchanges are recorded");
+    assert!(
+        drained,
+        "every reservation is released once the exchanges are recorded"
+    );
 }

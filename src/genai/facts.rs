@@ -143,8 +143,7 @@ impl Observation {
         };
 
         let mut facts = Facts::from_parts(self.operation, &request, &response, extracted);
-        if facts.operation.is_none() && documents.is_none() && facts.is_empty() && !budget_skipped
-        {
+        if facts.operation.is_none() && documents.is_none() && facts.is_empty() && !budget_skipped {
             // Not GenAI or RAG traffic; only a parse problem of a recognised API is worth noting
             // (or a body left unread for want of budget: that the span must say).
             return None;

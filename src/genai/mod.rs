@@ -417,7 +417,10 @@ mod tests {
         a.push(&[1; 30 << 10]);
         assert!(!a.skipped && a.buf.len() == 30 << 10);
         assert!(budget.in_use() >= 30 << 10 && budget.in_use() <= 40 << 10);
-        assert!(a.buf.capacity() <= a.reserved, "RSS follows the reservation");
+        assert!(
+            a.buf.capacity() <= a.reserved,
+            "RSS follows the reservation"
+        );
         // No room left for a second copy of that size: skipped, counted, nothing held.
         let mut b = Tee::new(1 << 20, budget.clone());
         b.push(&[2; 20 << 10]);
@@ -427,7 +430,11 @@ mod tests {
         assert_eq!(budget.skipped(), 1);
         drop(b);
         drop(a);
-        assert_eq!(budget.in_use(), 0, "every reservation is given back on drop");
+        assert_eq!(
+            budget.in_use(),
+            0,
+            "every reservation is given back on drop"
+        );
     }
 
     #[test]

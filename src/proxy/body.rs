@@ -183,7 +183,9 @@ impl Body for RequestBody {
                 return Poll::Pending;
             }
         };
-        this.upload.waiting_on_client.store(false, Ordering::Relaxed);
+        this.upload
+            .waiting_on_client
+            .store(false, Ordering::Relaxed);
         this.idle.activity();
         match polled {
             Some(Ok(frame)) => {
@@ -460,10 +462,16 @@ mod tests {
         let mut record = exchange.take_record(Ending::Cancelled).expect("a record");
         assert_eq!(record.ending, Ending::Complete);
         assert!(record.genai.is_none(), "no parse on the I/O path");
-        assert!(record.observation.is_some(), "the copies travel as they are");
+        assert!(
+            record.observation.is_some(),
+            "the copies travel as they are"
+        );
         record.conclude();
         let facts = record.genai.expect("parsed where the record is consumed");
-        assert_eq!((facts.input_tokens, facts.output_tokens), (Some(3), Some(7)));
+        assert_eq!(
+            (facts.input_tokens, facts.output_tokens),
+            (Some(3), Some(7))
+        );
         assert!(record.observation.is_none());
     }
 }

@@ -399,11 +399,7 @@ impl Proxy {
             .map_err(|_| ProxyError::UpstreamTimeout(timeout))
     }
 
-    fn classify(
-        &self,
-        e: hyper_util::client::legacy::Error,
-        upload: &Upload,
-    ) -> ProxyError {
+    fn classify(&self, e: hyper_util::client::legacy::Error, upload: &Upload) -> ProxyError {
         if upload.client_stalled() {
             return ProxyError::RequestBodyTimeout(self.config.request_body_timeout);
         }
