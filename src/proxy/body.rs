@@ -169,7 +169,11 @@ impl Body for RequestBody {
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> PolledFrame {
         let this = self.get_mut();
-        this.upload.polls.fetch_add(1, Ordering::Relaxed);
+        if this.upload.polls.fetch_add(1, Ordering::Relaxed) == 0 {
+            // The client's silence counts from when the upstream first asks for the body, not
+            // from before the upstream connection was made.
+            this.idle.activity();
+        }
         let polled = match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(polled) => polled,
             Poll::Pending => {
