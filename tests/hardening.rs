@@ -217,7 +217,7 @@ async fn a_slow_upload_that_keeps_sending_outlasts_the_response_timeout() {
         .await;
 
     // Five chunks 150 ms apart: the upload alone lasts longer than the response timeout.
-    let (tx, body) = paced_body();
+    let (tx, body) = ChannelBody::new(None);
     let send = tokio::spawn(async move {
         for _ in 0..5 {
             tokio::time::sleep(Duration::from_millis(150)).await;
@@ -246,28 +246,6 @@ async fn a_slow_upload_that_keeps_sending_outlasts_the_response_timeout() {
     let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
     assert_eq!(v["bytes"], 500, "{v}");
     send.await.expect("sender");
-}
-
-/// A request body fed chunk by chunk from a channel; it ends when the sender is dropped.
-struct PacedBody(tokio::sync::mpsc::Receiver<bytes::Bytes>);
-
-impl http_body::Body for PacedBody {
-    type Data = bytes::Bytes;
-    type Error = std::convert::Infallible;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
-        self.0
-            .poll_recv(cx)
-            .map(|next| next.map(|b| Ok(http_body::Frame::data(b))))
-    }
-}
-
-fn paced_body() -> (tokio::sync::mpsc::Sender<bytes::Bytes>, PacedBody) {
-    let (tx, rx) = tokio::sync::mpsc::channel(1);
-    (tx, PacedBody(rx))
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -6,18 +6,13 @@
 
 mod support;
 
-use std::convert::Infallible;
-use std::pin::Pin;
-use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, StatusCode};
-use http_body::{Body, Frame};
 use http_body_util::{BodyExt, Full};
 use support::*;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 const WAIT: Duration = Duration::from_secs(30);
 /// Concurrent requests.
@@ -32,34 +27,6 @@ const BUDGET: usize = 8 << 20;
 /// allocator's retained pages included).
 const RSS_GROWTH_BOUND_KIB: u64 = 96 << 10;
 
-/// A response body that sends `{"ok":true}` once the test hands out a permit: the exchange
-/// stays in flight (holding its request copy) until then.
-struct Held {
-    wait: Pin<Box<dyn std::future::Future<Output = Option<OwnedSemaphorePermit>> + Send>>,
-    done: bool,
-}
-
-impl Body for Held {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        if self.done {
-            return Poll::Ready(None);
-        }
-        match self.wait.as_mut().poll(cx) {
-            Poll::Ready(_) => {
-                self.done = true;
-                Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b"{\"ok\":true}")))))
-            }
-            Poll::Pending => Poll::Pending,
-        }
-    }
-}
-
 fn metric(text: &str, name: &str) -> Option<f64> {
     text.lines()
         .filter(|l| !l.starts_with('#'))
@@ -70,15 +37,14 @@ fn metric(text: &str, name: &str) -> Option<f64> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn many_concurrent_large_bodies_stay_within_the_budget_and_all_succeed() {
-    let release = Arc::new(Semaphore::new(0));
-    let gate = release.clone();
+    // Each answer's body waits on a channel the test holds: the exchange stays in flight,
+    // holding its request copy, until the test answers.
+    let answers: Arc<Mutex<Vec<tokio::sync::mpsc::Sender<Bytes>>>> = Arc::default();
+    let held = answers.clone();
     let up = Upstream::scripted(move |req| {
         (req.path() == "/v1/rag/query").then(|| {
-            let gate = gate.clone();
-            let body = Held {
-                wait: Box::pin(async move { gate.acquire_owned().await.ok() }),
-                done: false,
-            };
+            let (tx, body) = ChannelBody::new(None);
+            held.lock().expect("answers").push(tx);
             let mut response = http::Response::new(body.boxed_unsync());
             response.headers_mut().insert(
                 http::header::CONTENT_TYPE,
@@ -150,7 +116,13 @@ async fn many_concurrent_large_bodies_stay_within_the_budget_and_all_succeed() {
     );
 
     // Traffic was untouched: every request completes.
-    release.add_permits(CLIENTS);
+    let senders = std::mem::take(&mut *answers.lock().expect("answers"));
+    assert_eq!(senders.len(), CLIENTS);
+    for tx in senders {
+        tx.send(Bytes::from_static(b"{\"ok\":true}"))
+            .await
+            .expect("the exchange is still in flight");
+    }
     for r in requests {
         let reply = r.await.expect("client task");
         assert_eq!(reply.status, StatusCode::OK);
