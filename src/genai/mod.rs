@@ -202,10 +202,6 @@ pub struct Tee {
     reserved: usize,
 }
 
-/// The first reservation of a copy; later ones double it, so a body touches the shared
-/// counter a handful of times, not once per frame.
-const FIRST_RESERVATION: usize = 16 << 10;
-
 impl Tee {
     /// A copy of at most `limit` bytes, reserving from `budget`.
     pub fn new(limit: usize, budget: Arc<ParseBudget>) -> Tee {
@@ -245,9 +241,11 @@ impl Tee {
     }
 
     /// Reserves room for at least `needed` bytes: a doubling step if the budget has it, else
-    /// just what is needed.
+    /// just what is needed. The first reservation is exactly the first frame (as a plain
+    /// `Vec` would allocate: a one-frame chat body costs no more than before); later ones
+    /// double, so a body touches the shared counter a handful of times, not once per frame.
     fn grow(&mut self, needed: usize) -> bool {
-        let step = (self.reserved * 2).max(FIRST_RESERVATION).max(needed);
+        let step = (self.reserved * 2).max(needed);
         for want in [step.min(self.limit), needed] {
             if self.budget.try_reserve(want - self.reserved) {
                 self.reserved = want;
