@@ -60,6 +60,10 @@ pub enum ProxyError {
     /// The request is malformed (missing or duplicate Host, bad URI...).
     #[error("malformed request: {0}")]
     BadRequest(&'static str),
+    /// The client sent nothing of its request body for `RAGSCOPE_REQUEST_BODY_TIMEOUT`
+    /// (the feedback endpoint: did not send it all within it).
+    #[error("the request body did not arrive: nothing was received for {0:?}")]
+    RequestBodyTimeout(Duration),
     /// The client's request body broke off while it was being forwarded.
     #[error("the request body could not be read from the client")]
     ClientBody {
@@ -107,6 +111,7 @@ impl ProxyError {
                 StatusCode::GATEWAY_TIMEOUT
             }
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::RequestBodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ProxyError::BadRequest(_)
             | ProxyError::ClientBody { .. }
             | ProxyError::InvalidFeedback(_) => StatusCode::BAD_REQUEST,
@@ -127,6 +132,7 @@ impl ProxyError {
             ProxyError::BodyTooLarge { .. } => "request_body_too_large",
             ProxyError::BadRequest(_) => "bad_request",
             ProxyError::ClientBody { .. } => "client_body_error",
+            ProxyError::RequestBodyTimeout(_) => "request_body_timeout",
             ProxyError::Draining => "draining",
             ProxyError::MissingApiKey => "missing_api_key",
             ProxyError::InvalidApiKey => "invalid_api_key",
@@ -146,6 +152,7 @@ impl ProxyError {
             ProxyError::BodyTooLarge { .. }
             | ProxyError::BadRequest(_)
             | ProxyError::ClientBody { .. }
+            | ProxyError::RequestBodyTimeout(_)
             | ProxyError::MissingApiKey
             | ProxyError::InvalidApiKey
             | ProxyError::RateLimited { .. }
@@ -186,6 +193,7 @@ impl ProxyError {
             ProxyError::BodyTooLarge { .. }
             | ProxyError::BadRequest(_)
             | ProxyError::ClientBody { .. }
+            | ProxyError::RequestBodyTimeout(_)
             | ProxyError::UnsupportedProtocol(_) => {
                 headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
             }

@@ -17,7 +17,8 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use opentelemetry::KeyValue;
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::task::JoinSet;
 
 use crate::proxy::Proxy;
 use crate::settings::Config;
@@ -67,6 +68,8 @@ pub async fn serve(
     let builder = Arc::new(connection_builder(&config));
     let graceful = GracefulShutdown::new();
     let instruments = proxy.telemetry().instruments().clone();
+    // Every connection task of this worker, so the drain timeout can close them (issue 11).
+    let mut connections = JoinSet::new();
 
     loop {
         // Accept first, then wait for a place: with one listener per worker, a worker holding
@@ -83,6 +86,8 @@ pub async fn serve(
                     continue;
                 }
             },
+            // Finished connections leave the set, so it holds only open ones.
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
             _ = stopped(&mut shutdown) => break,
         };
         let permit = tokio::select! {
@@ -98,8 +103,10 @@ pub async fn serve(
         let watcher = graceful.watcher();
         let instruments = instruments.clone();
         let tls = tls.clone();
-        tokio::spawn(async move {
-            instruments.connections_active.add(1, &[]);
+        connections.spawn(async move {
+            // Also released when the drain timeout aborts the task.
+            let open = OpenConnection::new(instruments, permit);
+            let instruments = &open.instruments;
             let result = match tls {
                 None => {
                     let service = service_fn(move |req| proxy.clone().handle(req, peer, "http"));
@@ -119,16 +126,14 @@ pub async fn serve(
                         watcher.watch(conn).await
                     }
                     Err(e) => {
-                        record_handshake_error(&e, peer, &instruments);
+                        record_handshake_error(&e, peer, instruments);
                         Ok(())
                     }
                 },
             };
             if let Err(e) = result {
-                record_connection_error(&*e, peer, &instruments);
+                record_connection_error(&*e, peer, instruments);
             }
-            instruments.connections_active.add(-1, &[]);
-            drop(permit);
         });
     }
     // Dropping the listener closes the socket: new connections are refused from here on.
@@ -137,8 +142,40 @@ pub async fn serve(
     tokio::select! {
         _ = graceful.shutdown() => tracing::info!("all connections drained"),
         _ = tokio::time::sleep(config.drain_timeout) => {
-            tracing::warn!("drain timeout reached; closing the remaining connections");
+            tracing::warn!(
+                open = connections.len(),
+                "drain timeout reached; closing the remaining connections, their requests are recorded as cancelled by shutdown"
+            );
+            // Before the aborts: the exchanges dropped with them read it.
+            crate::workers::start_closing();
+            connections.abort_all();
         }
+    }
+    // Aborted tasks are dropped (and their exchanges recorded) as this worker polls them;
+    // connections still in their TLS handshake end within its own timeout.
+    while connections.join_next().await.is_some() {}
+}
+
+/// An open client connection: counted in `ragscope.connections.active` and holding its place
+/// under `RAGSCOPE_MAX_CONNECTIONS` until its task ends, however it ends.
+struct OpenConnection {
+    instruments: crate::telemetry::Instruments,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl OpenConnection {
+    fn new(instruments: crate::telemetry::Instruments, permit: OwnedSemaphorePermit) -> Self {
+        instruments.connections_active.add(1, &[]);
+        OpenConnection {
+            instruments,
+            _permit: permit,
+        }
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.instruments.connections_active.add(-1, &[]);
     }
 }
 

@@ -17,6 +17,20 @@ use tokio::net::TcpSocket;
 thread_local! {
     /// The index of the worker this thread is, or `None` off the workers.
     static WORKER: Cell<Option<usize>> = const { Cell::new(None) };
+    /// Set once the drain timeout has passed on this worker: the exchanges dropped from here
+    /// on are cancelled by shutdown, not by their clients. Thread-local because they are
+    /// dropped on the worker that served them, so nothing per request has to carry it.
+    static CLOSING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether this thread's worker is closing its remaining connections at the drain timeout.
+pub fn closing() -> bool {
+    CLOSING.with(Cell::get)
+}
+
+/// Marks this thread's worker as closing its remaining connections (see [`closing`]).
+pub(crate) fn start_closing() {
+    CLOSING.with(|c| c.set(true));
 }
 
 /// The index of the worker thread running this code, `None` on any other thread.
@@ -92,7 +106,9 @@ where
         .spawn(move || {
             WORKER.with(|w| w.set(Some(index)));
             runtime.block_on(serve());
-            // Connections still open past the drain timeout are dropped with the runtime.
+            // Tasks the listener did not track (HTTP/2 stream bodies, upstream connections)
+            // are dropped here, on this thread, still marked as closing: their exchanges are
+            // recorded as cancelled by shutdown before the server flushes telemetry.
             drop(runtime);
             let _ = done.send(());
         })?;

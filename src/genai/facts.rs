@@ -49,6 +49,8 @@ pub struct Facts {
     pub version: Option<String>,
     /// A body was over `RAGSCOPE_PARSE_MAX_BYTES` and not parsed.
     pub truncated: bool,
+    /// A body was not copied, hence not parsed: `RAGSCOPE_PARSE_BUDGET` was in use by others.
+    pub budget_skipped: bool,
     /// What did not parse, when something did not.
     pub parse_error: Option<&'static str>,
     /// Retrieved documents, when a rule or the built-in `/sources` reading found them.
@@ -95,12 +97,14 @@ impl Observation {
         let capture = genai.capture_limit();
         let mut parse_error = self.parse_error;
         let mut truncated = self.response_truncated;
+        let mut budget_skipped = false;
         let mut extracted: Vec<(&'static str, Extracted)> = Vec::new();
         let mut documents = None;
 
         // The request, parsed from its copy.
         let mut request = RequestInfo::default();
         if let Ok(tee) = self.request.lock() {
+            budget_skipped |= tee.skipped;
             if tee.truncated {
                 truncated = true;
             } else if !tee.buf.is_empty() {
@@ -119,6 +123,7 @@ impl Observation {
             ResponseState::Sse { info, .. } => (*info, true),
             ResponseState::Json(tee) => {
                 let mut info = ResponseInfo::default();
+                budget_skipped |= tee.skipped;
                 if tee.truncated {
                     truncated = true;
                 } else if !tee.buf.is_empty() {
@@ -138,8 +143,9 @@ impl Observation {
         };
 
         let mut facts = Facts::from_parts(self.operation, &request, &response, extracted);
-        if facts.operation.is_none() && documents.is_none() && facts.is_empty() {
-            // Not GenAI or RAG traffic; only a parse problem of a recognised API is worth noting.
+        if facts.operation.is_none() && documents.is_none() && facts.is_empty() && !budget_skipped {
+            // Not GenAI or RAG traffic; only a parse problem of a recognised API is worth noting
+            // (or a body left unread for want of budget: that the span must say).
             return None;
         }
         facts.stream = facts.stream.or(streamed.then_some(true));
@@ -148,6 +154,7 @@ impl Observation {
         facts.first_token = self.first_token;
         facts.version = self.version;
         facts.truncated = truncated;
+        facts.budget_skipped = budget_skipped;
         facts.parse_error = parse_error;
         facts.documents = documents;
         if let Some(limit) = capture {

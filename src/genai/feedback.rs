@@ -77,7 +77,7 @@ pub async fn handle(
 ) -> Result<(Response<Bytes>, FeedbackFact), ProxyError> {
     let collected = tokio::time::timeout(timeout, Limited::new(body, MAX_BODY).collect())
         .await
-        .map_err(|_| ProxyError::InvalidFeedback("the body did not arrive in time".to_owned()))?;
+        .map_err(|_| ProxyError::RequestBodyTimeout(timeout))?;
     let bytes = match collected {
         Ok(c) => c.to_bytes(),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => {

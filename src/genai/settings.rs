@@ -33,6 +33,8 @@ pub struct Settings {
     pub provider: String,
     /// `RAGSCOPE_PARSE_MAX_BYTES`: the bounded copy of one body (or one SSE event).
     pub parse_max_bytes: usize,
+    /// `RAGSCOPE_PARSE_BUDGET`: bytes all body copies together may hold ([`super::budget`]).
+    pub parse_budget: usize,
     /// `RAGSCOPE_EXTRACT`: JSON-pointer rules for other APIs.
     pub extract: Vec<Rule>,
     /// `RAGSCOPE_VERSION_HEADER`: response header carrying the model version; `None` when off.
@@ -90,6 +92,7 @@ impl Settings {
                 format!("{} ({why})", extract::FORM),
             )
         })?;
+        let parse_max_bytes = r.size_in("RAGSCOPE_PARSE_MAX_BYTES", 1 << 20, 1024..=64 << 20)?;
         Ok(Settings {
             enabled: r.on_off("RAGSCOPE_GENAI", true)?,
             provider: r.parse(
@@ -98,7 +101,14 @@ impl Settings {
                 "a provider name like openai, vllm or azure.ai.openai",
                 |v| (v.len() <= 64).then(|| v.to_owned()),
             )?,
-            parse_max_bytes: r.size_in("RAGSCOPE_PARSE_MAX_BYTES", 1 << 20, 1024..=64 << 20)?,
+            parse_max_bytes,
+            // Room for 32 exchanges copying both directions in full by default (real chat
+            // bodies are kilobytes, so thousands of them); never less than one full copy.
+            parse_budget: r.size_in(
+                "RAGSCOPE_PARSE_BUDGET",
+                64 * parse_max_bytes,
+                parse_max_bytes..=1 << 40,
+            )?,
             extract,
             version_header: r.optional(
                 "RAGSCOPE_VERSION_HEADER",

@@ -50,8 +50,15 @@ pub struct Record {
     pub rate_limit: Option<Decision>,
     /// The upstream call, when the request was forwarded.
     pub upstream: Option<UpstreamCall>,
-    /// What GenAI/RAG reading found, when the exchange carried any.
+    /// What GenAI/RAG reading found, when the exchange carried any: filled by
+    /// [`Record::conclude`] from `observation`, off the I/O path.
     pub genai: Option<genai::Facts>,
+    /// The GenAI observation's copies, not yet parsed: the data path hands them on as they
+    /// are, so no parse, redaction or rule runs before (or between) the frames of a response.
+    pub observation: Option<genai::Observation>,
+    /// Why a cancelled exchange was cancelled, when it was not the client: `shutdown` when the
+    /// drain timeout closed its connection.
+    pub cancelled_by: Option<&'static str>,
     /// Feedback received on the feedback endpoint.
     pub feedback: Option<genai::feedback::FeedbackFact>,
 }
@@ -73,7 +80,17 @@ impl Record {
             rate_limit: None,
             upstream: None,
             genai: None,
+            observation: None,
+            cancelled_by: None,
             feedback: None,
+        }
+    }
+
+    /// Parses what the GenAI observation copied into [`Record::genai`]. Runs where the record
+    /// is consumed (the telemetry thread), never on the I/O path; later calls do nothing.
+    pub fn conclude(&mut self) {
+        if let Some(observation) = self.observation.take() {
+            self.genai = observation.conclude();
         }
     }
 

@@ -1,18 +1,20 @@
 //! Body wrappers on both directions of the stream. They pass frames through as they come (no
 //! buffering) and observe them on the way: the request side counts bytes and enforces the size
 //! limit; the response side counts bytes, cuts a stream that stays silent past the idle
-//! timeout, and finishes the request's [`Exchange`] when the last frame leaves or the client
-//! goes away.
+//! timeout, notes the end of the request's [`Exchange`] when the last frame leaves, and hands
+//! the exchange on when hyper drops the body (after the last frame, or when the client goes
+//! away).
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
-use std::task::{Context, Poll, ready};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+use tokio::sync::Notify;
 use tokio::time::{Instant, Sleep};
 
 use super::exchange::Exchange;
@@ -28,56 +30,125 @@ pub enum BodyError {
     /// The upstream sent nothing for the idle timeout.
     #[error("upstream sent nothing for {0:?}")]
     IdleTimeout(Duration),
+    /// The client sent nothing of its request body for the request body timeout.
+    #[error("client sent nothing of its request body for {0:?}")]
+    RequestBodyTimeout(Duration),
     /// The underlying stream failed.
     #[error(transparent)]
     Stream(#[from] hyper::Error),
 }
 
-/// Why a request body stopped early, read by the proxy when the upstream call fails.
+/// How the request body's trip to the upstream goes, shared by the body wrapper (polled in
+/// the upstream connection's task) and the forward phase, which starts the response timeout
+/// only once the body has been sent, and needs to know whose fault a stop was.
 #[derive(Debug, Default)]
-pub struct RequestBodyFailure(AtomicU8);
+pub struct Upload {
+    failure: AtomicU8,
+    sent: AtomicBool,
+    /// Wakes the forward phase once the body has been sent.
+    sent_signal: Notify,
+    /// Times the upstream side asked for more of the body: progress the forward phase watches.
+    polls: AtomicU64,
+    /// The last poll is waiting for the client (not for the upstream to take a frame).
+    waiting_on_client: AtomicBool,
+}
 
-impl RequestBodyFailure {
+impl Upload {
     const TOO_LARGE: u8 = 1;
     const CLIENT: u8 = 2;
+    const TIMEOUT: u8 = 3;
 
     /// The body went past the size limit.
     pub fn too_large(&self) -> bool {
-        self.0.load(Ordering::Acquire) == Self::TOO_LARGE
+        self.failure.load(Ordering::Acquire) == Self::TOO_LARGE
     }
 
     /// The client's side of the body failed (reset, closed early).
     pub fn client_failed(&self) -> bool {
-        self.0.load(Ordering::Acquire) == Self::CLIENT
+        self.failure.load(Ordering::Acquire) == Self::CLIENT
+    }
+
+    /// The client stalled mid-upload past the request body timeout.
+    pub fn client_stalled(&self) -> bool {
+        self.failure.load(Ordering::Acquire) == Self::TIMEOUT
+    }
+
+    /// The whole body has been handed to the upstream connection.
+    pub fn sent(&self) -> bool {
+        self.sent.load(Ordering::Acquire)
+    }
+
+    /// Resolves once the body has been sent (at once if it has).
+    pub async fn wait_sent(&self) {
+        while !self.sent() {
+            self.sent_signal.notified().await;
+        }
+    }
+
+    /// How many times the upstream side has asked for more of the body so far.
+    pub fn progress(&self) -> u64 {
+        self.polls.load(Ordering::Relaxed)
+    }
+
+    /// Whether the body is waiting for the client rather than for the upstream.
+    pub fn waiting_on_client(&self) -> bool {
+        self.waiting_on_client.load(Ordering::Relaxed)
+    }
+
+    fn fail(&self, why: u8) {
+        self.failure.store(why, Ordering::Release);
+    }
+
+    fn mark_sent(&self) {
+        if !self.sent.swap(true, Ordering::AcqRel) {
+            // notify_one keeps a permit if the forward phase is not waiting yet.
+            self.sent_signal.notify_one();
+        }
     }
 }
 
 /// The client's request body on its way to the upstream.
-#[derive(Debug)]
 pub struct RequestBody {
     inner: Incoming,
     limit: u64,
     seen: u64,
     counter: Arc<AtomicU64>,
-    failure: Arc<RequestBodyFailure>,
+    upload: Arc<Upload>,
+    /// Longest silence of the client mid-body.
+    idle: IdleTimer,
     /// The bounded copy the GenAI observation parses once the exchange ends.
     tee: Option<crate::genai::RequestTee>,
 }
 
+impl std::fmt::Debug for RequestBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequestBody")
+            .field("seen", &self.seen)
+            .finish_non_exhaustive()
+    }
+}
+
 impl RequestBody {
-    /// Wraps `inner`, failing once more than `limit` bytes pass.
+    /// Wraps `inner`, failing once more than `limit` bytes pass or the client sends nothing
+    /// for `idle_timeout` mid-body.
     pub fn new(
         inner: Incoming,
         limit: u64,
+        idle_timeout: Duration,
         counter: Arc<AtomicU64>,
-        failure: Arc<RequestBodyFailure>,
+        upload: Arc<Upload>,
     ) -> Self {
+        if inner.is_end_stream() {
+            // No body: hyper will not poll it, and it is sent with the head.
+            upload.mark_sent();
+        }
         RequestBody {
             inner,
             limit,
             seen: 0,
             counter,
-            failure,
+            upload,
+            idle: IdleTimer::new(idle_timeout),
             tee: None,
         }
     }
@@ -98,16 +169,36 @@ impl Body for RequestBody {
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> PolledFrame {
         let this = self.get_mut();
-        match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+        if this.upload.polls.fetch_add(1, Ordering::Relaxed) == 0 {
+            // The client's silence counts from when the upstream first asks for the body, not
+            // from before the upstream connection was made.
+            this.idle.activity();
+        }
+        let polled = match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(polled) => polled,
+            Poll::Pending => {
+                this.upload.waiting_on_client.store(true, Ordering::Relaxed);
+                if this.idle.poll_expired(cx) {
+                    this.upload.fail(Upload::TIMEOUT);
+                    return Poll::Ready(Some(Err(BodyError::RequestBodyTimeout(
+                        this.idle.timeout,
+                    ))));
+                }
+                return Poll::Pending;
+            }
+        };
+        this.upload
+            .waiting_on_client
+            .store(false, Ordering::Relaxed);
+        this.idle.activity();
+        match polled {
             Some(Ok(frame)) => {
                 if let Some(data) = frame.data_ref() {
                     let n = data.len() as u64;
                     this.seen += n;
                     this.counter.fetch_add(n, Ordering::Relaxed);
                     if this.seen > this.limit {
-                        this.failure
-                            .0
-                            .store(RequestBodyFailure::TOO_LARGE, Ordering::Release);
+                        this.upload.fail(Upload::TOO_LARGE);
                         return Poll::Ready(Some(Err(BodyError::TooLarge(this.limit))));
                     }
                     if let Some(tee) = &this.tee
@@ -116,15 +207,20 @@ impl Body for RequestBody {
                         tee.push(data);
                     }
                 }
+                if this.inner.is_end_stream() {
+                    // hyper does not poll again after a frame that ends the body.
+                    this.upload.mark_sent();
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
             Some(Err(e)) => {
-                this.failure
-                    .0
-                    .store(RequestBodyFailure::CLIENT, Ordering::Release);
+                this.upload.fail(Upload::CLIENT);
                 Poll::Ready(Some(Err(BodyError::Stream(e))))
             }
-            None => Poll::Ready(None),
+            None => {
+                this.upload.mark_sent();
+                Poll::Ready(None)
+            }
         }
     }
 
@@ -221,15 +317,15 @@ impl Body for ResponseBody {
                     this.exchange.observe_response_data(data);
                 }
                 // The last frame is leaving: the response is complete now, not when hyper
-                // next polls (it may never poll again once it sees the end). The record is
-                // handed to telemetry here, before hyper writes this frame; recording after it
-                // (issue 11) means ending here and recording on the drop, left for the queue
-                // of issue 18, which takes the recording off this task altogether.
+                // next polls (it may never poll again once it sees the end), so the end is
+                // noted here. The record is handed on only when hyper drops the body, which it
+                // does after taking this frame (issue 11): no hand-off, and no GenAI parse at
+                // all (that runs on the telemetry thread), comes before the last bytes.
                 if this.source_done() {
-                    this.exchange.finish(Ending::Complete);
+                    this.exchange.end(Ending::Complete);
                 }
             }
-            Poll::Ready(None) => this.exchange.finish(Ending::Complete),
+            Poll::Ready(None) => this.exchange.end(Ending::Complete),
             _ => {}
         }
         polled
@@ -247,7 +343,7 @@ impl Body for ResponseBody {
     }
 }
 
-/// The idle timer of a streaming body, kept cheap on the hot path: a frame only notes the time
+/// The idle timer of a streaming body (either direction), kept cheap on the hot path: a frame only notes the time
 /// (no timer-wheel update per frame), and the timer itself is armed only once the stream first
 /// has to wait, so a response that arrives in one go never touches a timer. When the timer
 /// fires it checks the last activity and re-arms if the stream spoke in the meantime.
@@ -300,5 +396,86 @@ impl Drop for ResponseBody {
             Ending::Cancelled
         };
         self.exchange.finish(ending);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::task::Waker;
+
+    use http::{HeaderMap, HeaderValue, Method, Version, header};
+
+    use super::*;
+    use crate::genai::GenAi;
+    use crate::observe::HttpFacts;
+    use crate::settings::Config;
+    use crate::telemetry::Telemetry;
+
+    /// An exchange for `POST /v1/chat/completions` with a GenAI observation expecting JSON.
+    fn chat_exchange() -> Exchange {
+        let config = Config::from_source(&[("OTEL_SDK_DISABLED", "true")][..]).expect("config");
+        let telemetry = Telemetry::start(&config.telemetry).expect("telemetry");
+        let uri: http::Uri = "/v1/chat/completions".parse().expect("uri");
+        let headers = HeaderMap::new();
+        let http = HttpFacts::from_request(
+            &Method::POST,
+            &uri,
+            Version::HTTP_11,
+            &headers,
+            "127.0.0.1:1".parse().expect("addr"),
+            "http",
+        );
+        let mut exchange = Exchange::begin(telemetry, http, &headers);
+        let genai = Arc::new(GenAi::new(config.genai.clone()));
+        let mut observation = genai.observe(&Method::POST, uri.path()).expect("observed");
+        let mut head = HeaderMap::new();
+        head.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        observation.response_head(&head);
+        exchange.set_genai(observation);
+        exchange
+    }
+
+    const ANSWER: &str = r#"{"id":"c1","model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":7}}"#;
+
+    #[tokio::test]
+    async fn the_last_frame_leaves_before_the_record_is_handed_on_or_parsed() {
+        let mut body = ResponseBody::local(Bytes::from_static(ANSWER.as_bytes()), chat_exchange());
+        let mut cx = Context::from_waker(Waker::noop());
+        let Poll::Ready(Some(Ok(frame))) = Pin::new(&mut body).poll_frame(&mut cx) else {
+            panic!("the answer is one ready frame");
+        };
+        assert_eq!(frame.data_ref().map(|d| d.len()), Some(ANSWER.len()));
+        assert!(body.is_end_stream(), "hyper sees the end with this frame");
+        // The frame is in hyper's hands while the record is still here: ended (its end time
+        // taken with the last frame), not handed to telemetry, nothing parsed.
+        let record = body.exchange.record().expect("still held until the drop");
+        assert_eq!(record.ending, Ending::Complete);
+        assert!(record.genai.is_none() && record.observation.is_none());
+        assert_eq!(record.response_bytes, ANSWER.len() as u64);
+    }
+
+    #[tokio::test]
+    async fn the_record_carries_the_copies_unparsed_and_telemetry_concludes_them() {
+        let mut exchange = chat_exchange();
+        exchange.observe_response_data(ANSWER.as_bytes());
+        exchange.end(Ending::Complete);
+        // A later ending (the drop's "cancelled") does not replace the first.
+        let mut record = exchange.take_record(Ending::Cancelled).expect("a record");
+        assert_eq!(record.ending, Ending::Complete);
+        assert!(record.genai.is_none(), "no parse on the I/O path");
+        assert!(
+            record.observation.is_some(),
+            "the copies travel as they are"
+        );
+        record.conclude();
+        let facts = record.genai.expect("parsed where the record is consumed");
+        assert_eq!(
+            (facts.input_tokens, facts.output_tokens),
+            (Some(3), Some(7))
+        );
+        assert!(record.observation.is_none());
     }
 }

@@ -1,7 +1,8 @@
 //! The observers of one exchange, composed in one plain struct: the [`Record`] of HTTP facts
 //! (byte counts, first byte, status, what admission learned) and the GenAI/RAG observation.
-//! It travels with the request into the response body, whose end (or drop) concludes the
-//! observers and hands the record to telemetry. Dropping an unfinished exchange counts as a
+//! It travels with the request into the response body, whose end notes the record's end and
+//! whose drop (after hyper has taken the last frame) hands the record to telemetry, where the
+//! GenAI copies are parsed. Dropping an unfinished exchange counts as a
 //! client cancel, so a request abandoned at any point is still recorded.
 
 use std::sync::Arc;
@@ -27,6 +28,8 @@ pub struct Exchange {
     /// Request body bytes, counted by the request body wrapper.
     request_bytes: Arc<AtomicU64>,
     genai: Option<Observation>,
+    /// Whether the response's end has been noted ([`Exchange::end`]).
+    ended: bool,
 }
 
 impl Exchange {
@@ -39,6 +42,7 @@ impl Exchange {
             parent,
             request_bytes: Arc::new(AtomicU64::new(0)),
             genai: None,
+            ended: false,
         }
     }
 
@@ -111,16 +115,45 @@ impl Exchange {
         }
     }
 
-    /// Concludes the observers and hands the record to telemetry. Runs once; later calls
-    /// (and the drop) do nothing.
+    /// The response ended (`ending`, at this moment): the record's end is noted, but it is
+    /// kept until [`Exchange::finish`] hands it on, so the frame that ended the response
+    /// reaches hyper first. The first ending wins; later ones do nothing.
+    pub fn end(&mut self, ending: Ending) {
+        if let Some(record) = &mut self.record
+            && !self.ended
+        {
+            record.end(ending);
+            self.ended = true;
+        }
+    }
+
+    /// Ends the exchange (unless it already ended) and hands the record to telemetry with the
+    /// GenAI observation's copies as they are: they are parsed on the telemetry thread
+    /// ([`Record::conclude`]), never here on the I/O path. Runs once; later calls (and the
+    /// drop) do nothing.
     pub fn finish(&mut self, ending: Ending) {
-        let Some(mut record) = self.record.take() else {
-            return;
-        };
-        record.end(ending);
+        if let Some(record) = self.take_record(ending) {
+            self.telemetry.record(record);
+        }
+    }
+
+    /// Ends the exchange (unless it already ended) and gives its record up for hand-off.
+    pub(super) fn take_record(&mut self, ending: Ending) -> Option<Record> {
+        self.end(ending);
+        let mut record = self.record.take()?;
         record.request_bytes = self.request_bytes.load(Ordering::Relaxed);
-        record.genai = self.genai.take().and_then(Observation::conclude);
-        self.telemetry.record(record);
+        record.observation = self.genai.take();
+        if record.ending == Ending::Cancelled && crate::workers::closing() {
+            // The drain timeout closed this exchange's connection (issue 11).
+            record.cancelled_by = Some("shutdown");
+            tracing::warn!(
+                trace_id = record.ids.as_ref().map(|ids| ids.trace_id.to_string()),
+                method = record.http.method.as_str(),
+                path = record.http.path.as_str(),
+                "request cancelled by shutdown: the drain timeout closed its connection"
+            );
+        }
+        Some(record)
     }
 }
 

@@ -42,7 +42,7 @@ use crate::observe::{HttpFacts, UpstreamAddress};
 use crate::settings::Config;
 use crate::telemetry::Telemetry;
 
-pub use body::{BodyError, RequestBody, RequestBodyFailure, ResponseBody};
+pub use body::{BodyError, RequestBody, ResponseBody, Upload};
 pub use exchange::Exchange;
 use respond::{Answer, error_response, finish_head};
 
@@ -93,6 +93,7 @@ impl Proxy {
             )
         })?;
         let genai = Arc::new(GenAi::new(config.genai.clone()));
+        genai.budget().register(&telemetry.meter());
         Ok(Proxy {
             genai,
             upstream_address: UpstreamAddress {
@@ -353,34 +354,61 @@ impl Proxy {
         if let Some(o) = observation {
             exchange.set_genai(o);
         }
-        let failure = Arc::new(RequestBodyFailure::default());
+        let upload = Arc::new(Upload::default());
         let body = RequestBody::new(
             body,
             self.config.max_request_body,
+            self.config.request_body_timeout,
             exchange.request_bytes(),
-            failure.clone(),
+            upload.clone(),
         )
         .with_tee(tee);
-        let timeout = self.config.response_timeout;
         let upstream = self.client.get().request(Request::from_parts(parts, body));
-        match tokio::time::timeout(timeout, upstream).await {
-            Err(_) => Err(ProxyError::UpstreamTimeout(timeout)),
+        match self.await_response(upstream, &upload).await {
+            Err(e) => Err(e),
             Ok(Ok(response)) => Ok(response),
-            Ok(Err(e)) => Err(self.classify(e, &failure)),
+            Ok(Err(e)) => Err(self.classify(e, &upload)),
         }
     }
 
-    fn classify(
-        &self,
-        e: hyper_util::client::legacy::Error,
-        failure: &RequestBodyFailure,
-    ) -> ProxyError {
-        if failure.too_large() {
+    /// Waits for the upstream's response head. `RAGSCOPE_RESPONSE_TIMEOUT` runs from the
+    /// moment the request body has been sent: a client still uploading is not the upstream's
+    /// fault (its silence is bounded by `RAGSCOPE_REQUEST_BODY_TIMEOUT` in the body wrapper).
+    /// While the body is on its way, an upstream that takes none of it for the response
+    /// timeout (and the client is not the one being waited for) times out as well.
+    async fn await_response<F>(&self, upstream: F, upload: &Upload) -> Result<F::Output, ProxyError>
+    where
+        F: std::future::Future,
+    {
+        let timeout = self.config.response_timeout;
+        let mut upstream = std::pin::pin!(upstream);
+        while !upload.sent() {
+            let progress = upload.progress();
+            tokio::select! {
+                response = &mut upstream => return Ok(response),
+                _ = upload.wait_sent() => {}
+                _ = tokio::time::sleep(timeout) => {
+                    if upload.progress() == progress && !upload.waiting_on_client() {
+                        return Err(ProxyError::UpstreamTimeout(timeout));
+                    }
+                }
+            }
+        }
+        tokio::time::timeout(timeout, upstream)
+            .await
+            .map_err(|_| ProxyError::UpstreamTimeout(timeout))
+    }
+
+    fn classify(&self, e: hyper_util::client::legacy::Error, upload: &Upload) -> ProxyError {
+        if upload.client_stalled() {
+            return ProxyError::RequestBodyTimeout(self.config.request_body_timeout);
+        }
+        if upload.too_large() {
             return ProxyError::BodyTooLarge {
                 limit: self.config.max_request_body,
             };
         }
-        if failure.client_failed() {
+        if upload.client_failed() {
             return ProxyError::ClientBody { detail: chain(&e) };
         }
         if e.is_connect() {
@@ -430,7 +458,7 @@ impl Proxy {
         req: Request<Incoming>,
         exchange: &mut Exchange,
     ) -> Result<Response<Bytes>, ProxyError> {
-        let timeout = self.config.response_timeout;
+        let timeout = self.config.request_body_timeout;
         let (response, fact) =
             crate::genai::feedback::handle(&self.genai, req.into_body(), timeout).await?;
         if let Some(record) = exchange.record() {

@@ -37,10 +37,13 @@ pub struct Config {
     pub log_format: LogFormat,
     /// `RAGSCOPE_CONNECT_TIMEOUT`: TCP (and TLS) connect to the upstream.
     pub connect_timeout: Duration,
-    /// `RAGSCOPE_RESPONSE_TIMEOUT`: from sending the request to the upstream's response headers.
+    /// `RAGSCOPE_RESPONSE_TIMEOUT`: from the request body having been sent to the upstream's
+    /// response headers.
     pub response_timeout: Duration,
     /// `RAGSCOPE_IDLE_TIMEOUT`: the longest silence allowed inside a streaming body.
     pub idle_timeout: Duration,
+    /// `RAGSCOPE_REQUEST_BODY_TIMEOUT`: the longest silence of a client mid-upload.
+    pub request_body_timeout: Duration,
     /// `RAGSCOPE_MAX_REQUEST_BODY`: bytes; a larger request body gets 413.
     pub max_request_body: u64,
     /// `RAGSCOPE_DRAIN_TIMEOUT`: how long in-flight requests may run on after SIGTERM.
@@ -115,6 +118,7 @@ impl Config {
             connect_timeout: r.duration("RAGSCOPE_CONNECT_TIMEOUT", "5s")?,
             response_timeout: r.duration("RAGSCOPE_RESPONSE_TIMEOUT", "60s")?,
             idle_timeout: r.duration("RAGSCOPE_IDLE_TIMEOUT", "60s")?,
+            request_body_timeout: r.duration("RAGSCOPE_REQUEST_BODY_TIMEOUT", "30s")?,
             max_request_body: r.size("RAGSCOPE_MAX_REQUEST_BODY", "16MiB")?,
             drain_timeout: r.duration("RAGSCOPE_DRAIN_TIMEOUT", "30s")?,
             header_read_timeout: r.duration("RAGSCOPE_HEADER_READ_TIMEOUT", "10s")?,

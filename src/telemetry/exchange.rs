@@ -96,6 +96,9 @@ pub(super) fn build(
     if cancelled {
         // A client going away is not a server error: status stays unset.
         a.push(KeyValue::new("ragscope.cancelled", true));
+        if let Some(by) = r.cancelled_by {
+            a.push(KeyValue::new("ragscope.cancelled_by", by));
+        }
     }
     server.status = server_status(r);
     if let Some(verdict) = verdict {

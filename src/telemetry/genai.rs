@@ -143,6 +143,10 @@ fn attributes(facts: &Facts, times: &Times) -> (Vec<KeyValue>, Vec<KeyValue>) {
         attrs.push(KeyValue::new("ragscope.model.version", v.clone()));
         copied.push(KeyValue::new("ragscope.model.version", v.clone()));
     }
+    if facts.budget_skipped {
+        attrs.push(KeyValue::new("ragscope.genai.parse_budget_exceeded", true));
+        copied.push(KeyValue::new("ragscope.genai.parse_budget_exceeded", true));
+    }
     if facts.truncated {
         attrs.push(KeyValue::new("ragscope.genai.parse_truncated", true));
     }

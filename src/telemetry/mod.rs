@@ -410,7 +410,9 @@ impl queue::Drain for Telemetry {
         let buffer =
             std::mem::take(&mut *self.log_buffer.lock().unwrap_or_else(|p| p.into_inner()));
         let mut log = access_log::Batch::reusing(buffer);
-        for r in records {
+        for mut r in records {
+            // The GenAI parse happens here, on the telemetry thread (issue 11).
+            r.conclude();
             record::record(self, r, &mut log);
         }
         *self.log_buffer.lock().unwrap_or_else(|p| p.into_inner()) = log.write();

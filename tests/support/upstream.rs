@@ -340,18 +340,21 @@ impl Drop for BlackHole {
     }
 }
 
-/// A response body fed by a channel, one frame per message.
+/// A body fed by a channel, one frame per message; it ends when the sender is dropped. The
+/// upstream's streaming routes answer with it, and tests use it for request bodies (or
+/// scripted answers) they pace themselves.
 ///
 /// The producer task learns that the body was dropped (client gone) when its
 /// send fails or `Sender::closed` resolves.
-struct ChannelBody {
+pub struct ChannelBody {
     rx: mpsc::Receiver<Bytes>,
     /// Bytes still to come, when known (`/large`).
     remaining: Option<u64>,
 }
 
 impl ChannelBody {
-    fn new(remaining: Option<u64>) -> (mpsc::Sender<Bytes>, ChannelBody) {
+    /// The sender and the body; `remaining` is the body's length when known.
+    pub fn new(remaining: Option<u64>) -> (mpsc::Sender<Bytes>, ChannelBody) {
         let (tx, rx) = mpsc::channel(1);
         (tx, ChannelBody { rx, remaining })
     }
