@@ -19,14 +19,12 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
-use http_body::{Body, Frame};
-use http_body_util::Full;
+use http_body::Frame;
 use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{Full, StreamBody};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -56,13 +54,7 @@ async fn answer(req: Request<Incoming>) -> Result<Response<AnyBody>, Infallible>
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("text/event-stream"));
     let (body, content_type) = if streamed {
-        (
-            AnyBody::new(Events {
-                left: SSE_EVENTS,
-                yielded: false,
-            }),
-            "text/event-stream",
-        )
+        (events(), "text/event-stream")
     } else {
         (
             AnyBody::new(Full::new(Bytes::from_static(BODY))),
@@ -76,35 +68,19 @@ async fn answer(req: Request<Incoming>) -> Result<Response<AnyBody>, Infallible>
     Ok(resp)
 }
 
-/// The SSE answer: `left` events, then `[DONE]`. Between two events it returns `Pending` once
-/// (waking itself at once), so hyper writes and flushes every event on its own instead of
-/// gathering them into one large write.
-struct Events {
-    left: u32,
-    yielded: bool,
-}
-
-impl Body for Events {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        if self.left == 0 {
-            return Poll::Ready(None);
+/// The SSE answer: [`SSE_EVENTS`] - 1 token events, then `[DONE]`. Before each event the
+/// stream yields once, so hyper writes and flushes every event on its own instead of gathering
+/// them into one large write.
+fn events() -> AnyBody {
+    let stream = futures_util::stream::unfold(SSE_EVENTS, |left| async move {
+        if left == 0 {
+            return None;
         }
-        if !self.yielded {
-            self.yielded = true;
-            cx.waker().wake_by_ref();
-            return Poll::Pending;
-        }
-        self.yielded = false;
-        self.left -= 1;
-        let event = if self.left == 0 { SSE_DONE } else { SSE_EVENT };
-        Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(event)))))
-    }
+        tokio::task::yield_now().await;
+        let event = if left == 1 { SSE_DONE } else { SSE_EVENT };
+        Some((Ok(Frame::data(Bytes::from_static(event))), left - 1))
+    });
+    AnyBody::new(StreamBody::new(stream))
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -32,6 +32,7 @@
 #      TTFE_REQUESTS (sequential requests timed for the first SSE event, default 200),
 #      RAGSCOPE_WORKERS (passed through to ragscope when set),
 #      KEEP_TMP=1 keeps the temporary directory (logs, configs) for inspection.
+#      SKIP_BUILD=1 uses the binaries already built (with RAGSCOPE_BIN: compare builds).
 # Everything listens on and talks to 127.0.0.1 only.
 set -euo pipefail
 
@@ -199,8 +200,12 @@ cd "$REPO"
 BUILD=(cargo build --release --example bench_upstream)
 # RAGSCOPE_BIN names a build to measure instead of this checkout's: then it is not rebuilt.
 want ragscope && [[ -z ${RAGSCOPE_BIN:-} ]] && BUILD+=(--bin ragscope)
-log "${BUILD[*]}"
-waited "${BUILD[@]}" >&2 || die "build failed: ${BUILD[*]}"
+if [[ ${SKIP_BUILD:-0} == 1 ]]; then
+  log "SKIP_BUILD=1: using the binaries already in target/release"
+else
+  log "${BUILD[*]}"
+  waited "${BUILD[@]}" >&2 || die "build failed: ${BUILD[*]}"
+fi
 TARGET_DIR=${CARGO_TARGET_DIR:-$REPO/target}
 UPSTREAM_BIN=$TARGET_DIR/release/examples/bench_upstream
 RAGSCOPE_BIN=${RAGSCOPE_BIN:-$TARGET_DIR/release/ragscope}   # override to compare builds
@@ -591,9 +596,10 @@ EOF
     'BEGIN { printf "%.1f %d %d\n", (a - b) / n, b, a }'
 }
 
-# ttfe TARGET: TTFE_REQUESTS sequential streamed requests on one keep-alive connection (after
-# 20 unmeasured ones), each read to its end; prints "median-ms p99-ms": the time from writing the
-# request to the first `data:` event arriving.
+# ttfe TARGET: TTFE_REQUESTS sequential streamed requests (after 20 unmeasured ones), each on a
+# new connection with `Connection: close` and read to its end; prints "median-ms p99-ms": the
+# time from writing the request (connection already open) to the first `data:` event arriving,
+# and how many streams ended before their first event or `[DONE]`.
 ttfe() {
   # A file, not a here-document: `waited` runs it in the background, where stdin is /dev/null.
   [[ -s $TMP/ttfe.py ]] || cat >"$TMP/ttfe.py" <<'EOF'
@@ -601,28 +607,35 @@ import socket, sys, time
 port, n = int(sys.argv[1]), int(sys.argv[2])
 body = b'{"model":"bench-model","stream":true,"messages":[{"role":"user","content":"hi"}]}'
 req = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
-       b"Accept: text/event-stream\r\nContent-Length: %d\r\n\r\n" % len(body)) + body
-s = socket.create_connection(("127.0.0.1", port))
-s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-times = []
+       b"Accept: text/event-stream\r\nConnection: close\r\nContent-Length: %d\r\n\r\n" % len(body)) + body
+times, broken = [], 0
 for i in range(n + 20):
+    s = socket.create_connection(("127.0.0.1", port))
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    s.settimeout(30)
     t0 = time.perf_counter()
     s.sendall(req)
-    buf, first = b"", None
+    seen, tail, first, done = b"", b"", None, False
     while True:
         chunk = s.recv(65536)
         if not chunk:
-            sys.exit("connection closed mid-stream")
-        buf += chunk
-        if first is None and b"data:" in buf:
-            first = time.perf_counter() - t0
-        # The stream ends with the [DONE] event and the last (empty) chunk.
-        if b"data: [DONE]" in buf and buf.endswith(b"0\r\n\r\n"):
             break
+        if first is None:
+            seen += chunk
+            if b"data:" in seen:
+                first = time.perf_counter() - t0
+        done = done or b"[DONE]" in tail + chunk
+        tail = chunk[-8:]
+    s.close()
+    if first is None or not done:
+        broken += 1   # reported: a proxy that cuts streams must not look fast
+        continue
     if i >= 20:
         times.append(first * 1000)
 times.sort()
-print("%.3f %.3f" % (times[len(times) // 2], times[min(len(times) - 1, int(len(times) * 0.99))]))
+if not times:
+    sys.exit("no stream reached [DONE]")
+print("%.3f %.3f %d" % (times[len(times) // 2], times[min(len(times) - 1, int(len(times) * 0.99))], broken))
 EOF
   waited timeout 120 python3 "$TMP/ttfe.py" "$(port_of "$1")" "$TTFE_REQUESTS"
 }
@@ -714,23 +727,25 @@ echo "(ragscope: default telemetry on, exporting to rotel; ragscope-off: all tel
 if scenario sse; then
   echo
   echo "SSE: $SSE_EVENTS events per request (each its own write), POST $REQ_PATH, Accept: text/event-stream"
-  printf '%-13s %9s %9s %12s %10s %12s %12s\n' target "req/s" "events/s" "CPU us/event" "CPU:ngx" "1st ev p50" "1st ev p99"
+  printf '%-13s %9s %9s %12s %10s %12s %12s %8s %7s\n' target "req/s" "events/s" "CPU us/event" "CPU:ngx" \
+    "1st ev p50" "1st ev p99" "cut" errors
   for t in direct nginx ragscope ragscope-off; do
     [[ -n ${RPS[$t-sse]:-} ]] || continue
     cpu=$(awk -v c="${CPU_US[$t-sse]}" -v e="$SSE_EVENTS" 'BEGIN { if (c != "n/a") printf "%.3f", c / e; else print "n/a" }')
     ngx=$(awk -v c="${CPU_US[nginx-sse]:-0}" -v e="$SSE_EVENTS" 'BEGIN { printf "%.3f", c / e }')
     cpu_ratio=$(ratio "$cpu" "$ngx")
     [[ $t == direct ]] && cpu="-" cpu_ratio="-"
-    read -r f50 f99 <<<"${TTFE[$t]:-- -}"
-    printf '%-13s %9s %9s %12s %10s %9s ms %9s ms\n' "$t" "${RPS[$t-sse]}" "$((${RPS[$t-sse]} * SSE_EVENTS))" \
-      "$cpu" "$cpu_ratio" "$f50" "$f99"
+    read -r f50 f99 fcut <<<"${TTFE[$t]:-- - 0}"
+    printf '%-13s %9s %9s %12s %10s %9s ms %9s ms %8s %7s\n' "$t" "${RPS[$t-sse]}" \
+      "$((${RPS[$t-sse]} * SSE_EVENTS))" "$cpu" "$cpu_ratio" "$f50" "$f99" "$fcut" "${ERRS[$t-sse]}"
   done
   for t in nginx ragscope ragscope-off; do
     [[ -n ${TTFE[$t]:-} && -n ${TTFE[direct]:-} ]] || continue
     awk -v a="${TTFE[$t]%% *}" -v d="${TTFE[direct]%% *}" -v t="$t" \
       'BEGIN { printf "%s: first event %.3f ms after direct (median; goal <= 1 ms)\n", t, a - d }'
   done
-  echo "(first event: $TTFE_REQUESTS sequential requests on one keep-alive connection, no other load)"
+  echo "(first event: $TTFE_REQUESTS sequential requests, each on its own connection, no other load;"
+  echo " cut: those of them that ended before their first event or [DONE])"
 fi
 if scenario tls && [[ -n ${RPS[nginx-tls]:-}${RPS[ragscope-tls]:-} ]]; then
   echo
