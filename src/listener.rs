@@ -210,8 +210,11 @@ impl FirstByte {
     /// Waits until `stream` is readable (data, or the peer closing). `Ok(false)`: the proxy is
     /// draining, close without serving; `Err`: the client stayed silent too long.
     async fn wait(mut self, stream: &TcpStream) -> Result<bool, SilentConnection> {
+        let mut byte = [0u8; 1];
         tokio::select! {
-            ready = tokio::time::timeout(self.timeout, stream.readable()) => match ready {
+            // A peek, not `readable()`: readiness can be reported without data, and the peek
+            // retries until a byte (or the end of the stream) is really there.
+            ready = tokio::time::timeout(self.timeout, stream.peek(&mut byte)) => match ready {
                 // An error here (a reset) is for hyper's first read to report.
                 Ok(_) => Ok(true),
                 Err(_) => Err(SilentConnection(self.timeout)),
