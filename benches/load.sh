@@ -10,7 +10,13 @@
 # ragscope's span drop counter. Scenarios (SCENARIOS, default "full off idle"):
 #   full - the above;  off - ragscope with all telemetry off (OTEL_SDK_DISABLED, no access
 #   log, no ring, no GenAI);  idle - 10,000 idle keep-alive connections: memory per
-#   connection (RSS delta / connections) for ragscope and nginx.
+#   connection (RSS delta / connections) for ragscope and nginx;  sse - POST with
+#   Accept: text/event-stream, the upstream streams 500 events per request, each flushed on
+#   its own: CPU per event for nginx, ragscope (default telemetry) and ragscope-off, and the
+#   time to the first event against direct (sequential requests from a small client);
+#   tls - nginx and ragscope (telemetry off) terminating TLS with the same ECDSA P-256
+#   certificate: full handshakes per second (wrk with Connection: close, GET, a new connection
+#   and full handshake per request) and CPU per handshake, then TLS keep-alive CPU per request.
 # TAIL=<rules> adds a run of ragscope as in full with RAGSCOPE_TAIL_SAMPLING=<rules> (e.g.
 #   TAIL=errors,refused,cancelled,slow=2s,ttft=1s,rest=0.05): CPU per request and OTLP export
 #   bytes per request (bytes acknowledged on ragscope's connections to the collector over the
@@ -22,9 +28,11 @@
 #      TARGETS (default "direct nginx ragscope"),
 #      REQUEST (post = POST /v1/chat/completions with a ~200-byte JSON body, the
 #               default; get = GET /v1/chat/completions),
-#      SCENARIOS (default "full off idle"), IDLE_CONNECTIONS (default 10000),
+#      SCENARIOS (default "full off idle sse tls"), IDLE_CONNECTIONS (default 10000),
+#      TTFE_REQUESTS (sequential requests timed for the first SSE event, default 200),
 #      RAGSCOPE_WORKERS (passed through to ragscope when set),
 #      KEEP_TMP=1 keeps the temporary directory (logs, configs) for inspection.
+#      SKIP_BUILD=1 uses the binaries already built (with RAGSCOPE_BIN: compare builds).
 # Everything listens on and talks to 127.0.0.1 only.
 set -euo pipefail
 
@@ -33,7 +41,9 @@ WARMUP=${WARMUP:-2}
 CONNECTIONS=${CONNECTIONS:-64}
 THREADS=${THREADS:-2}
 TARGETS=${TARGETS:-direct nginx ragscope}
-SCENARIOS=${SCENARIOS:-full off idle}
+SCENARIOS=${SCENARIOS:-full off idle sse tls}
+TTFE_REQUESTS=${TTFE_REQUESTS:-200}
+SSE_EVENTS=500   # events per streamed answer: SSE_EVENTS in benches/bench_upstream.rs
 IDLE_CONNECTIONS=${IDLE_CONNECTIONS:-10000}
 REQUEST=${REQUEST:-post}
 TAIL=${TAIL:-}
@@ -46,14 +56,14 @@ REPO=$(cd "$HERE/.." && pwd)
 log() { printf '[load.sh] %s\n' "$*" >&2; }
 die() { printf '[load.sh] ERROR: %s\n' "$*" >&2; exit 1; }
 
-for v in DURATION WARMUP CONNECTIONS THREADS IDLE_CONNECTIONS; do
+for v in DURATION WARMUP CONNECTIONS THREADS IDLE_CONNECTIONS TTFE_REQUESTS; do
   [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive integer (got '${!v}')"
 done
 case $REQUEST in post|get) ;; *) die "REQUEST must be post or get (got '$REQUEST')";; esac
 want() { [[ " $TARGETS " == *" $1 "* ]]; }
 scenario() { [[ " $SCENARIOS " == *" $1 "* ]]; }
 for sc in $SCENARIOS; do
-  case $sc in full|off|idle) ;; *) die "unknown scenario '$sc' in SCENARIOS (use full, off, idle)";; esac
+  case $sc in full|off|idle|sse|tls) ;; *) die "unknown scenario '$sc' in SCENARIOS (use full, off, idle, sse, tls)";; esac
 done
 for t in $TARGETS; do
   case $t in direct|nginx|ragscope) ;; *) die "unknown target '$t' in TARGETS (use direct, nginx, ragscope)";; esac
@@ -188,9 +198,14 @@ fi
 # --------------------------------------------------------------- build
 cd "$REPO"
 BUILD=(cargo build --release --example bench_upstream)
-want ragscope && BUILD+=(--bin ragscope)
-log "${BUILD[*]}"
-waited "${BUILD[@]}" >&2 || die "build failed: ${BUILD[*]}"
+# RAGSCOPE_BIN names a build to measure instead of this checkout's: then it is not rebuilt.
+want ragscope && [[ -z ${RAGSCOPE_BIN:-} ]] && BUILD+=(--bin ragscope)
+if [[ ${SKIP_BUILD:-0} == 1 ]]; then
+  log "SKIP_BUILD=1: using the binaries already in target/release"
+else
+  log "${BUILD[*]}"
+  waited "${BUILD[@]}" >&2 || die "build failed: ${BUILD[*]}"
+fi
 TARGET_DIR=${CARGO_TARGET_DIR:-$REPO/target}
 UPSTREAM_BIN=$TARGET_DIR/release/examples/bench_upstream
 RAGSCOPE_BIN=${RAGSCOPE_BIN:-$TARGET_DIR/release/ragscope}   # override to compare builds
@@ -227,6 +242,7 @@ RS_PORT=$(free_port);    USED_PORTS+="$RS_PORT "
 OTLP_GRPC=$(free_port);  USED_PORTS+="$OTLP_GRPC "
 OTLP_HTTP=$(free_port);  USED_PORTS+="$OTLP_HTTP "
 RS_ADMIN=$(free_port);   USED_PORTS+="$RS_ADMIN "
+NGINX_TLS_PORT=$(free_port); USED_PORTS+="$NGINX_TLS_PORT "
 
 # wait_port NAME PID PORT LOGFILE: bounded wait until PORT accepts.
 wait_port() {
@@ -245,6 +261,18 @@ wait_port() {
   die "$name failed to start"
 }
 
+# make_cert: one self-signed ECDSA P-256 certificate (X.509 v3, as rustls requires) for both
+# TLS servers, so the handshakes compared sign with the same key type.
+make_cert() {
+  [[ -s $TMP/tls/cert.pem ]] && return 0
+  mkdir -p "$TMP/tls"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+    -subj /CN=localhost -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+    -keyout "$TMP/tls/key.pem" -out "$TMP/tls/cert.pem" >"$TMP/tls/openssl.log" 2>&1 \
+    || die "openssl could not make the benchmark certificate: $(cat "$TMP/tls/openssl.log")"
+  chmod 644 "$TMP/tls/key.pem"
+}
+
 # --------------------------------------------------------------- start
 # 10,000 idle connections need as many descriptors in the proxies and the idle client
 # (children inherit this limit).
@@ -260,6 +288,23 @@ if want nginx; then
   NGX_USER=""
   [[ $(id -u) == 0 ]] && NGX_USER="user root;"
   mkdir -p "$TMP/nginx"
+  NGX_TLS=""
+  if scenario tls; then
+    make_cert
+    # The same certificate and key as ragscope; TLS 1.2 and 1.3 as ragscope offers them.
+    NGX_TLS="server {
+        listen 127.0.0.1:$NGINX_TLS_PORT ssl;
+        ssl_certificate $TMP/tls/cert.pem;
+        ssl_certificate_key $TMP/tls/key.pem;
+        ssl_protocols TLSv1.2 TLSv1.3;
+        location / {
+            proxy_pass http://bench_upstream;
+            proxy_http_version 1.1;
+            proxy_set_header Connection \"\";
+            proxy_buffering off;
+        }
+    }"
+  fi
   cat >"$TMP/nginx/nginx.conf" <<EOF
 $NGX_USER
 worker_processes 2;
@@ -292,6 +337,7 @@ http {
             proxy_buffering off;
         }
     }
+    $NGX_TLS
 }
 EOF
   "$NGINX" -p "$TMP/nginx" -e "$TMP/nginx/error.log" -c "$TMP/nginx/nginx.conf" \
@@ -325,6 +371,10 @@ start_ragscope() {
   [[ -n ${RAGSCOPE_WORKERS:-} ]] && vars+=(RAGSCOPE_WORKERS="$RAGSCOPE_WORKERS")
   if [[ $mode == tail ]]; then
     vars+=(RAGSCOPE_TAIL_SAMPLING="$TAIL")
+  fi
+  if [[ $mode == tls ]]; then
+    make_cert
+    vars+=(RAGSCOPE_TLS_CERT="$TMP/tls/cert.pem" RAGSCOPE_TLS_KEY="$TMP/tls/key.pem")
   fi
   if [[ $mode == full || $mode == tail ]]; then
     vars+=(
@@ -370,15 +420,33 @@ EOF
 else
   echo 'wrk.method = "GET"' >"$WRK_SCRIPT"
 fi
+# The SSE scenario: a streamed chat request; the upstream answers with SSE_EVENTS events.
+SSE_SCRIPT=$TMP/sse.lua
+cat >"$SSE_SCRIPT" <<'EOF'
+wrk.method = "POST"
+wrk.body = '{"model":"bench-model","stream":true,"messages":[{"role":"user","content":"What is retrieval-augmented generation, in one sentence?"}],"max_tokens":600}'
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Accept"] = "text/event-stream"
+EOF
+# The TLS handshake run: every answer closes its connection, so each request is a new TCP
+# connection and a full handshake (wrk keeps no TLS sessions to resume).
+HANDSHAKE_SCRIPT=$TMP/handshake.lua
+cat >"$HANDSHAKE_SCRIPT" <<'EOF'
+wrk.method = "GET"
+wrk.headers["Connection"] = "close"
+EOF
 
 port_of() {
-  case $1 in direct) echo "$UP_PORT";; nginx) echo "$NGINX_PORT";; ragscope*) echo "$RS_PORT";; esac
+  case $1 in
+    direct*) echo "$UP_PORT";; nginx-tls*) echo "$NGINX_TLS_PORT";; nginx*) echo "$NGINX_PORT";;
+    ragscope*) echo "$RS_PORT";;
+  esac
 }
 # pids_of TARGET: the processes whose CPU and memory count for TARGET (nginx: master + workers).
 pids_of() {
   case $1 in
-    direct) echo "$UP_PID";;
-    nginx) echo "$NGINX_PID" $(pgrep -P "$NGINX_PID" 2>/dev/null || true);;
+    direct*) echo "$UP_PID";;
+    nginx*) echo "$NGINX_PID" $(pgrep -P "$NGINX_PID" 2>/dev/null || true);;
     ragscope*) echo "$RS_PID";;
   esac
 }
@@ -413,8 +481,10 @@ to_ms() {
     printf "%.3f", m }'
 }
 
-# run_wrk SECONDS URL OUTFILE: one bounded wrk run.
-run_wrk() { waited timeout $(($1 + 30)) "${WRK[@]}" "-d$1s" "$2" >"$3" 2>&1; }
+# run_wrk SECONDS URL OUTFILE [SCRIPT]: one bounded wrk run (default script: WRK_SCRIPT).
+run_wrk() {
+  waited timeout $(($1 + 30)) "${WRK[@]}" -s "${4:-$WRK_SCRIPT}" "-d$1s" "$2" >"$3" 2>&1
+}
 
 # CPU already busy with other work (measured over 1 s, targets idle): any
 # noticeable figure here means the results below are skewed.
@@ -441,23 +511,25 @@ otlp_bytes() {
   { ss -tinH state established "( dport = :$OTLP_HTTP )" 2>/dev/null || true; } \
     | { grep -o 'bytes_acked:[0-9]*' || true; } | awk -F: '{s += $2} END {printf "%d", s}'
 }
-WRK=(wrk "-t$THREADS" "-c$CONNECTIONS" --latency -s "$WRK_SCRIPT")
-# measure NAME: warm-up, then a measured run against NAME's port; fills the arrays.
+WRK=(wrk "-t$THREADS" "-c$CONNECTIONS" --latency)
+# measure NAME [SCRIPT] [SCHEME]: warm-up, then a measured run against NAME's port with the
+# wrk SCRIPT (default WRK_SCRIPT) over SCHEME (default http); fills the arrays.
 measure() {
-  local t=$1 url out c0 c1 pids code
-  url="http://127.0.0.1:$(port_of "$t")$REQ_PATH"
+  local t=$1 script=${2:-$WRK_SCRIPT} scheme=${3:-http} url out c0 c1 pids code
+  url="$scheme://127.0.0.1:$(port_of "$t")$REQ_PATH"
   # One request first: the target must answer 200 before being measured.
-  code=$(curl -s -o "$TMP/$t.probe" -w '%{http_code}' --max-time 5 \
+  code=$(curl -sk -o "$TMP/$t.probe" -w '%{http_code}' --max-time 5 \
          -H 'content-type: application/json' -d '{"model":"bench"}' "$url" || true)
   [[ $code == 200 ]] || die "$t: probe request to $url answered '${code:-nothing}' (want 200)"
   log "$t: warm-up ${WARMUP}s"
-  run_wrk "$WARMUP" "$url" "$TMP/$t.warmup.txt" || die "$t: wrk warm-up failed: $(cat "$TMP/$t.warmup.txt")"
-  log "$t: measuring ${DURATION}s: ${WRK[*]} -d${DURATION}s $url"
+  run_wrk "$WARMUP" "$url" "$TMP/$t.warmup.txt" "$script" \
+    || die "$t: wrk warm-up failed: $(cat "$TMP/$t.warmup.txt")"
+  log "$t: measuring ${DURATION}s: ${WRK[*]} -s $(basename "$script") -d${DURATION}s $url"
   read -r -a pids <<<"$(pids_of "$t")"
   local b0 b1
   b0=$(otlp_bytes)
   c0=$(cpu_ticks "${pids[@]}")
-  run_wrk "$DURATION" "$url" "$TMP/$t.wrk.txt" || die "$t: wrk failed: $(cat "$TMP/$t.wrk.txt")"
+  run_wrk "$DURATION" "$url" "$TMP/$t.wrk.txt" "$script" || die "$t: wrk failed: $(cat "$TMP/$t.wrk.txt")"
   c1=$(cpu_ticks "${pids[@]}")
   # Spans still in the batch queue leave within the schedule delay (5 s).
   [[ $t == ragscope || $t == ragscope-tail ]] && sleep 6
@@ -524,10 +596,64 @@ EOF
     'BEGIN { printf "%.1f %d %d\n", (a - b) / n, b, a }'
 }
 
+# ttfe TARGET: TTFE_REQUESTS sequential streamed requests (after 20 unmeasured ones), each on a
+# new connection with `Connection: close` and read to its end; prints "median-ms p99-ms": the
+# time from writing the request (connection already open) to the first `data:` event arriving,
+# and how many streams ended before their first event or `[DONE]`.
+ttfe() {
+  # A file, not a here-document: `waited` runs it in the background, where stdin is /dev/null.
+  [[ -s $TMP/ttfe.py ]] || cat >"$TMP/ttfe.py" <<'EOF'
+import socket, sys, time
+port, n = int(sys.argv[1]), int(sys.argv[2])
+body = b'{"model":"bench-model","stream":true,"messages":[{"role":"user","content":"hi"}]}'
+req = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+       b"Accept: text/event-stream\r\nConnection: close\r\nContent-Length: %d\r\n\r\n" % len(body)) + body
+times, broken = [], 0
+for i in range(n + 20):
+    s = socket.create_connection(("127.0.0.1", port))
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    s.settimeout(30)
+    t0 = time.perf_counter()
+    s.sendall(req)
+    seen, tail, first, done = b"", b"", None, False
+    while True:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        if first is None:
+            seen += chunk
+            if b"data:" in seen:
+                first = time.perf_counter() - t0
+        done = done or b"[DONE]" in tail + chunk
+        tail = chunk[-8:]
+    s.close()
+    if first is None or not done:
+        broken += 1   # reported: a proxy that cuts streams must not look fast
+        continue
+    if i >= 20:
+        times.append(first * 1000)
+times.sort()
+if not times:
+    sys.exit("no stream reached [DONE]")
+print("%.3f %.3f %d" % (times[len(times) // 2], times[min(len(times) - 1, int(len(times) * 0.99))], broken))
+EOF
+  waited timeout 120 python3 "$TMP/ttfe.py" "$(port_of "$1")" "$TTFE_REQUESTS"
+}
+
 CPU_BUSY=$(cpu_busy)
 for t in direct nginx; do
   if want "$t"; then measure "$t"; fi
 done
+declare -A TTFE
+if scenario sse; then
+  for t in direct nginx; do
+    if want "$t"; then measure "$t-sse" "$SSE_SCRIPT"; TTFE[$t]=$(ttfe "$t-sse"); fi
+  done
+fi
+if scenario tls && want nginx; then
+  measure nginx-tls-hs "$HANDSHAKE_SCRIPT" https
+  measure nginx-tls "$WRK_SCRIPT" https
+fi
 DROPPED="" RECORDS_DROPPED="" SPANS="" LOG_LINES=""
 if want ragscope; then
   if scenario full; then
@@ -539,9 +665,24 @@ if want ragscope; then
     SPANS=$(metric http_server_request_duration_seconds_count)
     LOG_LINES=$(wc -l <"$TMP/ragscope.full.stdout")
   fi
+  if scenario sse; then
+    start_ragscope full
+    measure ragscope-sse "$SSE_SCRIPT"
+    TTFE[ragscope]=$(ttfe ragscope-sse)
+  fi
   if scenario off; then
     start_ragscope off
     measure ragscope-off
+  fi
+  if scenario sse; then
+    scenario off || start_ragscope off
+    measure ragscope-off-sse "$SSE_SCRIPT"
+    TTFE[ragscope-off]=$(ttfe ragscope-off-sse)
+  fi
+  if scenario tls; then
+    start_ragscope tls
+    measure ragscope-tls-hs "$HANDSHAKE_SCRIPT" https
+    measure ragscope-tls "$WRK_SCRIPT" https
   fi
   if [[ -n $TAIL ]]; then
     start_ragscope tail
@@ -558,6 +699,16 @@ if scenario idle; then
     [[ -n $RS_PID ]] && stop_ragscope
     start_ragscope full
     IDLE[ragscope]=$(idle_conns ragscope)
+    # The same with telemetry off: what the connections themselves hold. The difference is
+    # what the telemetry pipeline kept after the burst of IDLE_CONNECTIONS requests.
+    start_ragscope off
+    IDLE[ragscope-off]=$(idle_conns ragscope-off)
+    # mimalloc backs its arena with transparent huge pages where the kernel allows it
+    # (THP "madvise" or "always"): RSS then moves in 2 MiB steps as khugepaged collapses pages,
+    # and the same build measures 8 to 38 KiB per connection from run to run. Without THP the
+    # figure is stable and counts the 4 KiB pages the connections really touch.
+    MIMALLOC_ALLOW_THP=0 start_ragscope off
+    IDLE[ragscope-off-nothp]=$(idle_conns ragscope-off)
   fi
   if want nginx; then IDLE[nginx]=$(idle_conns nginx); fi
 fi
@@ -579,6 +730,42 @@ for t in direct nginx ragscope ragscope-off ragscope-tail; do
     "$cpu_ratio" "${ERRS[$t]}"
 done
 echo "(ragscope: default telemetry on, exporting to rotel; ragscope-off: all telemetry off)"
+if scenario sse; then
+  echo
+  echo "SSE: $SSE_EVENTS events per request (each its own write), POST $REQ_PATH, Accept: text/event-stream"
+  printf '%-13s %9s %9s %12s %10s %12s %12s %8s %7s\n' target "req/s" "events/s" "CPU us/event" "CPU:ngx" \
+    "1st ev p50" "1st ev p99" "cut" errors
+  for t in direct nginx ragscope ragscope-off; do
+    [[ -n ${RPS[$t-sse]:-} ]] || continue
+    cpu=$(awk -v c="${CPU_US[$t-sse]}" -v e="$SSE_EVENTS" 'BEGIN { if (c != "n/a") printf "%.3f", c / e; else print "n/a" }')
+    ngx=$(awk -v c="${CPU_US[nginx-sse]:-0}" -v e="$SSE_EVENTS" 'BEGIN { printf "%.3f", c / e }')
+    cpu_ratio=$(ratio "$cpu" "$ngx")
+    [[ $t == direct ]] && cpu="-" cpu_ratio="-"
+    read -r f50 f99 fcut <<<"${TTFE[$t]:-- - 0}"
+    printf '%-13s %9s %9s %12s %10s %9s ms %9s ms %8s %7s\n' "$t" "${RPS[$t-sse]}" \
+      "$((${RPS[$t-sse]} * SSE_EVENTS))" "$cpu" "$cpu_ratio" "$f50" "$f99" "$fcut" "${ERRS[$t-sse]}"
+  done
+  for t in nginx ragscope ragscope-off; do
+    [[ -n ${TTFE[$t]:-} && -n ${TTFE[direct]:-} ]] || continue
+    awk -v a="${TTFE[$t]%% *}" -v d="${TTFE[direct]%% *}" -v t="$t" \
+      'BEGIN { printf "%s: first event %.3f ms after direct (median; goal <= 1 ms)\n", t, a - d }'
+  done
+  echo "(first event: $TTFE_REQUESTS sequential requests, each on its own connection, no other load;"
+  echo " cut: those of them that ended before their first event or [DONE])"
+fi
+if scenario tls && [[ -n ${RPS[nginx-tls]:-}${RPS[ragscope-tls]:-} ]]; then
+  echo
+  echo "TLS (ECDSA P-256 certificate, TLS 1.3; ragscope with all telemetry off, as nginx has no log):"
+  printf '%-13s %13s %14s %9s %12s %12s %9s %7s\n' target "handshakes/s" "CPU us/hands." "hs:ngx" \
+    "keep-alive/s" "CPU us/req" "CPU:ngx" errors
+  for t in nginx ragscope; do
+    [[ -n ${RPS[$t-tls]:-} ]] || continue
+    printf '%-13s %13s %14s %9s %12s %12s %9s %7s\n' "$t" "${RPS[$t-tls-hs]}" "${CPU_US[$t-tls-hs]}" \
+      "$(ratio "${RPS[$t-tls-hs]}" "${RPS[nginx-tls-hs]:-0}")" "${RPS[$t-tls]}" "${CPU_US[$t-tls]}" \
+      "$(ratio "${CPU_US[$t-tls]}" "${CPU_US[nginx-tls]:-0}")" "$((${ERRS[$t-tls-hs]} + ${ERRS[$t-tls]}))"
+  done
+  echo "(handshakes: GET with Connection: close, one full handshake per request; keep-alive: the POST above over TLS)"
+fi
 if [[ -n $TAIL ]]; then
   echo
   echo "OTLP export bytes per request: ragscope ${EXPORT_B[ragscope]:-n/a} (every span), ragscope-tail ${EXPORT_B[ragscope-tail]:-n/a} (TAIL=$TAIL; traces kept: ${TAIL_KEPT:-?})"
@@ -589,7 +776,7 @@ if [[ -n $DROPPED ]]; then
   echo "ragscope records dropped before telemetry (queue to the telemetry thread full): $RECORDS_DROPPED (must be 0)"
   echo "ragscope access-log lines: $LOG_LINES"
 fi
-for t in ragscope nginx; do
+for t in ragscope ragscope-off ragscope-off-nothp nginx; do
   [[ -n ${IDLE[$t]:-} ]] || continue
   read -r per before after <<<"${IDLE[$t]}"
   echo "$t: $IDLE_CONNECTIONS idle keep-alive connections: $per KiB per connection (RSS $before -> $after kB)"

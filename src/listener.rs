@@ -14,9 +14,9 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use opentelemetry::KeyValue;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 
@@ -32,6 +32,9 @@ fn connection_builder(config: &Config) -> auto::Builder<TokioExecutor> {
         // Without a timer hyper silently has no header timeout (slowloris).
         .timer(TokioTimer::new())
         .header_read_timeout(config.header_read_timeout)
+        // The read buffer starts at hyper's 8 KiB (enough for a typical request head and the
+        // start of its body) and may grow up to the header limit, not hyper's ~400 KiB: a
+        // request head cannot be larger, and body bytes leave the buffer frame by frame.
         .max_buf_size(config.max_header_bytes)
         .max_headers(config.max_headers)
         .keep_alive(true);
@@ -98,43 +101,26 @@ pub async fn serve(
             _ = stopped(&mut shutdown) => break,
         };
         let _ = stream.set_nodelay(true);
-        let builder = builder.clone();
-        let proxy = proxy.clone();
-        let watcher = graceful.watcher();
-        let instruments = instruments.clone();
-        let tls = tls.clone();
-        connections.spawn(async move {
+        let conn = Accepted {
+            peer,
+            proxy: proxy.clone(),
+            builder: builder.clone(),
+            watcher: graceful.watcher(),
             // Also released when the drain timeout aborts the task.
-            let open = OpenConnection::new(instruments, permit);
-            let instruments = &open.instruments;
-            let result = match tls {
-                None => {
-                    let service = service_fn(move |req| proxy.clone().handle(req, peer, "http"));
-                    let conn = builder.serve_connection(TokioIo::new(stream), service);
-                    watcher.watch(conn).await
-                }
-                // The handshake runs here, in the connection's own task, so a slow or hostile
-                // client never holds up the accept loop.
-                Some(tls) => match tls.accept(stream).await {
-                    Ok((stream, info)) => {
-                        let info = Arc::new(info);
-                        let service = service_fn(move |mut req: hyper::Request<_>| {
-                            req.extensions_mut().insert(info.clone());
-                            proxy.clone().handle(req, peer, "https")
-                        });
-                        let conn = builder.serve_connection(TokioIo::new(stream), service);
-                        watcher.watch(conn).await
-                    }
-                    Err(e) => {
-                        record_handshake_error(&e, peer, instruments);
-                        Ok(())
-                    }
-                },
-            };
-            if let Err(e) = result {
-                record_connection_error(&*e, peer, instruments);
+            open: OpenConnection::new(instruments.clone(), permit),
+        };
+        // Two task types rather than one holding both paths: a task is allocated at the size
+        // of its largest state, and a cleartext connection must not pay for a TLS session.
+        match &tls {
+            None => {
+                let first_byte = FirstByte {
+                    timeout: config.header_read_timeout,
+                    shutdown: shutdown.clone(),
+                };
+                connections.spawn(conn.serve_plain(stream, first_byte))
             }
-        });
+            Some(tls) => connections.spawn(conn.serve_tls(stream, tls.clone())),
+        };
     }
     // Dropping the listener closes the socket: new connections are refused from here on.
     drop(listener);
@@ -179,13 +165,101 @@ impl Drop for OpenConnection {
     }
 }
 
-/// Classifies and records a connection that ended in an error.
-fn record_connection_error(
-    error: &(dyn std::error::Error + Send + Sync + 'static),
+/// An accepted connection's context. Nothing in it is per request, and none of hyper's
+/// buffers exist yet: they are created when the connection's first bytes arrive.
+struct Accepted {
     peer: SocketAddr,
-    instruments: &crate::telemetry::Instruments,
-) {
-    let kind = match error.downcast_ref::<hyper::Error>() {
+    proxy: Arc<Proxy>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    watcher: Watcher,
+    /// Counted as open and holding its place under `RAGSCOPE_MAX_CONNECTIONS` until it closes.
+    open: OpenConnection,
+}
+
+/// How long a new cleartext connection may stay silent before its first byte, and the drain
+/// signal that ends that wait early.
+struct FirstByte {
+    timeout: Duration,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Accepted {
+    /// Serves a cleartext connection (HTTP/1.1, or HTTP/2 with prior knowledge).
+    async fn serve_plain(self, stream: TcpStream, first_byte: FirstByte) {
+        let instruments = &self.open.instruments;
+        // hyper allocates its read and write buffers (8 KiB each) and its header timer as soon
+        // as it starts on a connection; a client that connects ahead of need (a pre-warmed
+        // pool) holds none of that until it sends something. The wait is bounded by the
+        // header read timeout, so a silent connection is closed as hyper would close it.
+        match first_byte.wait(&stream).await {
+            Ok(true) => {
+                let (peer, proxy) = (self.peer, self.proxy);
+                let service = service_fn(move |req| proxy.clone().handle(req, peer, "http"));
+                let served = self.builder.serve_connection(TokioIo::new(stream), service);
+                if let Err(e) = self.watcher.watch(served).await {
+                    record_connection_error(connection_error_type(&*e), &*e, peer, instruments);
+                }
+            }
+            Ok(false) => {}
+            Err(e) => record_connection_error(e.error_type(), &e, self.peer, instruments),
+        }
+    }
+
+    /// Serves a TLS connection: the handshake runs here, in the connection's own task, so a
+    /// slow or hostile client never holds up the accept loop.
+    async fn serve_tls(self, stream: TcpStream, tls: Arc<ListenerTls>) {
+        let instruments = &self.open.instruments;
+        match tls.accept(stream).await {
+            Ok((stream, info)) => {
+                let (peer, proxy) = (self.peer, self.proxy);
+                let info = Arc::new(info);
+                let service = service_fn(move |mut req: hyper::Request<_>| {
+                    req.extensions_mut().insert(info.clone());
+                    proxy.clone().handle(req, peer, "https")
+                });
+                let served = self.builder.serve_connection(TokioIo::new(stream), service);
+                if let Err(e) = self.watcher.watch(served).await {
+                    record_connection_error(connection_error_type(&*e), &*e, peer, instruments);
+                }
+            }
+            Err(e) => record_handshake_error(&e, self.peer, instruments),
+        }
+    }
+}
+
+/// A connection that sent nothing within the header read timeout.
+#[derive(Debug, thiserror::Error)]
+#[error("no request within {0:?} of connecting")]
+struct SilentConnection(Duration);
+
+impl SilentConnection {
+    /// The same `error.type` as hyper's own header read timeout.
+    fn error_type(&self) -> &'static str {
+        "header_read_timeout"
+    }
+}
+
+impl FirstByte {
+    /// Waits until `stream` is readable (data, or the peer closing). `Ok(false)`: the proxy is
+    /// draining, close without serving; `Err`: the client stayed silent too long.
+    async fn wait(mut self, stream: &TcpStream) -> Result<bool, SilentConnection> {
+        let mut byte = [0u8; 1];
+        tokio::select! {
+            // A peek, not `readable()`: readiness can be reported without data, and the peek
+            // retries until a byte (or the end of the stream) is really there.
+            ready = tokio::time::timeout(self.timeout, stream.peek(&mut byte)) => match ready {
+                // An error here (a reset) is for hyper's first read to report.
+                Ok(_) => Ok(true),
+                Err(_) => Err(SilentConnection(self.timeout)),
+            },
+            _ = stopped(&mut self.shutdown) => Ok(false),
+        }
+    }
+}
+
+/// The `error.type` of a connection that ended in an error.
+fn connection_error_type(error: &(dyn std::error::Error + Send + Sync + 'static)) -> &'static str {
+    match error.downcast_ref::<hyper::Error>() {
         Some(e) if e.is_parse_too_large() => "request_header_too_large",
         Some(e) if e.is_parse() || e.is_parse_status() => "malformed_request",
         Some(e) if e.is_timeout() => "header_read_timeout",
@@ -193,7 +267,16 @@ fn record_connection_error(
         Some(e) if e.is_canceled() || e.is_closed() => "closed",
         Some(e) if e.is_user() => "response_error",
         _ => "io",
-    };
+    }
+}
+
+/// Records a connection that ended in an error.
+fn record_connection_error(
+    kind: &'static str,
+    error: &dyn std::error::Error,
+    peer: SocketAddr,
+    instruments: &crate::telemetry::Instruments,
+) {
     instruments
         .connection_errors
         .add(1, &[KeyValue::new("error.type", kind)]);
