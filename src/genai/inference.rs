@@ -10,8 +10,10 @@
 
 use std::borrow::Cow;
 
-/// Longest string kept from a response or request field (ids, models, finish reasons, tool
-/// names, conversation ids); longer ones are cut on a character boundary.
+/// Longest client- or server-chosen string ragscope keeps from a field that reaches a span,
+/// event, ring entry, overview or log (models, ids, finish reasons, tool names, conversation
+/// ids, versions, feedback labels, extracted values, user agents); longer ones are cut on a
+/// character boundary by [`cap`]. One bound for all of them, documented in the README.
 pub const MAX_FIELD_BYTES: usize = 256;
 /// Finish reasons kept per response (one per choice or candidate).
 pub const MAX_FINISH_REASONS: usize = 16;
@@ -167,10 +169,14 @@ impl ResponseInfo {
         }
     }
 
-    /// Adds a finish reason, bounded in length and number.
+    /// Adds a finish reason, bounded in length and number, once per distinct value: a
+    /// stream that repeats its reason on every chunk still yields one entry.
     pub(crate) fn push_finish_reason(&mut self, reason: &str) {
-        if self.finish_reasons.len() < MAX_FINISH_REASONS {
-            self.finish_reasons.push(cap(reason));
+        let reason = cut(reason, MAX_FIELD_BYTES);
+        if self.finish_reasons.len() < MAX_FINISH_REASONS
+            && !self.finish_reasons.iter().any(|r| r == reason)
+        {
+            self.finish_reasons.push(reason.to_owned());
         }
     }
 
@@ -232,11 +238,23 @@ impl ResponseInfo {
     }
 }
 
-/// A string field, bounded to [`MAX_FIELD_BYTES`].
+/// A string field, bounded to [`MAX_FIELD_BYTES`]: the one cap for every client-chosen
+/// string that is stored.
 pub fn cap(s: &str) -> String {
-    let mut out = String::new();
-    push_bounded(&mut out, s, MAX_FIELD_BYTES);
-    out
+    cut(s, MAX_FIELD_BYTES).to_owned()
+}
+
+/// The longest prefix of `s` within `limit` bytes that ends on a character boundary.
+pub fn cut(s: &str, limit: usize) -> &str {
+    if s.len() <= limit {
+        return s;
+    }
+    let mut end = limit;
+    // A char boundary is at most 3 bytes back.
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 /// A borrowed-or-owned string as serde hands it out (owned only when it had escapes).
@@ -244,17 +262,7 @@ pub(crate) type Str<'a> = Cow<'a, str>;
 
 /// Appends as much of `text` as fits in `limit` bytes, cut on a character boundary.
 pub fn push_bounded(s: &mut String, text: &str, limit: usize) {
-    let room = limit.saturating_sub(s.len());
-    if text.len() <= room {
-        s.push_str(text);
-    } else {
-        let mut cut = room;
-        // A char boundary is at most 3 bytes back.
-        while !text.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        s.push_str(&text[..cut]);
-    }
+    s.push_str(cut(text, limit.saturating_sub(s.len())));
 }
 
 /// Deserialises a field leniently: a value of the wrong type reads as absent instead of

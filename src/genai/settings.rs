@@ -29,8 +29,9 @@ pub enum CaptureMode {
 pub struct Settings {
     /// `RAGSCOPE_GENAI` (`on`/`off`): observe GenAI and RAG traffic at all.
     pub enabled: bool,
-    /// `RAGSCOPE_GENAI_PROVIDER`: `gen_ai.provider.name`.
-    pub provider: String,
+    /// `RAGSCOPE_GENAI_PROVIDER`: `gen_ai.provider.name` for every API; `None` (the default)
+    /// names the provider of the API recognised.
+    pub provider: Option<String>,
     /// `RAGSCOPE_PARSE_MAX_BYTES`: the bounded copy of one body (or one SSE event).
     pub parse_max_bytes: usize,
     /// `RAGSCOPE_EXTRACT`: JSON-pointer rules for other APIs.
@@ -94,9 +95,13 @@ impl Settings {
             enabled: r.on_off("RAGSCOPE_GENAI", true)?,
             provider: r.parse(
                 "RAGSCOPE_GENAI_PROVIDER",
-                "openai",
-                "a provider name like openai, vllm or azure.ai.openai",
-                |v| (v.len() <= 64).then(|| v.to_owned()),
+                "auto",
+                "auto, or a provider name like openai, anthropic, gcp.gemini or vllm (at most 64 bytes)",
+                |v| match v {
+                    _ if v.eq_ignore_ascii_case("auto") => Some(None),
+                    _ if v.len() <= 64 => Some(Some(v.to_owned())),
+                    _ => None,
+                },
             )?,
             parse_max_bytes: r.size_in("RAGSCOPE_PARSE_MAX_BYTES", 1 << 20, 1024..=64 << 20)?,
             extract,
