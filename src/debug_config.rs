@@ -115,7 +115,7 @@ fn guard(config: &Config) -> Value {
 fn genai(config: &Config) -> Value {
     json!({
         "RAGSCOPE_GENAI": config.genai.enabled,
-        "RAGSCOPE_GENAI_PROVIDER": config.genai.provider,
+        "RAGSCOPE_GENAI_PROVIDER": config.genai.provider.as_deref().unwrap_or("auto"),
         "RAGSCOPE_PARSE_MAX_BYTES": config.genai.parse_max_bytes,
         "RAGSCOPE_EXTRACT": config.genai.extract.iter().map(extract_rule).collect::<Vec<_>>(),
         "RAGSCOPE_VERSION_HEADER": config.genai.version_header.as_ref().map(|h| h.to_string()),
