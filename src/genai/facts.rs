@@ -10,6 +10,7 @@ use super::api::Api;
 use super::extract::{self, Document, Extracted, Side, Target};
 use super::inference::{Malformed, RequestInfo, ResponseInfo, push_bounded};
 use super::openai;
+use super::prices::{Cost, PriceTable, Usage};
 use super::{GenAi, Observation, ResponseState};
 use crate::genai::CaptureMode;
 
@@ -65,6 +66,8 @@ pub struct Facts {
     pub api_error: Option<String>,
     /// That error as a metric attribute: one of a bounded set of values, or `other`.
     pub metric_api_error: Option<String>,
+    /// What the inference cost, when `RAGSCOPE_PRICES` prices its model and the usage is known.
+    pub cost: Option<Cost>,
     /// `gen_ai.data_source.id`.
     pub data_source: Option<String>,
     /// The response was an event stream read as it passed.
@@ -207,6 +210,9 @@ impl Observation {
             .as_deref()
             .map(|m| genai.metric_model(m));
         facts.metric_api_error = facts.api_error.as_deref().map(|e| genai.errors.admit(e));
+        if let Some(prices) = &genai.config.prices {
+            facts.cost = facts.cost(&prices.table());
+        }
         facts.streamed = streamed;
         facts.first_token = self.first_token;
         facts.version = self.version;
@@ -364,6 +370,28 @@ impl Facts {
             self.operation.as_deref(),
             Some("chat" | "text_completion" | "generate_content")
         )
+    }
+
+    /// The cost at the first matching price: `None` without a price for the model, or without
+    /// the token counts it takes (a stream without usage is not free: its cost is unknown).
+    fn cost(&self, table: &PriceTable) -> Option<Cost> {
+        let input = self.input_tokens?;
+        let output = match self.output_tokens {
+            Some(n) => n,
+            None if self.generates() => return None,
+            None => 0,
+        };
+        let models = [
+            self.response_model.as_deref(),
+            self.request_model.as_deref(),
+        ];
+        let price = table.find(models.into_iter().flatten())?;
+        Some(price.cost(Usage {
+            input,
+            output,
+            cache_read: self.cache_read_tokens.unwrap_or(0),
+            cache_write: self.cache_creation_tokens.unwrap_or(0),
+        }))
     }
 
     /// The best finite document score, when documents with scores were retrieved.

@@ -18,6 +18,7 @@ pub mod feedback;
 pub mod gemini;
 pub mod inference;
 pub mod openai;
+pub mod prices;
 pub mod redact;
 pub mod responses;
 mod settings;

@@ -2,9 +2,12 @@
 //! `RAGSCOPE_EXTRACT`, `RAGSCOPE_REDACT_PATTERNS`, content capture...), parsed and compiled once:
 //! extraction rules and redaction patterns are checked here so a bad one stops start-up.
 
+use std::sync::Arc;
+
 use http::HeaderName;
 
 use super::extract::{self, Rule};
+use super::prices::Prices;
 use super::redact::Redactor;
 use crate::config::{ConfigError, Reader, Source};
 
@@ -46,6 +49,8 @@ pub struct Settings {
     pub redactor: Redactor,
     /// `RAGSCOPE_FEEDBACK_PATH`: the feedback endpoint; `None` when off.
     pub feedback_path: Option<String>,
+    /// `RAGSCOPE_PRICES`: the price file, read (and checked) here; `None` when unset.
+    pub prices: Option<Arc<Prices>>,
 }
 
 impl Settings {
@@ -91,7 +96,18 @@ impl Settings {
                 format!("{} ({why})", extract::FORM),
             )
         })?;
+        let prices = match r.path("RAGSCOPE_PRICES") {
+            None => None,
+            Some(path) => Some(Arc::new(Prices::load(&path).map_err(|why| {
+                ConfigError::new(
+                    "RAGSCOPE_PRICES",
+                    path.display().to_string(),
+                    format!("a price file of lines `MODEL INPUT OUTPUT CACHE_READ CACHE_WRITE CURRENCY` ({why})"),
+                )
+            })?)),
+        };
         Ok(Settings {
+            prices,
             enabled: r.on_off("RAGSCOPE_GENAI", true)?,
             provider: r.parse(
                 "RAGSCOPE_GENAI_PROVIDER",

@@ -193,6 +193,14 @@ fn attributes(facts: &Facts, times: &Times) -> (Vec<KeyValue>, Vec<KeyValue>) {
         attrs.push(KeyValue::new(semconv::GEN_AI_CONVERSATION_ID, c.clone()));
         copied.push(KeyValue::new(semconv::GEN_AI_CONVERSATION_ID, c.clone()));
     }
+    if let Some(cost) = &facts.cost {
+        attrs.push(KeyValue::new("ragscope.genai.cost", cost.amount));
+        attrs.push(KeyValue::new(
+            "ragscope.genai.cost.currency",
+            cost.currency.clone(),
+        ));
+        copied.push(KeyValue::new("ragscope.genai.cost", cost.amount));
+    }
     if let Some(ds) = &facts.data_source {
         attrs.push(KeyValue::new("gen_ai.data_source.id", ds.clone()));
     }
@@ -294,6 +302,14 @@ pub(super) fn record_metrics(
                 a.push(KeyValue::new("gen_ai.token.type", kind));
                 i.token_usage.record(n, &a);
             }
+        }
+        if let Some(cost) = &facts.cost {
+            let mut a = attrs.clone();
+            a.push(KeyValue::new(
+                "ragscope.genai.cost.currency",
+                cost.currency.clone(),
+            ));
+            i.cost.add(cost.amount, &a);
         }
         if error_type.is_none() && facts.streamed {
             if let Some(ttft) = time_to_first_token(facts, times) {
