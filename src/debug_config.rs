@@ -122,6 +122,7 @@ fn genai(config: &Config) -> Value {
         "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT": format!("{:?}", config.genai.capture),
         "RAGSCOPE_CAPTURE_MAX_BYTES": config.genai.capture_max_bytes,
         "RAGSCOPE_FEEDBACK_PATH": config.genai.feedback_path,
+        "RAGSCOPE_CONVERSATION_HEADER": config.genai.conversation_header.as_ref().map(|h| h.to_string()),
         "RAGSCOPE_PRICES": config.genai.prices.as_ref().map(|p| p.path().display().to_string()),
     })
 }

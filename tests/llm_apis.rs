@@ -871,3 +871,39 @@ async fn a_bad_price_file_stops_start_up_with_one_line() {
         "{stderr:?}"
     );
 }
+
+// ---------------------------------------------------------------------------
+// 9. Conversations from a header (`RAGSCOPE_CONVERSATION_HEADER`)
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_conversation_header_names_the_conversation_only_when_configured() {
+    let send = |proxy: &Proxy, model: &str, conversation: &str| {
+        let body = json!({"model": model, "max_tokens": 8,
+                          "messages": [{"role": "user", "content": "hi"}]});
+        let req = request(http::Method::POST, &proxy.url("/v1/messages"))
+            .header("content-type", "application/json")
+            .header("x-conversation-id", conversation)
+            .body(http_body_util::Full::new(Bytes::from(body.to_string())))
+            .expect("request");
+        async move { Client::http1().request(req).await.status }
+    };
+    let (_up, otlp, proxy) = setup(&[("RAGSCOPE_CONVERSATION_HEADER", "x-conversation-id")]).await;
+    let long = format!("conv-{}", "x".repeat(1000));
+    assert_eq!(send(&proxy, "claude-conv", &long).await, StatusCode::OK);
+    let (span, server) = inference(&otlp, "chat claude-conv").await;
+    let id = span
+        .str_attr("gen_ai.conversation.id")
+        .expect("from the header");
+    assert!(
+        id.starts_with("conv-x") && id.len() == 256,
+        "cut: {}",
+        id.len()
+    );
+    assert_eq!(server.str_attr("gen_ai.conversation.id"), Some(id));
+
+    let (_up, otlp, proxy) = setup(&[]).await;
+    assert_eq!(send(&proxy, "claude-conv", "conv-1").await, StatusCode::OK);
+    let (span, _) = inference(&otlp, "chat claude-conv").await;
+    assert!(!span.has_attr("gen_ai.conversation.id"), "off by default");
+}

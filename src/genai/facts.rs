@@ -216,6 +216,10 @@ impl Observation {
         facts.streamed = streamed;
         facts.first_token = self.first_token;
         facts.version = self.version;
+        if self.conversation.is_some() {
+            // The operator named the header: it wins over what the API itself says.
+            facts.conversation_id = self.conversation;
+        }
         facts.truncated = truncated;
         facts.parse_error = parse_error;
         facts.documents = documents;

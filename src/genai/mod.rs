@@ -121,6 +121,7 @@ impl GenAi {
             response: ResponseState::Pending,
             first_token: None,
             version: None,
+            conversation: None,
             parse_error: None,
             response_truncated: false,
         })
@@ -274,6 +275,8 @@ pub struct Observation {
     response: ResponseState,
     first_token: Option<(Instant, SystemTime)>,
     version: Option<String>,
+    /// From `RAGSCOPE_CONVERSATION_HEADER`, when configured and sent (bounded).
+    conversation: Option<String>,
     parse_error: Option<&'static str>,
     response_truncated: bool,
 }
@@ -287,9 +290,18 @@ impl std::fmt::Debug for Observation {
 }
 
 impl Observation {
-    /// The copy the request body wrapper writes into, when the request body is JSON (or
-    /// unlabelled). Other bodies (uploads, forms) are not copied.
-    pub fn request_tee(&self, headers: &HeaderMap) -> Option<RequestTee> {
+    /// Reads the request head (the conversation header, when configured) and returns the copy
+    /// the request body wrapper writes into, when the request body is JSON (or unlabelled).
+    /// Other bodies (uploads, forms) are not copied.
+    pub fn request_tee(&mut self, headers: &HeaderMap) -> Option<RequestTee> {
+        if let Some(name) = &self.genai.config.conversation_header {
+            self.conversation = headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+                .map(cap);
+        }
         is_json_or_unlabelled(headers).then(|| self.request.clone())
     }
 

@@ -49,6 +49,9 @@ pub struct Settings {
     pub redactor: Redactor,
     /// `RAGSCOPE_FEEDBACK_PATH`: the feedback endpoint; `None` when off.
     pub feedback_path: Option<String>,
+    /// `RAGSCOPE_CONVERSATION_HEADER`: request header whose value becomes
+    /// `gen_ai.conversation.id`; `None` (the default) when off.
+    pub conversation_header: Option<HeaderName>,
     /// `RAGSCOPE_PRICES`: the price file, read (and checked) here; `None` when unset.
     pub prices: Option<Arc<Prices>>,
 }
@@ -108,6 +111,12 @@ impl Settings {
         };
         Ok(Settings {
             prices,
+            conversation_header: r.optional(
+                "RAGSCOPE_CONVERSATION_HEADER",
+                "off",
+                "a header name like x-conversation-id, or off",
+                |v| HeaderName::from_bytes(v.as_bytes()).ok(),
+            )?,
             enabled: r.on_off("RAGSCOPE_GENAI", true)?,
             provider: r.parse(
                 "RAGSCOPE_GENAI_PROVIDER",
@@ -177,6 +186,8 @@ mod tests {
             ("RAGSCOPE_CAPTURE_MAX_BYTES", "2MiB"),
             ("RAGSCOPE_FEEDBACK_PATH", "feedback"),
             ("RAGSCOPE_VERSION_HEADER", "bad header"),
+            ("RAGSCOPE_CONVERSATION_HEADER", "bad header"),
+            ("RAGSCOPE_PRICES", "/nonexistent/prices.txt"),
             ("RAGSCOPE_REDACT_PATTERNS", "(unclosed"),
         ] {
             let e = parse(&[(var, bad)]).0.expect_err(var);
