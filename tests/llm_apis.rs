@@ -371,27 +371,6 @@ async fn setup(env: &[(&str, &str)]) -> (Upstream, OtlpReceiver, Proxy) {
     (up, otlp, proxy)
 }
 
-/// The inference (CLIENT) span named `name`, and its SERVER parent.
-async fn inference(otlp: &OtlpReceiver, name: &str) -> (CollectedSpan, CollectedSpan) {
-    let client = otlp.wait_span(name, WAIT).await;
-    let parent = client.parent_span_id.clone();
-    let server = otlp
-        .wait_for_spans(|s| s.span_id == parent, 1, WAIT)
-        .await
-        .remove(0);
-    (client, server)
-}
-
-fn strings(span: &CollectedSpan, key: &str) -> Vec<String> {
-    match span.attr(key) {
-        Some(Value::Array(items)) => items
-            .iter()
-            .filter_map(|v| v.as_str().map(str::to_owned))
-            .collect(),
-        other => panic!("{key} is not an array: {other:?}"),
-    }
-}
-
 /// The token usage histogram's sum for one token type of `model`, once it is exported.
 async fn tokens(otlp: &OtlpReceiver, model: &str, kind: &str) -> f64 {
     let attrs = [
@@ -434,7 +413,7 @@ async fn openai_chat_json_with_cache_reasoning_and_tool_calls() {
         json!({"tools": ["get_weather", "get_time"], "cached": 30})
     );
 
-    let (span, server) = inference(&otlp, "chat gpt-x").await;
+    let (span, server) = otlp.wait_span_and_parent("chat gpt-x", WAIT).await;
     assert_eq!(span.str_attr("gen_ai.provider.name"), Some("openai"));
     assert_eq!(
         usage(&span),
@@ -442,12 +421,12 @@ async fn openai_chat_json_with_cache_reasoning_and_tool_calls() {
         "input includes cached, output includes reasoning, as OpenAI reports them"
     );
     assert_eq!(
-        strings(&span, "gen_ai.response.finish_reasons"),
+        span.strings_attr("gen_ai.response.finish_reasons"),
         ["tool_calls"]
     );
     assert_eq!(span.int_attr("ragscope.genai.tool_calls"), Some(2));
     assert_eq!(
-        strings(&span, "ragscope.genai.tool_names"),
+        span.strings_attr("ragscope.genai.tool_names"),
         ["get_weather", "get_time"]
     );
     assert_eq!(server.int_attr("gen_ai.usage.input_tokens"), Some(50));
@@ -466,7 +445,9 @@ async fn openai_chat_streams_whole_and_byte_split_read_the_same() {
             json!({"text": "The capital is Paris.", "usage": 20}),
             "{scenario}: the client gets the stream it asked for"
         );
-        let (span, _) = inference(&otlp, &format!("chat {model}")).await;
+        let (span, _) = otlp
+            .wait_span_and_parent(&format!("chat {model}"), WAIT)
+            .await;
         assert_eq!(span.bool_attr("gen_ai.request.stream"), Some(true));
         assert_eq!(
             usage(&span),
@@ -474,7 +455,7 @@ async fn openai_chat_streams_whole_and_byte_split_read_the_same() {
             "{scenario}"
         );
         assert_eq!(
-            strings(&span, "gen_ai.response.finish_reasons"),
+            span.strings_attr("gen_ai.response.finish_reasons"),
             ["stop"],
             "{scenario}: one entry, however many chunks"
         );
@@ -487,7 +468,7 @@ async fn openai_chat_streams_whole_and_byte_split_read_the_same() {
 async fn a_stream_the_client_cancels_records_what_was_seen_and_no_usage() {
     let (_up, otlp, proxy) = setup(&[]).await;
     assert_eq!(client(&proxy, "chat_cancel").await, json!({"seen": 2}));
-    let (span, server) = inference(&otlp, "chat slow-x").await;
+    let (span, server) = otlp.wait_span_and_parent("chat slow-x", WAIT).await;
     assert_eq!(server.bool_attr("ragscope.cancelled"), Some(true));
     assert_eq!(span.str_attr("gen_ai.response.id"), Some("chatcmpl-py-2"));
     assert_eq!(span.int_attr("gen_ai.usage.output_tokens"), None);
@@ -509,12 +490,15 @@ async fn openai_responses_json_and_stream() {
         client(&proxy, "responses_json").await,
         json!({"text": "Paris", "reasoning": 64})
     );
-    let (span, server) = inference(&otlp, "chat gpt-r").await;
+    let (span, server) = otlp.wait_span_and_parent("chat gpt-r", WAIT).await;
     assert_eq!(span.str_attr("gen_ai.provider.name"), Some("openai"));
     assert_eq!(span.str_attr("gen_ai.response.id"), Some("resp_py_1"));
     assert_eq!(span.str_attr("gen_ai.response.model"), Some("gpt-r-2025"));
     assert_eq!(usage(&span), [Some(36), Some(87), Some(12), None, Some(64)]);
-    assert_eq!(strings(&span, "gen_ai.response.finish_reasons"), ["stop"]);
+    assert_eq!(
+        span.strings_attr("gen_ai.response.finish_reasons"),
+        ["stop"]
+    );
     assert_eq!(
         span.str_attr("gen_ai.conversation.id"),
         Some("resp_prev_7"),
@@ -529,15 +513,15 @@ async fn openai_responses_json_and_stream() {
     let seen = client(&proxy, "responses_stream").await;
     assert_eq!(seen["types"][0], "response.created");
     assert_eq!(seen["types"][5], "response.completed");
-    let (span, _) = inference(&otlp, "chat gpt-r").await;
+    let (span, _) = otlp.wait_span_and_parent("chat gpt-r", WAIT).await;
     assert_eq!(span.bool_attr("gen_ai.request.stream"), Some(true));
     assert_eq!(usage(&span), [Some(36), Some(87), Some(12), None, Some(64)]);
     assert_eq!(
-        strings(&span, "gen_ai.response.finish_reasons"),
+        span.strings_attr("gen_ai.response.finish_reasons"),
         ["tool_calls"]
     );
     assert_eq!(span.int_attr("ragscope.genai.tool_calls"), Some(1));
-    assert_eq!(strings(&span, "ragscope.genai.tool_names"), ["lookup"]);
+    assert_eq!(span.strings_attr("ragscope.genai.tool_names"), ["lookup"]);
     assert!(span.has_attr("gen_ai.response.time_to_first_chunk"));
 }
 
@@ -552,7 +536,7 @@ async fn anthropic_messages_json_adds_cached_input_to_the_input_count() {
         client(&proxy, "anthropic_json").await,
         json!({"stop": "tool_use", "cache_read": 80})
     );
-    let (span, _) = inference(&otlp, "chat claude-x").await;
+    let (span, _) = otlp.wait_span_and_parent("chat claude-x", WAIT).await;
     assert_eq!(span.str_attr("gen_ai.provider.name"), Some("anthropic"));
     assert_eq!(span.int_attr("gen_ai.request.max_tokens"), Some(256));
     assert_eq!(span.double_attr("gen_ai.request.temperature"), Some(0.5));
@@ -564,10 +548,13 @@ async fn anthropic_messages_json_adds_cached_input_to_the_input_count() {
         "Anthropic reports cached input apart: 10 + 80 + 5"
     );
     assert_eq!(
-        strings(&span, "gen_ai.response.finish_reasons"),
+        span.strings_attr("gen_ai.response.finish_reasons"),
         ["tool_use"]
     );
-    assert_eq!(strings(&span, "ragscope.genai.tool_names"), ["get_weather"]);
+    assert_eq!(
+        span.strings_attr("ragscope.genai.tool_names"),
+        ["get_weather"]
+    );
     assert_eq!(tokens(&otlp, "claude-x", "input").await, 95.0);
     assert_eq!(tokens(&otlp, "claude-x", "cache_creation").await, 5.0);
 }
@@ -586,7 +573,9 @@ async fn anthropic_streams_whole_and_byte_split_with_thinking_and_tool_use() {
                    "blocks": ["thinking", "text", "tool_use"], "tool_input": [{"to": "Paris"}]}),
             "{scenario}"
         );
-        let (span, _) = inference(&otlp, &format!("chat {model}")).await;
+        let (span, _) = otlp
+            .wait_span_and_parent(&format!("chat {model}"), WAIT)
+            .await;
         assert_eq!(span.str_attr("gen_ai.provider.name"), Some("anthropic"));
         assert_eq!(span.bool_attr("gen_ai.request.stream"), Some(true));
         assert_eq!(span.str_attr("gen_ai.response.id"), Some("msg_py_2"));
@@ -596,10 +585,13 @@ async fn anthropic_streams_whole_and_byte_split_with_thinking_and_tool_use() {
             "{scenario}: input from message_start, output from message_delta"
         );
         assert_eq!(
-            strings(&span, "gen_ai.response.finish_reasons"),
+            span.strings_attr("gen_ai.response.finish_reasons"),
             ["tool_use"]
         );
-        assert_eq!(strings(&span, "ragscope.genai.tool_names"), ["book_trip"]);
+        assert_eq!(
+            span.strings_attr("ragscope.genai.tool_names"),
+            ["book_trip"]
+        );
         assert!(span.has_attr("gen_ai.response.time_to_first_chunk"));
         assert!(!span.has_attr("error.type"));
     }
@@ -610,7 +602,9 @@ async fn an_anthropic_error_event_is_the_span_error_type() {
     let (_up, otlp, proxy) = setup(&[]).await;
     let seen = client(&proxy, "anthropic_error").await;
     assert_eq!(seen["body"]["error"]["type"], "overloaded_error", "{seen}");
-    let (span, _) = inference(&otlp, "chat overloaded-claude").await;
+    let (span, _) = otlp
+        .wait_span_and_parent("chat overloaded-claude", WAIT)
+        .await;
     assert_eq!(span.str_attr("error.type"), Some("overloaded_error"));
     assert_eq!(span.int_attr("gen_ai.usage.input_tokens"), Some(120));
     let metric = otlp
@@ -648,7 +642,9 @@ async fn gemini_json_array_and_sse_name_the_model_from_the_path() {
         let reply = Client::http1().post_json(url, &body).await;
         assert_eq!(reply.status, StatusCode::OK, "{path}");
         let model = gemini_model(path.split('?').next().unwrap_or_default()).unwrap_or_default();
-        let (span, server) = inference(&otlp, &format!("generate_content {model}")).await;
+        let (span, server) = otlp
+            .wait_span_and_parent(&format!("generate_content {model}"), WAIT)
+            .await;
         assert_eq!(span.str_attr("gen_ai.provider.name"), Some("gcp.gemini"));
         assert_eq!(
             span.str_attr("gen_ai.operation.name"),
@@ -669,7 +665,10 @@ async fn gemini_json_array_and_sse_name_the_model_from_the_path() {
             [Some(10), Some(20), Some(4), None, Some(15)],
             "{path}: thoughts are added to the output"
         );
-        assert_eq!(strings(&span, "gen_ai.response.finish_reasons"), ["STOP"]);
+        assert_eq!(
+            span.strings_attr("gen_ai.response.finish_reasons"),
+            ["STOP"]
+        );
         assert_eq!(
             span.has_attr("gen_ai.response.time_to_first_chunk"),
             streamed,
@@ -687,7 +686,7 @@ async fn gemini_json_array_and_sse_name_the_model_from_the_path() {
 async fn the_provider_variable_overrides_every_api() {
     let (_up, otlp, proxy) = setup(&[("RAGSCOPE_GENAI_PROVIDER", "my.gateway")]).await;
     client(&proxy, "anthropic_json").await;
-    let (span, _) = inference(&otlp, "chat claude-x").await;
+    let (span, _) = otlp.wait_span_and_parent("chat claude-x", WAIT).await;
     assert_eq!(span.str_attr("gen_ai.provider.name"), Some("my.gateway"));
 }
 
@@ -801,7 +800,9 @@ async fn anthropic_cost(proxy: &Proxy, otlp: &OtlpReceiver, model: &str) -> Opti
         .post_json(proxy.url("/v1/messages"), &body)
         .await;
     assert_eq!(reply.status, StatusCode::OK);
-    let (span, _) = inference(otlp, &format!("chat {model}")).await;
+    let (span, _) = otlp
+        .wait_span_and_parent(&format!("chat {model}"), WAIT)
+        .await;
     span.double_attr("ragscope.genai.cost")
 }
 
@@ -891,7 +892,7 @@ async fn the_conversation_header_names_the_conversation_only_when_configured() {
     let (_up, otlp, proxy) = setup(&[("RAGSCOPE_CONVERSATION_HEADER", "x-conversation-id")]).await;
     let long = format!("conv-{}", "x".repeat(1000));
     assert_eq!(send(&proxy, "claude-conv", &long).await, StatusCode::OK);
-    let (span, server) = inference(&otlp, "chat claude-conv").await;
+    let (span, server) = otlp.wait_span_and_parent("chat claude-conv", WAIT).await;
     let id = span
         .str_attr("gen_ai.conversation.id")
         .expect("from the header");
@@ -904,6 +905,6 @@ async fn the_conversation_header_names_the_conversation_only_when_configured() {
 
     let (_up, otlp, proxy) = setup(&[]).await;
     assert_eq!(send(&proxy, "claude-conv", "conv-1").await, StatusCode::OK);
-    let (span, _) = inference(&otlp, "chat claude-conv").await;
+    let (span, _) = otlp.wait_span_and_parent("chat claude-conv", WAIT).await;
     assert!(!span.has_attr("gen_ai.conversation.id"), "off by default");
 }
