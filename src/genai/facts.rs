@@ -8,7 +8,7 @@ use serde_json::json;
 
 use super::api::Api;
 use super::extract::{self, Document, Extracted, Side, Target};
-use super::inference::{Malformed, RequestInfo, ResponseInfo, push_bounded};
+use super::inference::{Detail, Malformed, RequestInfo, ResponseInfo, push_bounded};
 use super::openai;
 use super::prices::{Cost, PriceTable, Usage};
 use super::{GenAi, Observation, ResponseState};
@@ -50,16 +50,10 @@ pub struct Facts {
     pub input_tokens: Option<i64>,
     /// `gen_ai.usage.output_tokens`, reasoning included.
     pub output_tokens: Option<i64>,
-    /// `gen_ai.usage.cache_read.input_tokens` (part of `input_tokens`).
-    pub cache_read_tokens: Option<i64>,
-    /// `gen_ai.usage.cache_creation.input_tokens` (part of `input_tokens`).
-    pub cache_creation_tokens: Option<i64>,
-    /// `gen_ai.usage.reasoning.output_tokens` (part of `output_tokens`).
-    pub reasoning_tokens: Option<i64>,
-    /// Tool calls the model asked for.
-    pub tool_calls: u32,
-    /// Their distinct names (bounded in number and length).
-    pub tool_names: Vec<String>,
+    /// `gen_ai.usage.cache_read.input_tokens`, `.cache_creation.input_tokens` (parts of
+    /// `input_tokens`), `gen_ai.usage.reasoning.output_tokens` (part of `output_tokens`), tool
+    /// calls and their names.
+    pub detail: Detail,
     /// `gen_ai.conversation.id`: the conversation the API itself names.
     pub conversation_id: Option<String>,
     /// An error the API reported in a body or stream event (`overloaded_error`...).
@@ -326,11 +320,7 @@ impl Facts {
                 finish_reasons: response.finish_reasons.clone(),
                 input_tokens: response.input_tokens,
                 output_tokens: response.output_tokens,
-                cache_read_tokens: response.cache_read_tokens,
-                cache_creation_tokens: response.cache_creation_tokens,
-                reasoning_tokens: response.reasoning_tokens,
-                tool_calls: response.tool_calls,
-                tool_names: response.tool_names.clone(),
+                detail: response.detail.clone(),
                 // The API's answer names the conversation it used; else what the request said.
                 conversation_id: response
                     .conversation_id
@@ -393,8 +383,8 @@ impl Facts {
         Some(price.cost(Usage {
             input,
             output,
-            cache_read: self.cache_read_tokens.unwrap_or(0),
-            cache_write: self.cache_creation_tokens.unwrap_or(0),
+            cache_read: self.detail.cache_read_tokens.unwrap_or(0),
+            cache_write: self.detail.cache_creation_tokens.unwrap_or(0),
         }))
     }
 

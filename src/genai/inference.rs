@@ -82,6 +82,22 @@ pub struct RequestInfo {
     pub messages: Vec<(String, String)>,
 }
 
+/// What an inference reports beyond its token totals, the same in a reader's [`ResponseInfo`]
+/// and in the merged facts.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Detail {
+    /// Input tokens read from the provider's prompt cache (part of `input_tokens`).
+    pub cache_read_tokens: Option<i64>,
+    /// Input tokens written to the provider's prompt cache (part of `input_tokens`).
+    pub cache_creation_tokens: Option<i64>,
+    /// Output tokens spent on reasoning (part of `output_tokens`).
+    pub reasoning_tokens: Option<i64>,
+    /// Tool calls the model asked for.
+    pub tool_calls: u32,
+    /// Their distinct names, in order of first appearance (at most [`MAX_TOOL_NAMES`]).
+    pub tool_names: Vec<String>,
+}
+
 /// One tool call the model asked for, captured for `gen_ai.output.messages`.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct ToolCallPart {
@@ -108,16 +124,8 @@ pub struct ResponseInfo {
     pub input_tokens: Option<i64>,
     /// Output tokens, reasoning included.
     pub output_tokens: Option<i64>,
-    /// Input tokens read from the provider's prompt cache (part of `input_tokens`).
-    pub cache_read_tokens: Option<i64>,
-    /// Input tokens written to the provider's prompt cache (part of `input_tokens`).
-    pub cache_creation_tokens: Option<i64>,
-    /// Output tokens spent on reasoning (part of `output_tokens`).
-    pub reasoning_tokens: Option<i64>,
-    /// Tool calls the model asked for.
-    pub tool_calls: u32,
-    /// Their distinct names, in order of first appearance (at most [`MAX_TOOL_NAMES`]).
-    pub tool_names: Vec<String>,
+    /// Cache and reasoning token detail, tool calls.
+    pub detail: Detail,
     /// The conversation the API names in its answer (Responses `conversation.id`).
     pub conversation_id: Option<String>,
     /// An error the API reported in the body or as a stream event (`overloaded_error`,
@@ -190,9 +198,11 @@ impl ResponseInfo {
         arguments: &str,
         capture: Option<usize>,
     ) {
-        self.tool_calls = self.tool_calls.saturating_add(1);
-        if self.tool_names.len() < MAX_TOOL_NAMES && !self.tool_names.iter().any(|n| n == name) {
-            self.tool_names.push(cap(name));
+        self.detail.tool_calls = self.detail.tool_calls.saturating_add(1);
+        if self.detail.tool_names.len() < MAX_TOOL_NAMES
+            && !self.detail.tool_names.iter().any(|n| n == name)
+        {
+            self.detail.tool_names.push(cap(name));
         }
         if let Some(limit) = capture
             && self.tool_parts.len() < MAX_TOOL_PARTS
@@ -319,8 +329,8 @@ mod tests {
         for i in 0..40u64 {
             r.tool_call(i, None, &format!("tool{}", i % 20), "{", Some(8));
         }
-        assert_eq!(r.tool_calls, 40);
-        assert_eq!(r.tool_names.len(), MAX_TOOL_NAMES);
+        assert_eq!(r.detail.tool_calls, 40);
+        assert_eq!(r.detail.tool_names.len(), MAX_TOOL_NAMES);
         assert_eq!(r.tool_parts.len(), MAX_TOOL_PARTS);
         r.tool_arguments(3, "\"a\":1234567}", Some(8));
         assert_eq!(r.tool_parts[3].arguments, "{\"a\":123");

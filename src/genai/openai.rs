@@ -121,13 +121,13 @@ impl Usage {
             info.output_tokens = self.completion_tokens;
         }
         if let Some(n) = self.prompt_tokens_details.and_then(|d| d.cached_tokens) {
-            info.cache_read_tokens = Some(n);
+            info.detail.cache_read_tokens = Some(n);
         }
         if let Some(n) = self
             .completion_tokens_details
             .and_then(|d| d.reasoning_tokens)
         {
-            info.reasoning_tokens = Some(n);
+            info.detail.reasoning_tokens = Some(n);
         }
     }
 }

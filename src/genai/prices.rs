@@ -16,6 +16,8 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
+
+use crate::reload::Swapped;
 use std::time::Duration;
 
 use tokio::task::JoinHandle;
@@ -191,7 +193,7 @@ pub fn glob(pattern: &str, name: &str) -> bool {
 #[derive(Debug)]
 pub struct Prices {
     path: PathBuf,
-    table: Arc<RwLock<Arc<PriceTable>>>,
+    table: Swapped<PriceTable>,
     initial: [u8; 32],
 }
 
@@ -220,17 +222,13 @@ impl Prices {
     /// Starts polling the file; a valid new version replaces the table, a bad one is logged
     /// once and the old one stays.
     pub fn watch(&self, interval: Duration) -> JoinHandle<()> {
-        let table = self.table.clone();
-        crate::reload::spawn_watch(
+        crate::reload::watch_file(
             "price file",
-            vec![self.path.clone()],
+            self.path.clone(),
             interval,
             self.initial,
-            move |contents| {
-                let new = parse(&contents[0])?;
-                *table.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(new);
-                Ok(())
-            },
+            self.table.clone(),
+            parse,
         )
     }
 }
@@ -262,26 +260,27 @@ mod tests {
     #[test]
     fn cost_splits_cached_input_and_never_goes_negative() {
         let t = parse(FILE.as_bytes()).expect("parses");
-        let claude = t.find(["claude-x"]).expect("price");
-        // 10 plain + 80 read + 5 written input, 12 output.
-        let c = claude.cost(Usage {
-            input: 95,
-            output: 12,
-            cache_read: 80,
-            cache_write: 5,
-        });
-        let expected = (10.0 * 3.0 + 80.0 * 0.30 + 5.0 * 3.75 + 12.0 * 15.0) / 1e6;
-        assert!((c.amount - expected).abs() < 1e-12, "{c:?}");
-        assert_eq!(c.currency, "USD");
-        let gpt = t.find(["gpt-4o-mini"]).expect("price");
-        let c = gpt.cost(Usage {
-            input: 10,
-            output: 0,
-            cache_read: 4,
-            cache_write: 9,
-        });
-        // The unpriced cache write is charged as input; more cached than input is not negative.
-        assert!(c.amount >= 0.0 && c.amount.is_finite());
+        // (model, input, output, cache read, cache write) -> expected amount.
+        for (model, [input, output, cache_read, cache_write], expected) in [
+            // 10 plain + 80 read + 5 written input, 12 output.
+            (
+                "claude-x",
+                [95, 12, 80, 5],
+                10.0 * 3.0 + 80.0 * 0.30 + 5.0 * 3.75 + 12.0 * 15.0,
+            ),
+            // The unpriced cache write is charged as input; more cached than input is no
+            // negative plain input.
+            ("gpt-4o-mini", [10, 0, 4, 9], 4.0 * 0.075 + 9.0 * 0.15),
+        ] {
+            let c = t.find([model]).expect("price").cost(Usage {
+                input,
+                output,
+                cache_read,
+                cache_write,
+            });
+            assert!((c.amount - expected / 1e6).abs() < 1e-12, "{model}: {c:?}");
+            assert_eq!(c.currency, "USD");
+        }
     }
 
     #[test]

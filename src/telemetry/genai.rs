@@ -137,14 +137,9 @@ fn attributes(facts: &Facts, times: &Times) -> (Vec<KeyValue>, Vec<KeyValue>) {
         copied.push(KeyValue::new("gen_ai.response.model", m.clone()));
     }
     if !facts.finish_reasons.is_empty() {
-        let reasons: Vec<StringValue> = facts
-            .finish_reasons
-            .iter()
-            .map(|r| StringValue::from(r.clone()))
-            .collect();
-        attrs.push(KeyValue::new(
+        attrs.push(strings(
             "gen_ai.response.finish_reasons",
-            Value::Array(reasons.into()),
+            &facts.finish_reasons,
         ));
     }
     for (key, n) in [
@@ -159,34 +154,29 @@ fn attributes(facts: &Facts, times: &Times) -> (Vec<KeyValue>, Vec<KeyValue>) {
     for (key, n) in [
         (
             semconv::GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS,
-            facts.cache_read_tokens,
+            facts.detail.cache_read_tokens,
         ),
         (
             semconv::GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS,
-            facts.cache_creation_tokens,
+            facts.detail.cache_creation_tokens,
         ),
         (
             semconv::GEN_AI_USAGE_REASONING_OUTPUT_TOKENS,
-            facts.reasoning_tokens,
+            facts.detail.reasoning_tokens,
         ),
     ] {
         if let Some(n) = n {
             attrs.push(KeyValue::new(key, n));
         }
     }
-    if facts.tool_calls > 0 {
+    if facts.detail.tool_calls > 0 {
         attrs.push(KeyValue::new(
             "ragscope.genai.tool_calls",
-            i64::from(facts.tool_calls),
+            i64::from(facts.detail.tool_calls),
         ));
-        let names: Vec<StringValue> = facts
-            .tool_names
-            .iter()
-            .map(|n| StringValue::from(n.clone()))
-            .collect();
-        attrs.push(KeyValue::new(
+        attrs.push(strings(
             "ragscope.genai.tool_names",
-            Value::Array(names.into()),
+            &facts.detail.tool_names,
         ));
     }
     if let Some(c) = &facts.conversation_id {
@@ -234,6 +224,12 @@ fn attributes(facts: &Facts, times: &Times) -> (Vec<KeyValue>, Vec<KeyValue>) {
         copied.push(KeyValue::new("ragscope.rag.documents", docs.len() as i64));
     }
     (attrs, copied)
+}
+
+/// A string-array attribute.
+fn strings(key: &'static str, items: &[String]) -> KeyValue {
+    let items: Vec<StringValue> = items.iter().map(|s| StringValue::from(s.clone())).collect();
+    KeyValue::new(key, Value::Array(items.into()))
 }
 
 fn content(facts: &Facts) -> Vec<KeyValue> {
@@ -293,9 +289,9 @@ pub(super) fn record_metrics(
         for (kind, n) in [
             ("input", facts.input_tokens),
             ("output", facts.output_tokens),
-            ("cache_read", facts.cache_read_tokens),
-            ("cache_creation", facts.cache_creation_tokens),
-            ("reasoning", facts.reasoning_tokens),
+            ("cache_read", facts.detail.cache_read_tokens),
+            ("cache_creation", facts.detail.cache_creation_tokens),
+            ("reasoning", facts.detail.reasoning_tokens),
         ] {
             if let Some(n) = n.and_then(|n| u64::try_from(n).ok()) {
                 let mut a = attrs.clone();
