@@ -170,18 +170,13 @@ impl ApiKeys {
 
     /// Starts polling the key file; a valid new version replaces the list.
     pub fn watch(&self, interval: Duration) -> JoinHandle<()> {
-        let entries = self.entries.clone();
-        crate::reload::spawn_watch(
+        crate::reload::watch_file(
             "API key file",
-            vec![self.path.clone()],
+            self.path.clone(),
             interval,
             self.initial,
-            move |contents| {
-                let new =
-                    parse_bytes(&contents[0]).map_err(|(line, d)| format!("line {line}: {d}"))?;
-                *entries.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(new);
-                Ok(())
-            },
+            self.entries.clone(),
+            |bytes| parse_bytes(bytes).map_err(|(line, d)| format!("line {line}: {d}")),
         )
     }
 

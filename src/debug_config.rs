@@ -120,7 +120,7 @@ fn guard(config: &Config) -> Value {
 fn genai(config: &Config) -> Value {
     json!({
         "RAGSCOPE_GENAI": config.genai.enabled,
-        "RAGSCOPE_GENAI_PROVIDER": config.genai.provider,
+        "RAGSCOPE_GENAI_PROVIDER": config.genai.provider.as_deref().unwrap_or("auto"),
         "RAGSCOPE_PARSE_MAX_BYTES": config.genai.parse_max_bytes,
         "RAGSCOPE_PARSE_BUDGET": config.genai.parse_budget,
         "RAGSCOPE_EXTRACT": config.genai.extract.iter().map(extract_rule).collect::<Vec<_>>(),
@@ -128,6 +128,8 @@ fn genai(config: &Config) -> Value {
         "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT": format!("{:?}", config.genai.capture),
         "RAGSCOPE_CAPTURE_MAX_BYTES": config.genai.capture_max_bytes,
         "RAGSCOPE_FEEDBACK_PATH": config.genai.feedback_path,
+        "RAGSCOPE_CONVERSATION_HEADER": config.genai.conversation_header.as_ref().map(|h| h.to_string()),
+        "RAGSCOPE_PRICES": config.genai.prices.as_ref().map(|p| p.path().display().to_string()),
     })
 }
 

@@ -9,6 +9,7 @@
 //! logged once per distinct content, and retried as soon as the content changes again.
 
 use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use tokio::task::JoinHandle;
@@ -33,6 +34,30 @@ pub fn fingerprint(contents: &[Vec<u8>]) -> [u8; 32] {
 /// Reads every file in `paths`, in order.
 pub fn read_all(paths: &[PathBuf]) -> std::io::Result<Vec<Vec<u8>>> {
     paths.iter().map(std::fs::read).collect()
+}
+
+/// What one file loads into, in service while the next version is read: swapped whole.
+pub type Swapped<T> = Arc<RwLock<Arc<T>>>;
+
+/// Polls one file (see [`spawn_watch`]) and puts what `parse` makes of a changed version into
+/// `slot`; a version `parse` refuses keeps the old one in service.
+pub fn watch_file<T, P>(
+    what: &'static str,
+    path: PathBuf,
+    interval: Duration,
+    initial: [u8; 32],
+    slot: Swapped<T>,
+    parse: P,
+) -> JoinHandle<()>
+where
+    T: Send + Sync + 'static,
+    P: Fn(&[u8]) -> Result<T, String> + Send + 'static,
+{
+    spawn_watch(what, vec![path], interval, initial, move |contents| {
+        let new = parse(&contents[0])?;
+        *slot.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(new);
+        Ok(())
+    })
 }
 
 /// Polls `paths` every `interval` and calls `load` with their contents whenever they differ

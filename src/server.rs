@@ -107,6 +107,9 @@ impl Server {
         if let Some(tls) = &tls {
             watchers.push(tls.watch(crate::reload::POLL_INTERVAL));
         }
+        if let Some(prices) = &config.genai.prices {
+            watchers.push(prices.watch(crate::reload::POLL_INTERVAL));
+        }
         let proxy = Arc::new(proxy);
         let tls_on = tls.is_some();
         let api_keys_on = config.api_keys_file.is_some();

@@ -174,27 +174,6 @@ fn chat_body(stream: bool, usage: bool) -> Json {
     body
 }
 
-/// The CLIENT span of the upstream call and its SERVER parent, once both arrived.
-async fn spans_of(otlp: &OtlpReceiver, client_name: &str) -> (CollectedSpan, CollectedSpan) {
-    let client = otlp.wait_span(client_name, WAIT).await;
-    let parent = client.parent_span_id.clone();
-    let server = otlp
-        .wait_for_spans(|s| s.span_id == parent, 1, WAIT)
-        .await
-        .remove(0);
-    (client, server)
-}
-
-fn str_array(span: &CollectedSpan, key: &str) -> Vec<String> {
-    match span.attr(key) {
-        Some(Value::Array(items)) => items
-            .iter()
-            .filter_map(|v| v.as_str().map(str::to_owned))
-            .collect(),
-        other => panic!("{key} is not an array: {other:?}"),
-    }
-}
-
 async fn start(up: &Upstream, otlp: &OtlpReceiver, env: &[(&str, &str)]) -> Proxy {
     let mut builder = Proxy::builder().upstream(up).otlp(otlp);
     for (k, v) in env {
@@ -221,7 +200,7 @@ async fn json_chat_becomes_an_inference_span_with_usage_and_metrics() {
         "the body passes unchanged"
     );
 
-    let (client, server) = spans_of(&otlp, "chat rag-model").await;
+    let (client, server) = otlp.wait_span_and_parent("chat rag-model", WAIT).await;
     assert_eq!(client.kind, SpanKind::Client);
     assert_eq!(client.str_attr("gen_ai.operation.name"), Some("chat"));
     assert_eq!(client.str_attr("gen_ai.provider.name"), Some("vllm"));
@@ -238,7 +217,7 @@ async fn json_chat_becomes_an_inference_span_with_usage_and_metrics() {
         Some("rag-model-2024")
     );
     assert_eq!(
-        str_array(&client, "gen_ai.response.finish_reasons"),
+        client.strings_attr("gen_ai.response.finish_reasons"),
         vec!["stop"]
     );
     assert_eq!(client.int_attr("gen_ai.usage.input_tokens"), Some(21));
@@ -336,7 +315,7 @@ async fn streamed_chat_measures_time_to_first_token_at_the_first_content_event()
         "the stream passes whole: {text}"
     );
 
-    let (client, server) = spans_of(&otlp, "chat rag-model").await;
+    let (client, server) = otlp.wait_span_and_parent("chat rag-model", WAIT).await;
     assert_eq!(client.bool_attr("gen_ai.request.stream"), Some(true));
     assert_eq!(
         client.str_attr("gen_ai.response.id"),
@@ -347,7 +326,7 @@ async fn streamed_chat_measures_time_to_first_token_at_the_first_content_event()
         Some("rag-model-2024")
     );
     assert_eq!(
-        str_array(&client, "gen_ai.response.finish_reasons"),
+        client.strings_attr("gen_ai.response.finish_reasons"),
         vec!["stop"]
     );
     assert_eq!(client.int_attr("gen_ai.usage.input_tokens"), Some(11));
@@ -402,7 +381,7 @@ async fn a_stream_without_usage_says_so_instead_of_inventing_a_count() {
     let reply = post_json(&proxy, "/v1/chat/completions", chat_body(true, false)).await;
     assert_eq!(reply.status, StatusCode::OK);
 
-    let (client, server) = spans_of(&otlp, "chat rag-model").await;
+    let (client, server) = otlp.wait_span_and_parent("chat rag-model", WAIT).await;
     assert!(!client.has_attr("gen_ai.usage.output_tokens"));
     assert!(!client.has_attr("gen_ai.usage.input_tokens"));
     assert!(!server.has_attr("gen_ai.usage.output_tokens"));
@@ -412,7 +391,7 @@ async fn a_stream_without_usage_says_so_instead_of_inventing_a_count() {
     );
     assert!(client.has_attr("gen_ai.response.time_to_first_chunk"));
     assert_eq!(
-        str_array(&client, "gen_ai.response.finish_reasons"),
+        client.strings_attr("gen_ai.response.finish_reasons"),
         vec!["stop"]
     );
     proxy.shutdown().await;
@@ -461,7 +440,9 @@ async fn embeddings_record_input_tokens_only() {
     .await;
     assert_eq!(reply.status, StatusCode::OK);
 
-    let (client, _) = spans_of(&otlp, "embeddings embed-small").await;
+    let (client, _) = otlp
+        .wait_span_and_parent("embeddings embed-small", WAIT)
+        .await;
     assert_eq!(client.str_attr("gen_ai.operation.name"), Some("embeddings"));
     assert_eq!(client.int_attr("gen_ai.usage.input_tokens"), Some(6));
     assert!(!client.has_attr("gen_ai.usage.output_tokens"));
@@ -549,7 +530,7 @@ async fn extract_rules_map_a_custom_api() {
     .await;
     assert_eq!(reply.status, StatusCode::OK);
 
-    let (client, server) = spans_of(&otlp, "chat house-model").await;
+    let (client, server) = otlp.wait_span_and_parent("chat house-model", WAIT).await;
     assert_eq!(client.str_attr("gen_ai.response.model"), Some("custom-llm"));
     assert_eq!(client.int_attr("gen_ai.usage.output_tokens"), Some(9));
     assert_eq!(server.int_attr("gen_ai.usage.output_tokens"), Some(9));
@@ -592,7 +573,7 @@ async fn malformed_json_never_fails_the_request() {
     assert_eq!(reply.status, StatusCode::OK);
     assert_eq!(&reply.body[..], b"{\"id\":\"x\",\"choices\":[");
 
-    let (client, _) = spans_of(&otlp, "chat rag-model").await;
+    let (client, _) = otlp.wait_span_and_parent("chat rag-model", WAIT).await;
     assert_eq!(
         client.str_attr("ragscope.genai.parse_error"),
         Some("malformed_response_json")
@@ -611,7 +592,7 @@ async fn a_body_over_the_parse_bound_passes_untouched_and_is_marked_truncated() 
     assert_eq!(reply.status, StatusCode::OK);
     assert_eq!(reply.json()["filler"].as_str().map(str::len), Some(4096));
 
-    let (client, _) = spans_of(&otlp, "chat rag-model").await;
+    let (client, _) = otlp.wait_span_and_parent("chat rag-model", WAIT).await;
     assert_eq!(
         client.bool_attr("ragscope.genai.parse_truncated"),
         Some(true)
@@ -647,7 +628,7 @@ async fn captured_content_is_redacted_and_bounded() {
         "the client sees it all"
     );
 
-    let (client, server) = spans_of(&otlp, "chat rag-model").await;
+    let (client, server) = otlp.wait_span_and_parent("chat rag-model", WAIT).await;
     let input: Json =
         serde_json::from_str(client.str_attr("gen_ai.input.messages").expect("input"))
             .expect("JSON");
@@ -688,7 +669,7 @@ async fn captured_content_is_redacted_and_bounded() {
     )
     .await;
     post_json(&proxy, "/v1/chat/completions", chat_body(false, false)).await;
-    let (client, _) = spans_of(&otlp, "chat rag-model").await;
+    let (client, _) = otlp.wait_span_and_parent("chat rag-model", WAIT).await;
     let input: Json =
         serde_json::from_str(client.str_attr("gen_ai.input.messages").expect("input"))
             .expect("JSON");

@@ -25,4 +25,7 @@ done
 
 # rotel: the real OTLP collector of tests/rotel.rs. PyYAML: tests/deploy.rs reads deploy/ YAML.
 python3 -m pip install -q --root-user-action=ignore rotel==0.0.1a15
+# openai, anthropic: tests/llm_apis.rs drives the official clients (pinned: the wire formats
+# they accept are what the tests assert).
+python3 -m pip install -q --root-user-action=ignore openai==3.51.0 anthropic==2.10.0
 python3 -c 'import yaml' 2>/dev/null || python3 -m pip install -q --root-user-action=ignore pyyaml

@@ -107,14 +107,14 @@ impl Usage {
     /// Records the counts; fields a later usage leaves out keep their earlier value.
     fn apply(self, info: &mut ResponseInfo) {
         if self.cache_read_input_tokens.is_some() {
-            info.cache_read_tokens = self.cache_read_input_tokens;
+            info.detail.cache_read_tokens = self.cache_read_input_tokens;
         }
         if self.cache_creation_input_tokens.is_some() {
-            info.cache_creation_tokens = self.cache_creation_input_tokens;
+            info.detail.cache_creation_tokens = self.cache_creation_input_tokens;
         }
         if let Some(uncached) = self.input_tokens {
-            let cached =
-                info.cache_read_tokens.unwrap_or(0) + info.cache_creation_tokens.unwrap_or(0);
+            let cached = info.detail.cache_read_tokens.unwrap_or(0)
+                + info.detail.cache_creation_tokens.unwrap_or(0);
             info.input_tokens = Some(uncached.saturating_add(cached));
         }
         if self.output_tokens.is_some() {
@@ -341,11 +341,11 @@ mod tests {
             Some(115),
             "uncached + cache read + cache write"
         );
-        assert_eq!(r.cache_read_tokens, Some(100));
-        assert_eq!(r.cache_creation_tokens, Some(5));
+        assert_eq!(r.detail.cache_read_tokens, Some(100));
+        assert_eq!(r.detail.cache_creation_tokens, Some(5));
         assert_eq!(r.output_tokens, Some(42));
         assert_eq!(r.finish_reasons, vec!["tool_use".to_owned()]);
-        assert_eq!(r.tool_calls, 1);
+        assert_eq!(r.detail.tool_calls, 1);
         assert_eq!(r.tool_parts[0].arguments, r#"{"city":"Paris"}"#);
         assert_eq!(r.output, vec!["Let me look.".to_owned()]);
         let e = parse_body(
@@ -389,14 +389,14 @@ mod tests {
         assert!(kinds[11].done);
         assert_eq!(info.model.as_deref(), Some("claude-x"));
         assert_eq!(info.input_tokens, Some(100));
-        assert_eq!(info.cache_read_tokens, Some(80));
+        assert_eq!(info.detail.cache_read_tokens, Some(80));
         assert_eq!(
             info.output_tokens,
             Some(57),
             "the cumulative count in message_delta"
         );
         assert_eq!(info.finish_reasons, vec!["tool_use".to_owned()]);
-        assert_eq!(info.tool_names, vec!["search".to_owned()]);
+        assert_eq!(info.detail.tool_names, vec!["search".to_owned()]);
         assert_eq!(info.tool_parts[0].arguments, r#"{"q":"x"}"#);
         assert_eq!(info.output, vec!["Hi".to_owned()]);
         assert_eq!(info.content_events, 4);

@@ -15,6 +15,8 @@
 
 use serde_json::Value;
 
+use super::inference::{MAX_FINISH_REASONS, cap};
+
 /// The attributes a rule may fill, with the JSON type each expects.
 pub const TARGETS: &[(&str, Kind)] = &[
     ("gen_ai.operation.name", Kind::Str),
@@ -168,7 +170,11 @@ pub fn extract(kind: Kind, body: &Value, pointer: &str) -> Option<Extracted> {
         Kind::Str => scalar_string(v).map(Extracted::Str),
         Kind::StrArray => match v {
             Value::Array(items) => Some(Extracted::StrArray(
-                items.iter().filter_map(scalar_string).collect(),
+                items
+                    .iter()
+                    .filter_map(scalar_string)
+                    .take(MAX_FINISH_REASONS)
+                    .collect(),
             )),
             other => scalar_string(other).map(|s| Extracted::StrArray(vec![s])),
         },
@@ -177,9 +183,10 @@ pub fn extract(kind: Kind, body: &Value, pointer: &str) -> Option<Extracted> {
     }
 }
 
+/// A string or number as a string, within the one field cap.
 fn scalar_string(v: &Value) -> Option<String> {
     match v {
-        Value::String(s) => Some(s.clone()),
+        Value::String(s) => Some(cap(s)),
         Value::Number(n) => Some(n.to_string()),
         _ => None,
     }

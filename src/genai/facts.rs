@@ -6,21 +6,30 @@ use std::time::{Instant, SystemTime};
 
 use serde_json::json;
 
+use super::api::Api;
 use super::extract::{self, Document, Extracted, Side, Target};
-use super::openai::{self, Operation, RequestInfo, ResponseInfo};
+use super::inference::{Detail, Malformed, RequestInfo, ResponseInfo, push_bounded};
+use super::openai;
+use super::prices::{Cost, PriceTable, Usage};
 use super::{GenAi, Observation, ResponseState};
 use crate::genai::CaptureMode;
 
 /// What is known about a GenAI/RAG call once request, response and rules are merged. Rules
-/// win over what the OpenAI reading found, since the operator wrote them for this server.
+/// win over what the API reader found, since the operator wrote them for this server. Every
+/// string is within [`super::MAX_FIELD_BYTES`]; token counts follow the conventions (input
+/// includes cached input, output includes reasoning).
 #[derive(Debug, Clone, Default)]
 pub struct Facts {
     /// `gen_ai.operation.name`.
     pub operation: Option<String>,
-    /// `gen_ai.provider.name` (configured).
+    /// `gen_ai.provider.name`: the recognised API's, unless `RAGSCOPE_GENAI_PROVIDER` is set.
     pub provider: String,
     /// `gen_ai.request.model`.
     pub request_model: Option<String>,
+    /// The request model as a metric attribute: one of a bounded set of values, or `other`.
+    pub metric_request_model: Option<String>,
+    /// The response model as a metric attribute: one of a bounded set of values, or `other`.
+    pub metric_response_model: Option<String>,
     /// `gen_ai.request.stream`.
     pub stream: Option<bool>,
     /// `gen_ai.request.max_tokens`.
@@ -29,16 +38,30 @@ pub struct Facts {
     pub temperature: Option<f64>,
     /// `gen_ai.request.top_p`.
     pub top_p: Option<f64>,
+    /// `gen_ai.request.top_k`.
+    pub top_k: Option<f64>,
     /// `gen_ai.response.id`.
     pub response_id: Option<String>,
     /// `gen_ai.response.model`.
     pub response_model: Option<String>,
     /// `gen_ai.response.finish_reasons`.
     pub finish_reasons: Vec<String>,
-    /// `gen_ai.usage.input_tokens`.
+    /// `gen_ai.usage.input_tokens`, cached input included.
     pub input_tokens: Option<i64>,
-    /// `gen_ai.usage.output_tokens`.
+    /// `gen_ai.usage.output_tokens`, reasoning included.
     pub output_tokens: Option<i64>,
+    /// `gen_ai.usage.cache_read.input_tokens`, `.cache_creation.input_tokens` (parts of
+    /// `input_tokens`), `gen_ai.usage.reasoning.output_tokens` (part of `output_tokens`), tool
+    /// calls and their names.
+    pub detail: Detail,
+    /// `gen_ai.conversation.id`: the conversation the API itself names.
+    pub conversation_id: Option<String>,
+    /// An error the API reported in a body or stream event (`overloaded_error`...).
+    pub api_error: Option<String>,
+    /// That error as a metric attribute: one of a bounded set of values, or `other`.
+    pub metric_api_error: Option<String>,
+    /// What the inference cost, when `RAGSCOPE_PRICES` prices its model and the usage is known.
+    pub cost: Option<Cost>,
     /// `gen_ai.data_source.id`.
     pub data_source: Option<String>,
     /// The response was an event stream read as it passed.
@@ -101,6 +124,9 @@ impl Observation {
         let mut extracted: Vec<(&'static str, Extracted)> = Vec::new();
         let mut documents = None;
 
+        let recognised = self.recognised;
+        let api = recognised.as_ref().map(|r| r.api);
+
         // The request, parsed from its copy.
         let mut request = RequestInfo::default();
         if let Ok(tee) = self.request.lock() {
@@ -108,14 +134,29 @@ impl Observation {
             if tee.truncated {
                 truncated = true;
             } else if !tee.buf.is_empty() {
-                match serde_json::from_slice::<serde_json::Value>(&tee.buf) {
-                    Ok(v) => {
-                        request = openai::request_from_value(&v, capture.is_some());
-                        apply_rules(&genai, Side::Request, &v, &mut extracted, &mut documents);
+                let read = read_body(&genai, Side::Request, api, &tee.buf, |v| match v {
+                    Some(v) => Ok(openai::request_from_value(v, capture.is_some())),
+                    None => match &recognised {
+                        Some(r) => r.parse_request(&tee.buf, capture.is_some()),
+                        None => Ok(RequestInfo::default()),
+                    },
+                });
+                match read {
+                    Ok((info, found)) => {
+                        request = info;
+                        extracted.extend(found.attributes);
+                        documents = found.documents.or(documents);
                     }
                     Err(_) => parse_error = Some("malformed_request_json"),
                 }
             }
+        }
+        if let Some(r) = &recognised {
+            // Gemini names the model and the streaming in the path.
+            if request.model.is_none() {
+                request.model.clone_from(&r.model);
+            }
+            request.stream = request.stream.or(r.stream);
         }
 
         // The response: accumulated from the stream, or parsed from its copy.
@@ -127,12 +168,17 @@ impl Observation {
                 if tee.truncated {
                     truncated = true;
                 } else if !tee.buf.is_empty() {
-                    match serde_json::from_slice::<serde_json::Value>(&tee.buf) {
-                        Ok(v) => {
-                            if self.operation.is_some() {
-                                info = openai::from_value(&v, capture);
-                            }
-                            apply_rules(&genai, Side::Response, &v, &mut extracted, &mut documents);
+                    let read =
+                        read_body(&genai, Side::Response, api, &tee.buf, |v| match (v, api) {
+                            (Some(v), Some(_)) => Ok(openai::from_value(v, capture)),
+                            (None, Some(api)) => api.parse_body(&tee.buf, capture),
+                            (_, None) => Ok(ResponseInfo::default()),
+                        });
+                    match read {
+                        Ok((read, found)) => {
+                            info = read;
+                            extracted.extend(found.attributes);
+                            documents = found.documents.or(documents);
                         }
                         Err(_) => parse_error = Some("malformed_response_json"),
                     }
@@ -142,17 +188,38 @@ impl Observation {
             ResponseState::Pending | ResponseState::Skip => (ResponseInfo::default(), false),
         };
 
-        let mut facts = Facts::from_parts(self.operation, &request, &response, extracted);
+        let mut facts = Facts::from_parts(api, &request, &response, extracted);
         if facts.operation.is_none() && documents.is_none() && facts.is_empty() && !budget_skipped {
             // Not GenAI or RAG traffic; only a parse problem of a recognised API is worth noting
             // (or a body left unread for want of budget: that the span must say).
             return None;
         }
         facts.stream = facts.stream.or(streamed.then_some(true));
-        facts.provider = genai.config.provider.clone();
+        facts.provider = match (&genai.config.provider, &recognised) {
+            (Some(p), _) => p.clone(),
+            (None, Some(r)) => r.provider.to_owned(),
+            // Traffic only the operator's rules read: the API format rules are written for.
+            (None, None) => "openai".to_owned(),
+        };
+        facts.metric_request_model = facts
+            .request_model
+            .as_deref()
+            .map(|m| genai.metric_model(m));
+        facts.metric_response_model = facts
+            .response_model
+            .as_deref()
+            .map(|m| genai.metric_model(m));
+        facts.metric_api_error = facts.api_error.as_deref().map(|e| genai.errors.admit(e));
+        if let Some(prices) = &genai.config.prices {
+            facts.cost = facts.cost(&prices.table());
+        }
         facts.streamed = streamed;
         facts.first_token = self.first_token;
         facts.version = self.version;
+        if self.conversation.is_some() {
+            // The operator named the header: it wins over what the API itself says.
+            facts.conversation_id = self.conversation;
+        }
         facts.truncated = truncated;
         facts.budget_skipped = budget_skipped;
         facts.parse_error = parse_error;
@@ -189,9 +256,14 @@ fn capture_content(
             .collect();
         content.input_messages = Some(serde_json::Value::Array(messages).to_string());
     }
-    if !response.output.is_empty() {
+    if !response.output.is_empty() || !response.tool_parts.is_empty() {
         let mut budget = limit;
-        let messages: Vec<serde_json::Value> = response
+        // Finish reasons are kept once per distinct value: one reason covers every choice.
+        let reason = |i: usize| match response.finish_reasons.as_slice() {
+            [only] => Some(only),
+            all => all.get(i),
+        };
+        let mut messages: Vec<serde_json::Value> = response
             .output
             .iter()
             .enumerate()
@@ -201,12 +273,31 @@ fn capture_content(
                     "role": "assistant",
                     "parts": [{"type": "text", "content": text}],
                 });
-                if let Some(r) = response.finish_reasons.get(i) {
+                if let Some(r) = reason(i) {
                     m["finish_reason"] = json!(r);
                 }
                 m
             })
             .collect();
+        if !response.tool_parts.is_empty() {
+            if messages.is_empty() {
+                let mut m = json!({"role": "assistant", "parts": []});
+                if let Some(r) = reason(0) {
+                    m["finish_reason"] = json!(r);
+                }
+                messages.push(m);
+            }
+            let parts = response.tool_parts.iter().map(|call| {
+                let arguments = cut(&genai.redact(&call.arguments, budget, redactions), &mut budget);
+                // Arguments are JSON text; a cut or odd one is kept as the string it is.
+                let arguments = serde_json::from_str::<serde_json::Value>(&arguments)
+                    .unwrap_or(serde_json::Value::String(arguments));
+                json!({"type": "tool_call", "id": call.id, "name": call.name, "arguments": arguments})
+            });
+            if let Some(serde_json::Value::Array(p)) = messages[0].get_mut("parts") {
+                p.extend(parts);
+            }
+        }
         content.output_messages = Some(serde_json::Value::Array(messages).to_string());
     }
     content
@@ -214,27 +305,35 @@ fn capture_content(
 
 impl Facts {
     fn from_parts(
-        operation: Option<Operation>,
+        api: Option<Api>,
         request: &RequestInfo,
         response: &ResponseInfo,
         extracted: Vec<(&'static str, Extracted)>,
     ) -> Facts {
         let mut f = Facts::default();
-        if operation.is_some() {
+        if let Some(api) = api {
             // Only a recognised API's top-level fields mean what we think; for other servers,
             // only the operator's rules speak.
             f = Facts {
-                operation: operation.map(|o| o.as_str().to_owned()),
+                operation: Some(api.operation().as_str().to_owned()),
                 request_model: request.model.clone(),
                 stream: request.stream,
                 max_tokens: request.max_tokens,
                 temperature: request.temperature,
                 top_p: request.top_p,
+                top_k: request.top_k,
                 response_id: response.id.clone(),
                 response_model: response.model.clone(),
                 finish_reasons: response.finish_reasons.clone(),
                 input_tokens: response.input_tokens,
                 output_tokens: response.output_tokens,
+                detail: response.detail.clone(),
+                // The API's answer names the conversation it used; else what the request said.
+                conversation_id: response
+                    .conversation_id
+                    .clone()
+                    .or_else(|| request.conversation_id.clone()),
+                api_error: response.error_type.clone(),
                 ..Facts::default()
             };
         }
@@ -268,7 +367,32 @@ impl Facts {
 
     /// Whether the operation generates text (and so should report output tokens).
     pub fn generates(&self) -> bool {
-        matches!(self.operation.as_deref(), Some("chat" | "text_completion"))
+        matches!(
+            self.operation.as_deref(),
+            Some("chat" | "text_completion" | "generate_content")
+        )
+    }
+
+    /// The cost at the first matching price: `None` without a price for the model, or without
+    /// the token counts it takes (a stream without usage is not free: its cost is unknown).
+    fn cost(&self, table: &PriceTable) -> Option<Cost> {
+        let input = self.input_tokens?;
+        let output = match self.output_tokens {
+            Some(n) => n,
+            None if self.generates() => return None,
+            None => 0,
+        };
+        let models = [
+            self.response_model.as_deref(),
+            self.request_model.as_deref(),
+        ];
+        let price = table.find(models.into_iter().flatten())?;
+        Some(price.cost(Usage {
+            input,
+            output,
+            cache_read: self.detail.cache_read_tokens.unwrap_or(0),
+            cache_write: self.detail.cache_creation_tokens.unwrap_or(0),
+        }))
     }
 
     /// The best finite document score, when documents with scores were retrieved.
@@ -282,14 +406,51 @@ impl Facts {
     }
 }
 
+/// What the operator's rules (and the built-in `/sources` reading) found in one body.
+#[derive(Default)]
+struct Found {
+    attributes: Vec<(&'static str, Extracted)>,
+    documents: Option<Vec<Document>>,
+}
+
+/// Reads one body copy: the API's reader (`read`, handed the parsed JSON value when one was
+/// needed anyway) and the rules for `side`. OpenAI-compatible and unrecognised bodies are
+/// parsed once into a JSON value that both use; the other APIs' readers borrow from the
+/// bytes, and a JSON value is built for them only when a rule reads that side.
+fn read_body<T>(
+    genai: &GenAi,
+    side: Side,
+    api: Option<Api>,
+    body: &[u8],
+    read: impl FnOnce(Option<&serde_json::Value>) -> Result<T, Malformed>,
+) -> Result<(T, Found), Malformed> {
+    let openai_shaped = matches!(
+        api,
+        None | Some(Api::OpenAiChat | Api::OpenAiCompletions | Api::OpenAiEmbeddings)
+    );
+    let mut found = Found::default();
+    if openai_shaped {
+        let v: serde_json::Value = serde_json::from_slice(body)?;
+        let info = read(Some(&v))?;
+        apply_rules(genai, side, &v, true, &mut found);
+        return Ok((info, found));
+    }
+    let info = read(None)?;
+    if genai.config.extract.iter().any(|r| r.side == side) {
+        let v: serde_json::Value = serde_json::from_slice(body)?;
+        apply_rules(genai, side, &v, false, &mut found);
+    }
+    Ok((info, found))
+}
+
 /// Applies the configured rules for `side` to a parsed body; without a `documents` rule, the
-/// built-in `/sources` reading applies to responses.
+/// built-in `/sources` reading applies to responses when `builtin` allows it.
 fn apply_rules(
     genai: &GenAi,
     side: Side,
     body: &serde_json::Value,
-    out: &mut Vec<(&'static str, Extracted)>,
-    documents: &mut Option<Vec<extract::Document>>,
+    builtin: bool,
+    found: &mut Found,
 ) {
     let mut has_documents_rule = false;
     for rule in &genai.config.extract {
@@ -302,19 +463,19 @@ fn apply_rules(
         match &rule.target {
             Target::Attribute(name, kind) => {
                 if let Some(v) = extract::extract(*kind, body, &rule.pointer) {
-                    out.push((name, v));
+                    found.attributes.push((name, v));
                 }
             }
             Target::Documents { id, score } => {
                 if let Some(d) = extract::documents(body, &rule.pointer, id, score) {
-                    *documents = Some(d);
+                    found.documents = Some(d);
                 }
             }
         }
     }
-    if side == Side::Response && !has_documents_rule {
+    if builtin && side == Side::Response && !has_documents_rule {
         if let Some(d) = extract::documents(body, "/sources", "/id", "/score") {
-            *documents = Some(d);
+            found.documents = Some(d);
         }
     }
 }
@@ -322,7 +483,7 @@ fn apply_rules(
 /// Cuts `text` to the remaining capture budget, on a character boundary.
 fn cut(text: &str, budget: &mut usize) -> String {
     let mut s = String::new();
-    openai::push_bounded(&mut s, text, *budget);
+    push_bounded(&mut s, text, *budget);
     *budget -= s.len();
     s
 }

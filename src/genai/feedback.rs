@@ -114,7 +114,7 @@ pub struct FeedbackFact {
     pub score: f64,
     /// The label as a metric attribute: bounded in number (later new labels are `other`).
     pub metric_label: String,
-    /// The label for the event, cut to 128 characters.
+    /// The label for the event, within [`super::MAX_FIELD_BYTES`].
     pub label: Option<String>,
     /// The comment, redacted and bounded, only when content capture is on.
     pub explanation: Option<String>,
@@ -142,10 +142,7 @@ pub fn fact(genai: &GenAi, feedback: &Feedback) -> FeedbackFact {
         parent: genai.recall(feedback.trace_id),
         score: feedback.score,
         metric_label: genai.bounded_label(feedback.label.as_deref()),
-        label: feedback
-            .label
-            .as_ref()
-            .map(|l| l.chars().take(128).collect()),
+        label: feedback.label.as_ref().map(|l| super::cap(l)),
         explanation,
         redactions,
     }

@@ -210,10 +210,10 @@ fn accumulate(info: &mut ResponseInfo, chunk: Chunk<'_>, capture: Option<usize>)
             info.input_tokens = u.prompt_token_count;
         }
         if u.cached_content_token_count.is_some() {
-            info.cache_read_tokens = u.cached_content_token_count;
+            info.detail.cache_read_tokens = u.cached_content_token_count;
         }
         if u.thoughts_token_count.is_some() {
-            info.reasoning_tokens = u.thoughts_token_count;
+            info.detail.reasoning_tokens = u.thoughts_token_count;
         }
         if u.candidates_token_count.is_some() || u.thoughts_token_count.is_some() {
             let answer = u.candidates_token_count.unwrap_or(0);
@@ -227,7 +227,7 @@ fn accumulate(info: &mut ResponseInfo, chunk: Chunk<'_>, capture: Option<usize>)
             if let Some(call) = &part.function_call {
                 content = true;
                 // Gemini sends each call whole, so every call is its own part.
-                let key = u64::from(info.tool_calls);
+                let key = u64::from(info.detail.tool_calls);
                 let name = call.name.as_deref().unwrap_or("");
                 let args = call.args.map_or("", |r| r.get());
                 info.tool_call(key, call.id.as_deref(), name, args, capture);
@@ -280,16 +280,16 @@ mod tests {
         assert_eq!(r.id.as_deref(), Some("r-1"));
         assert_eq!(r.model.as_deref(), Some("gemini-2.5-flash"));
         assert_eq!(r.input_tokens, Some(120));
-        assert_eq!(r.cache_read_tokens, Some(100));
+        assert_eq!(r.detail.cache_read_tokens, Some(100));
         assert_eq!(r.output_tokens, Some(37), "candidates + thoughts");
-        assert_eq!(r.reasoning_tokens, Some(30));
+        assert_eq!(r.detail.reasoning_tokens, Some(30));
         assert_eq!(r.finish_reasons, vec!["STOP".to_owned()]);
         assert_eq!(
             r.output,
             vec!["Paris".to_owned()],
             "thoughts are not the answer"
         );
-        assert_eq!(r.tool_names, vec!["lookup".to_owned()]);
+        assert_eq!(r.detail.tool_names, vec!["lookup".to_owned()]);
         assert_eq!(r.tool_parts[0].arguments, r#"{"q":"x"}"#);
     }
 

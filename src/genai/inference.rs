@@ -10,8 +10,10 @@
 
 use std::borrow::Cow;
 
-/// Longest string kept from a response or request field (ids, models, finish reasons, tool
-/// names, conversation ids); longer ones are cut on a character boundary.
+/// Longest client- or server-chosen string ragscope keeps from a field that reaches a span,
+/// event, ring entry, overview or log (models, ids, finish reasons, tool names, conversation
+/// ids, versions, feedback labels, extracted values, user agents); longer ones are cut on a
+/// character boundary by [`cap`]. One bound for all of them, documented in the README.
 pub const MAX_FIELD_BYTES: usize = 256;
 /// Finish reasons kept per response (one per choice or candidate).
 pub const MAX_FINISH_REASONS: usize = 16;
@@ -80,6 +82,22 @@ pub struct RequestInfo {
     pub messages: Vec<(String, String)>,
 }
 
+/// What an inference reports beyond its token totals, the same in a reader's [`ResponseInfo`]
+/// and in the merged facts.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Detail {
+    /// Input tokens read from the provider's prompt cache (part of `input_tokens`).
+    pub cache_read_tokens: Option<i64>,
+    /// Input tokens written to the provider's prompt cache (part of `input_tokens`).
+    pub cache_creation_tokens: Option<i64>,
+    /// Output tokens spent on reasoning (part of `output_tokens`).
+    pub reasoning_tokens: Option<i64>,
+    /// Tool calls the model asked for.
+    pub tool_calls: u32,
+    /// Their distinct names, in order of first appearance (at most [`MAX_TOOL_NAMES`]).
+    pub tool_names: Vec<String>,
+}
+
 /// One tool call the model asked for, captured for `gen_ai.output.messages`.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct ToolCallPart {
@@ -106,16 +124,8 @@ pub struct ResponseInfo {
     pub input_tokens: Option<i64>,
     /// Output tokens, reasoning included.
     pub output_tokens: Option<i64>,
-    /// Input tokens read from the provider's prompt cache (part of `input_tokens`).
-    pub cache_read_tokens: Option<i64>,
-    /// Input tokens written to the provider's prompt cache (part of `input_tokens`).
-    pub cache_creation_tokens: Option<i64>,
-    /// Output tokens spent on reasoning (part of `output_tokens`).
-    pub reasoning_tokens: Option<i64>,
-    /// Tool calls the model asked for.
-    pub tool_calls: u32,
-    /// Their distinct names, in order of first appearance (at most [`MAX_TOOL_NAMES`]).
-    pub tool_names: Vec<String>,
+    /// Cache and reasoning token detail, tool calls.
+    pub detail: Detail,
     /// The conversation the API names in its answer (Responses `conversation.id`).
     pub conversation_id: Option<String>,
     /// An error the API reported in the body or as a stream event (`overloaded_error`,
@@ -167,10 +177,14 @@ impl ResponseInfo {
         }
     }
 
-    /// Adds a finish reason, bounded in length and number.
+    /// Adds a finish reason, bounded in length and number, once per distinct value: a
+    /// stream that repeats its reason on every chunk still yields one entry.
     pub(crate) fn push_finish_reason(&mut self, reason: &str) {
-        if self.finish_reasons.len() < MAX_FINISH_REASONS {
-            self.finish_reasons.push(cap(reason));
+        let reason = cut(reason, MAX_FIELD_BYTES);
+        if self.finish_reasons.len() < MAX_FINISH_REASONS
+            && !self.finish_reasons.iter().any(|r| r == reason)
+        {
+            self.finish_reasons.push(reason.to_owned());
         }
     }
 
@@ -184,9 +198,11 @@ impl ResponseInfo {
         arguments: &str,
         capture: Option<usize>,
     ) {
-        self.tool_calls = self.tool_calls.saturating_add(1);
-        if self.tool_names.len() < MAX_TOOL_NAMES && !self.tool_names.iter().any(|n| n == name) {
-            self.tool_names.push(cap(name));
+        self.detail.tool_calls = self.detail.tool_calls.saturating_add(1);
+        if self.detail.tool_names.len() < MAX_TOOL_NAMES
+            && !self.detail.tool_names.iter().any(|n| n == name)
+        {
+            self.detail.tool_names.push(cap(name));
         }
         if let Some(limit) = capture
             && self.tool_parts.len() < MAX_TOOL_PARTS
@@ -232,11 +248,23 @@ impl ResponseInfo {
     }
 }
 
-/// A string field, bounded to [`MAX_FIELD_BYTES`].
+/// A string field, bounded to [`MAX_FIELD_BYTES`]: the one cap for every client-chosen
+/// string that is stored.
 pub fn cap(s: &str) -> String {
-    let mut out = String::new();
-    push_bounded(&mut out, s, MAX_FIELD_BYTES);
-    out
+    cut(s, MAX_FIELD_BYTES).to_owned()
+}
+
+/// The longest prefix of `s` within `limit` bytes that ends on a character boundary.
+pub fn cut(s: &str, limit: usize) -> &str {
+    if s.len() <= limit {
+        return s;
+    }
+    let mut end = limit;
+    // A char boundary is at most 3 bytes back.
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 /// A borrowed-or-owned string as serde hands it out (owned only when it had escapes).
@@ -244,17 +272,7 @@ pub(crate) type Str<'a> = Cow<'a, str>;
 
 /// Appends as much of `text` as fits in `limit` bytes, cut on a character boundary.
 pub fn push_bounded(s: &mut String, text: &str, limit: usize) {
-    let room = limit.saturating_sub(s.len());
-    if text.len() <= room {
-        s.push_str(text);
-    } else {
-        let mut cut = room;
-        // A char boundary is at most 3 bytes back.
-        while !text.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        s.push_str(&text[..cut]);
-    }
+    s.push_str(cut(text, limit.saturating_sub(s.len())));
 }
 
 /// Deserialises a field leniently: a value of the wrong type reads as absent instead of
@@ -311,8 +329,8 @@ mod tests {
         for i in 0..40u64 {
             r.tool_call(i, None, &format!("tool{}", i % 20), "{", Some(8));
         }
-        assert_eq!(r.tool_calls, 40);
-        assert_eq!(r.tool_names.len(), MAX_TOOL_NAMES);
+        assert_eq!(r.detail.tool_calls, 40);
+        assert_eq!(r.detail.tool_names.len(), MAX_TOOL_NAMES);
         assert_eq!(r.tool_parts.len(), MAX_TOOL_PARTS);
         r.tool_arguments(3, "\"a\":1234567}", Some(8));
         assert_eq!(r.tool_parts[3].arguments, "{\"a\":123");

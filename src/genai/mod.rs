@@ -1,4 +1,5 @@
-//! GenAI and RAG awareness: reads OpenAI-compatible and RAG traffic as it streams past and
+//! GenAI and RAG awareness: reads LLM API traffic (OpenAI chat, completions, embeddings and
+//! Responses, Anthropic Messages, Gemini; see [`api`]) and RAG traffic as it streams past and
 //! concludes, when the exchange ends, with plain [`Facts`] (operation, models, usage, retrieved
 //! documents, on request captured and redacted content). Telemetry turns them into `gen_ai.*`
 //! span attributes and GenAI/RAG metrics; this module records nothing itself.
@@ -18,6 +19,7 @@ pub mod feedback;
 pub mod gemini;
 pub mod inference;
 pub mod openai;
+pub mod prices;
 pub mod redact;
 pub mod responses;
 mod settings;
@@ -30,15 +32,22 @@ use std::time::{Instant, SystemTime};
 use http::{HeaderMap, Method, header};
 use opentelemetry::trace::{SpanId, TraceId};
 
-use openai::{Operation, ResponseInfo};
+use api::{Api, Recognised};
+use inference::ResponseInfo;
 use redact::Redactor;
 
 pub use budget::ParseBudget;
 pub use facts::{Content, Facts};
 pub use settings::{CaptureMode, Settings};
 
-/// Longest model name or version kept as an attribute (longer ones are cut).
-pub const MAX_ATTRIBUTE_CHARS: usize = 128;
+pub use inference::{MAX_FIELD_BYTES, cap};
+
+/// Distinct feedback labels kept as metric attribute values; later new ones are `other`.
+const MAX_METRIC_LABELS: usize = 32;
+/// Distinct model names kept as metric attribute values; later new ones are `other`.
+pub const MAX_METRIC_MODELS: usize = 64;
+/// Distinct API error types (from error events and bodies) kept as metric attribute values.
+const MAX_METRIC_ERRORS: usize = 16;
 /// Traces remembered so feedback can be parented to their server span.
 const RECENT_TRACES: usize = 4096;
 
@@ -49,7 +58,9 @@ pub struct GenAi {
     config: Settings,
     redactor: Redactor,
     recent: Mutex<RecentTraces>,
-    labels: Mutex<HashSet<String>>,
+    labels: Distinct,
+    models: Distinct,
+    errors: Distinct,
     /// Bytes all observation copies may hold together (`RAGSCOPE_PARSE_BUDGET`).
     budget: Arc<ParseBudget>,
 }
@@ -65,7 +76,9 @@ impl GenAi {
             // The patterns were compiled once already when the configuration was checked.
             redactor: config.redactor.clone(),
             recent: Mutex::new(RecentTraces::default()),
-            labels: Mutex::new(HashSet::new()),
+            labels: Distinct::new(MAX_METRIC_LABELS),
+            models: Distinct::new(MAX_METRIC_MODELS),
+            errors: Distinct::new(MAX_METRIC_ERRORS),
             budget: Arc::new(ParseBudget::new(config.parse_budget)),
             config,
         }
@@ -103,7 +116,7 @@ impl GenAi {
     }
 
     /// Starts observing a request, when GenAI observation is on and the request can carry
-    /// facts: a POST. Every OpenAI-compatible operation ragscope recognises is a POST, the
+    /// facts: a POST. Every LLM API operation ragscope recognises ([`api`]) is a POST, the
     /// `RAGSCOPE_EXTRACT` rules and RAG `sources` are read from JSON bodies of POST exchanges
     /// (a query sent to the RAG server); a GET, HEAD, OPTIONS, PUT or DELETE is never read,
     /// so it costs nothing here.
@@ -113,7 +126,7 @@ impl GenAi {
         }
         Some(Observation {
             genai: self.clone(),
-            operation: openai::operation_from_path(path),
+            recognised: Recognised::from_path(path),
             request: Arc::new(Mutex::new(Tee::new(
                 self.config.parse_max_bytes,
                 self.budget.clone(),
@@ -121,6 +134,7 @@ impl GenAi {
             response: ResponseState::Pending,
             first_token: None,
             version: None,
+            conversation: None,
             parse_error: None,
             response_truncated: false,
         })
@@ -137,26 +151,53 @@ impl GenAi {
     /// caller cuts the result to its budget.
     fn redact(&self, text: &str, limit: usize, counts: &mut Vec<(&'static str, u64)>) -> String {
         let mut head = String::new();
-        openai::push_bounded(&mut head, text, limit.saturating_add(REDACT_MARGIN));
+        inference::push_bounded(&mut head, text, limit.saturating_add(REDACT_MARGIN));
         self.redactor.redact(&head, counts).into_owned()
     }
 
-    /// A feedback label as a metric attribute: the first labels seen are kept as they are,
-    /// later new ones become `other`, so a client cannot grow the metric without bound.
+    /// A feedback label as a metric attribute: lower-cased, bounded in length and number.
     fn bounded_label(&self, label: Option<&str>) -> String {
-        const MAX_LABELS: usize = 32;
-        let Some(label) = label else {
-            return "none".to_owned();
-        };
-        let label: String = label.chars().take(32).collect::<String>().to_lowercase();
-        let Ok(mut labels) = self.labels.lock() else {
+        match label {
+            None => "none".to_owned(),
+            Some(label) => self
+                .labels
+                .admit(&label.chars().take(32).collect::<String>().to_lowercase()),
+        }
+    }
+
+    /// A model name (already capped) as a metric attribute: bounded in number.
+    fn metric_model(&self, model: &str) -> String {
+        self.models.admit(model)
+    }
+}
+
+/// The values a client-fed metric attribute may take: the first `max` distinct values seen
+/// are kept as they are, later new ones become `other`, so a client cannot grow a metric's
+/// series without bound.
+#[derive(Debug)]
+struct Distinct {
+    seen: Mutex<HashSet<String>>,
+    max: usize,
+}
+
+impl Distinct {
+    fn new(max: usize) -> Distinct {
+        Distinct {
+            seen: Mutex::new(HashSet::new()),
+            max,
+        }
+    }
+
+    /// `value` when it is known or there is room for it, else `other`.
+    fn admit(&self, value: &str) -> String {
+        let Ok(mut seen) = self.seen.lock() else {
             return "other".to_owned();
         };
-        if labels.contains(&label) {
-            label
-        } else if labels.len() < MAX_LABELS {
-            labels.insert(label.clone());
-            label
+        if seen.contains(value) {
+            value.to_owned()
+        } else if seen.len() < self.max {
+            seen.insert(value.to_owned());
+            value.to_owned()
         } else {
             "other".to_owned()
         }
@@ -274,8 +315,9 @@ pub type RequestTee = Arc<Mutex<Tee>>;
 enum ResponseState {
     /// No response head yet.
     Pending,
-    /// An OpenAI-style event stream, parsed as it passes.
+    /// A recognised API's event stream, parsed as it passes.
     Sse {
+        api: Api,
         parser: Box<sse::SseParser>,
         info: Box<ResponseInfo>,
     },
@@ -289,11 +331,13 @@ enum ResponseState {
 /// the response head and every response frame; [`Observation::conclude`] reads the facts.
 pub struct Observation {
     genai: Arc<GenAi>,
-    operation: Option<Operation>,
+    recognised: Option<Recognised>,
     request: RequestTee,
     response: ResponseState,
     first_token: Option<(Instant, SystemTime)>,
     version: Option<String>,
+    /// From `RAGSCOPE_CONVERSATION_HEADER`, when configured and sent (bounded).
+    conversation: Option<String>,
     parse_error: Option<&'static str>,
     response_truncated: bool,
 }
@@ -301,15 +345,24 @@ pub struct Observation {
 impl std::fmt::Debug for Observation {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Observation")
-            .field("operation", &self.operation)
+            .field("api", &self.recognised.as_ref().map(|r| r.api))
             .finish_non_exhaustive()
     }
 }
 
 impl Observation {
-    /// The copy the request body wrapper writes into, when the request body is JSON (or
-    /// unlabelled). Other bodies (uploads, forms) are not copied.
-    pub fn request_tee(&self, headers: &HeaderMap) -> Option<RequestTee> {
+    /// Reads the request head (the conversation header, when configured) and returns the copy
+    /// the request body wrapper writes into, when the request body is JSON (or unlabelled).
+    /// Other bodies (uploads, forms) are not copied.
+    pub fn request_tee(&mut self, headers: &HeaderMap) -> Option<RequestTee> {
+        if let Some(name) = &self.genai.config.conversation_header {
+            self.conversation = headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+                .map(cap);
+        }
         is_json_or_unlabelled(headers).then(|| self.request.clone())
     }
 
@@ -319,7 +372,7 @@ impl Observation {
             self.version = headers
                 .get(name)
                 .and_then(|v| v.to_str().ok())
-                .map(|v| bounded(v.trim()));
+                .map(|v| cap(v.trim()));
         }
         let content_type = headers
             .get(header::CONTENT_TYPE)
@@ -327,13 +380,13 @@ impl Observation {
             .unwrap_or_default()
             .to_ascii_lowercase();
         self.response = if content_type.starts_with("text/event-stream") {
-            if self.operation.is_some() {
-                ResponseState::Sse {
+            match &self.recognised {
+                Some(r) => ResponseState::Sse {
+                    api: r.api,
                     parser: Box::new(sse::SseParser::new(self.genai.config.parse_max_bytes)),
                     info: Box::default(),
-                }
-            } else {
-                ResponseState::Skip
+                },
+                None => ResponseState::Skip,
             }
         } else if content_type.contains("json") {
             ResponseState::Json(Tee::new(
@@ -352,11 +405,12 @@ impl Observation {
         }
         let capture = self.genai.capture_limit();
         match &mut self.response {
-            ResponseState::Sse { parser, info } => {
+            ResponseState::Sse { api, parser, info } => {
                 let first_token = &mut self.first_token;
                 let parse_error = &mut self.parse_error;
+                let api = *api;
                 let report = parser.feed(data, |event| {
-                    match openai::on_event(info, &event.data, capture) {
+                    match api.on_event(info, &event.data, capture) {
                         Ok(kind) => {
                             if kind.content && first_token.is_none() {
                                 *first_token = Some((Instant::now(), SystemTime::now()));
@@ -371,11 +425,6 @@ impl Observation {
             ResponseState::Pending | ResponseState::Skip => {}
         }
     }
-}
-
-/// A string kept short enough for an attribute (model names, versions).
-pub fn bounded(s: &str) -> String {
-    s.chars().take(MAX_ATTRIBUTE_CHARS).collect()
 }
 
 fn is_json_or_unlabelled(headers: &HeaderMap) -> bool {

@@ -1,5 +1,5 @@
-//! The OpenAI-compatible API as ragscope reads it: which operation a path is, what a request
-//! asks for, and what a response (one JSON body, or a stream of SSE chunks) says about the
+//! The OpenAI-compatible API as ragscope reads it (which path is which API is [`super::api`]'s
+//! job): what a request asks for, and what a response (one JSON body, or a stream of SSE chunks) says about the
 //! model, the tokens and how generation finished.
 //!
 //! Parsing is lenient by design: a field of the wrong type is ignored, not an error, because
@@ -13,22 +13,7 @@ use serde_json::Value;
 pub use super::inference::{
     EventKind, Malformed, Operation, RequestInfo, ResponseInfo, ToolCallPart, push_bounded,
 };
-use super::inference::{Str, lenient};
-
-/// The operation an OpenAI-compatible path stands for, also under a prefix
-/// (`/openai/v1/chat/completions`). A trailing slash is tolerated.
-pub fn operation_from_path(path: &str) -> Option<Operation> {
-    let path = path.strip_suffix('/').unwrap_or(path);
-    if path.ends_with("/v1/chat/completions") {
-        Some(Operation::Chat)
-    } else if path.ends_with("/v1/completions") {
-        Some(Operation::TextCompletion)
-    } else if path.ends_with("/v1/embeddings") {
-        Some(Operation::Embeddings)
-    } else {
-        None
-    }
-}
+use super::inference::{Str, cap, lenient};
 
 /// Reads a request body. `capture` also collects the input messages.
 pub fn parse_request(body: &[u8], capture: bool) -> Result<RequestInfo, Malformed> {
@@ -39,7 +24,7 @@ pub fn parse_request(body: &[u8], capture: bool) -> Result<RequestInfo, Malforme
 /// Reads an already parsed request body.
 pub fn request_from_value(v: &Value, capture: bool) -> RequestInfo {
     let mut info = RequestInfo {
-        model: v.get("model").and_then(Value::as_str).map(str::to_owned),
+        model: v.get("model").and_then(Value::as_str).map(cap),
         stream: v.get("stream").and_then(Value::as_bool),
         max_tokens: v
             .get("max_tokens")
@@ -136,13 +121,13 @@ impl Usage {
             info.output_tokens = self.completion_tokens;
         }
         if let Some(n) = self.prompt_tokens_details.and_then(|d| d.cached_tokens) {
-            info.cache_read_tokens = Some(n);
+            info.detail.cache_read_tokens = Some(n);
         }
         if let Some(n) = self
             .completion_tokens_details
             .and_then(|d| d.reasoning_tokens)
         {
-            info.reasoning_tokens = Some(n);
+            info.detail.reasoning_tokens = Some(n);
         }
     }
 }
@@ -360,28 +345,6 @@ fn accumulate(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn operations_from_paths() {
-        assert_eq!(
-            operation_from_path("/v1/chat/completions"),
-            Some(Operation::Chat)
-        );
-        assert_eq!(
-            operation_from_path("/api/openai/v1/chat/completions/"),
-            Some(Operation::Chat)
-        );
-        assert_eq!(
-            operation_from_path("/v1/completions"),
-            Some(Operation::TextCompletion)
-        );
-        assert_eq!(
-            operation_from_path("/v1/embeddings"),
-            Some(Operation::Embeddings)
-        );
-        assert_eq!(operation_from_path("/query"), None);
-        assert_eq!(operation_from_path("/v1/chat/completionsX"), None);
-    }
 
     #[test]
     fn chat_request() {

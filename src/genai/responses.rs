@@ -238,7 +238,7 @@ fn finish(info: &mut ResponseInfo, r: Response<'_>) {
         info.set_error(e.kind());
     }
     let reason = match r.status.as_deref() {
-        Some("completed") if info.tool_calls > 0 => Some("tool_calls"),
+        Some("completed") if info.detail.tool_calls > 0 => Some("tool_calls"),
         Some("completed") => Some("stop"),
         Some("incomplete") => Some(
             match r
@@ -307,7 +307,7 @@ pub fn on_event(
         "response.completed" | "response.failed" | "response.incomplete" => {
             kind.done = true;
             if let Some(r) = event.response {
-                if info.tool_calls == 0 {
+                if info.detail.tool_calls == 0 {
                     // A server that skipped the item events still lists the calls here.
                     read_items(info, r.output.as_deref().unwrap_or_default(), None);
                 }
@@ -373,11 +373,11 @@ mod tests {
             Some(100),
             "cached tokens are already included"
         );
-        assert_eq!(r.cache_read_tokens, Some(60));
+        assert_eq!(r.detail.cache_read_tokens, Some(60));
         assert_eq!(r.output_tokens, Some(30));
-        assert_eq!(r.reasoning_tokens, Some(20));
-        assert_eq!(r.tool_calls, 1);
-        assert_eq!(r.tool_names, vec!["search".to_owned()]);
+        assert_eq!(r.detail.reasoning_tokens, Some(20));
+        assert_eq!(r.detail.tool_calls, 1);
+        assert_eq!(r.detail.tool_names, vec!["search".to_owned()]);
         assert_eq!(r.tool_parts[0].arguments, "{\"q\":1}");
         assert_eq!(r.finish_reasons, vec!["tool_calls".to_owned()]);
         assert_eq!(r.output, vec!["Paris".to_owned()]);
@@ -418,7 +418,7 @@ mod tests {
         assert!(kinds[5].done);
         assert_eq!(info.id.as_deref(), Some("resp_2"));
         assert_eq!(
-            info.tool_calls, 1,
+            info.detail.tool_calls, 1,
             "the final listing does not count calls twice"
         );
         assert_eq!(info.tool_parts[0].arguments, "{\"k\":2}");

@@ -2,9 +2,12 @@
 //! `RAGSCOPE_EXTRACT`, `RAGSCOPE_REDACT_PATTERNS`, content capture...), parsed and compiled once:
 //! extraction rules and redaction patterns are checked here so a bad one stops start-up.
 
+use std::sync::Arc;
+
 use http::HeaderName;
 
 use super::extract::{self, Rule};
+use super::prices::Prices;
 use super::redact::Redactor;
 use crate::config::{ConfigError, Reader, Source};
 
@@ -29,8 +32,9 @@ pub enum CaptureMode {
 pub struct Settings {
     /// `RAGSCOPE_GENAI` (`on`/`off`): observe GenAI and RAG traffic at all.
     pub enabled: bool,
-    /// `RAGSCOPE_GENAI_PROVIDER`: `gen_ai.provider.name`.
-    pub provider: String,
+    /// `RAGSCOPE_GENAI_PROVIDER`: `gen_ai.provider.name` for every API; `None` (the default)
+    /// names the provider of the API recognised.
+    pub provider: Option<String>,
     /// `RAGSCOPE_PARSE_MAX_BYTES`: the bounded copy of one body (or one SSE event).
     pub parse_max_bytes: usize,
     /// `RAGSCOPE_PARSE_BUDGET`: bytes all body copies together may hold ([`super::budget`]).
@@ -47,6 +51,11 @@ pub struct Settings {
     pub redactor: Redactor,
     /// `RAGSCOPE_FEEDBACK_PATH`: the feedback endpoint; `None` when off.
     pub feedback_path: Option<String>,
+    /// `RAGSCOPE_CONVERSATION_HEADER`: request header whose value becomes
+    /// `gen_ai.conversation.id`; `None` (the default) when off.
+    pub conversation_header: Option<HeaderName>,
+    /// `RAGSCOPE_PRICES`: the price file, read (and checked) here; `None` when unset.
+    pub prices: Option<Arc<Prices>>,
 }
 
 impl Settings {
@@ -93,13 +102,34 @@ impl Settings {
             )
         })?;
         let parse_max_bytes = r.size_in("RAGSCOPE_PARSE_MAX_BYTES", 1 << 20, 1024..=64 << 20)?;
+        let prices = match r.path("RAGSCOPE_PRICES") {
+            None => None,
+            Some(path) => Some(Arc::new(Prices::load(&path).map_err(|why| {
+                ConfigError::new(
+                    "RAGSCOPE_PRICES",
+                    path.display().to_string(),
+                    format!("a price file of lines `MODEL INPUT OUTPUT CACHE_READ CACHE_WRITE CURRENCY` ({why})"),
+                )
+            })?)),
+        };
         Ok(Settings {
+            prices,
+            conversation_header: r.optional(
+                "RAGSCOPE_CONVERSATION_HEADER",
+                "off",
+                "a header name like x-conversation-id, or off",
+                |v| HeaderName::from_bytes(v.as_bytes()).ok(),
+            )?,
             enabled: r.on_off("RAGSCOPE_GENAI", true)?,
             provider: r.parse(
                 "RAGSCOPE_GENAI_PROVIDER",
-                "openai",
-                "a provider name like openai, vllm or azure.ai.openai",
-                |v| (v.len() <= 64).then(|| v.to_owned()),
+                "auto",
+                "auto, or a provider name like openai, anthropic, gcp.gemini or vllm (at most 64 bytes)",
+                |v| match v {
+                    _ if v.eq_ignore_ascii_case("auto") => Some(None),
+                    _ if v.len() <= 64 => Some(Some(v.to_owned())),
+                    _ => None,
+                },
             )?,
             parse_max_bytes,
             // Room for 32 exchanges copying both directions in full by default (real chat
@@ -166,6 +196,8 @@ mod tests {
             ("RAGSCOPE_CAPTURE_MAX_BYTES", "2MiB"),
             ("RAGSCOPE_FEEDBACK_PATH", "feedback"),
             ("RAGSCOPE_VERSION_HEADER", "bad header"),
+            ("RAGSCOPE_CONVERSATION_HEADER", "bad header"),
+            ("RAGSCOPE_PRICES", "/nonexistent/prices.txt"),
             ("RAGSCOPE_REDACT_PATTERNS", "(unclosed"),
         ] {
             let e = parse(&[(var, bad)]).0.expect_err(var);

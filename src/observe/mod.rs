@@ -305,16 +305,9 @@ pub fn redacted_url(uri: &Uri) -> String {
     s
 }
 
-/// `s` cut to at most `max` bytes, on a character boundary.
+/// `s` cut to at most `max` bytes, on a character boundary (the one cut GenAI fields use too).
 fn bounded(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_owned();
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    s[..end].to_owned()
+    genai::inference::cut(s, max).to_owned()
 }
 
 #[cfg(test)]

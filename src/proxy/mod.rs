@@ -347,9 +347,9 @@ impl Proxy {
         parts.uri = uri;
         parts.version = Version::HTTP_11;
 
-        let observation = self.genai.observe(&parts.method, parts.uri.path());
+        let mut observation = self.genai.observe(&parts.method, parts.uri.path());
         let tee = observation
-            .as_ref()
+            .as_mut()
             .and_then(|o| o.request_tee(&parts.headers));
         if let Some(o) = observation {
             exchange.set_genai(o);

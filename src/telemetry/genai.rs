@@ -12,9 +12,24 @@ use serde_json::json;
 use super::genai_instruments::GenAiInstruments;
 use super::spans::Spans;
 use crate::genai::CaptureMode;
+use crate::genai::Facts;
 use crate::genai::feedback::FeedbackFact;
-use crate::genai::{Facts, bounded};
 use crate::observe::Times;
+
+/// The semconv crate's GenAI names. The crate marks them deprecated only because the GenAI
+/// conventions moved to their own repository; the names are the ones the version we pin defines.
+#[allow(deprecated)]
+mod semconv {
+    use opentelemetry_semantic_conventions::attribute as a;
+    pub(super) const GEN_AI_CONVERSATION_ID: &str = a::GEN_AI_CONVERSATION_ID;
+    pub(super) const GEN_AI_REQUEST_TOP_K: &str = a::GEN_AI_REQUEST_TOP_K;
+    pub(super) const GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS: &str =
+        a::GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS;
+    pub(super) const GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS: &str =
+        a::GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS;
+    pub(super) const GEN_AI_USAGE_REASONING_OUTPUT_TOKENS: &str =
+        a::GEN_AI_USAGE_REASONING_OUTPUT_TOKENS;
+}
 
 /// Documents listed in `gen_ai.retrieval.documents`, at most.
 const MAX_DOCUMENTS: usize = 20;
@@ -45,6 +60,17 @@ pub(super) fn write_spans(
         };
     }
     inference.attributes.extend(attrs);
+    if let Some(e) = &facts.api_error
+        && !inference
+            .attributes
+            .iter()
+            .any(|kv| kv.key.as_str() == "error.type")
+    {
+        // The API said it failed (an `error` event in a 200 stream, an error body).
+        inference
+            .attributes
+            .push(KeyValue::new("error.type", e.clone()));
+    }
     let content = content(facts);
     // The exchange's end, not the time the spans are built (the `/traces` view builds them
     // when it is read).
@@ -102,6 +128,9 @@ fn attributes(facts: &Facts, times: &Times) -> (Vec<KeyValue>, Vec<KeyValue>) {
     if let Some(p) = facts.top_p {
         attrs.push(KeyValue::new("gen_ai.request.top_p", p));
     }
+    if let Some(k) = facts.top_k {
+        attrs.push(KeyValue::new(semconv::GEN_AI_REQUEST_TOP_K, k));
+    }
     if let Some(id) = &facts.response_id {
         attrs.push(KeyValue::new("gen_ai.response.id", id.clone()));
     }
@@ -110,14 +139,9 @@ fn attributes(facts: &Facts, times: &Times) -> (Vec<KeyValue>, Vec<KeyValue>) {
         copied.push(KeyValue::new("gen_ai.response.model", m.clone()));
     }
     if !facts.finish_reasons.is_empty() {
-        let reasons: Vec<StringValue> = facts
-            .finish_reasons
-            .iter()
-            .map(|r| StringValue::from(r.clone()))
-            .collect();
-        attrs.push(KeyValue::new(
+        attrs.push(strings(
             "gen_ai.response.finish_reasons",
-            Value::Array(reasons.into()),
+            &facts.finish_reasons,
         ));
     }
     for (key, n) in [
@@ -128,6 +152,46 @@ fn attributes(facts: &Facts, times: &Times) -> (Vec<KeyValue>, Vec<KeyValue>) {
             attrs.push(KeyValue::new(key, n));
             copied.push(KeyValue::new(key, n));
         }
+    }
+    for (key, n) in [
+        (
+            semconv::GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS,
+            facts.detail.cache_read_tokens,
+        ),
+        (
+            semconv::GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS,
+            facts.detail.cache_creation_tokens,
+        ),
+        (
+            semconv::GEN_AI_USAGE_REASONING_OUTPUT_TOKENS,
+            facts.detail.reasoning_tokens,
+        ),
+    ] {
+        if let Some(n) = n {
+            attrs.push(KeyValue::new(key, n));
+        }
+    }
+    if facts.detail.tool_calls > 0 {
+        attrs.push(KeyValue::new(
+            "ragscope.genai.tool_calls",
+            i64::from(facts.detail.tool_calls),
+        ));
+        attrs.push(strings(
+            "ragscope.genai.tool_names",
+            &facts.detail.tool_names,
+        ));
+    }
+    if let Some(c) = &facts.conversation_id {
+        attrs.push(KeyValue::new(semconv::GEN_AI_CONVERSATION_ID, c.clone()));
+        copied.push(KeyValue::new(semconv::GEN_AI_CONVERSATION_ID, c.clone()));
+    }
+    if let Some(cost) = &facts.cost {
+        attrs.push(KeyValue::new("ragscope.genai.cost", cost.amount));
+        attrs.push(KeyValue::new(
+            "ragscope.genai.cost.currency",
+            cost.currency.clone(),
+        ));
+        copied.push(KeyValue::new("ragscope.genai.cost", cost.amount));
     }
     if let Some(ds) = &facts.data_source {
         attrs.push(KeyValue::new("gen_ai.data_source.id", ds.clone()));
@@ -168,6 +232,12 @@ fn attributes(facts: &Facts, times: &Times) -> (Vec<KeyValue>, Vec<KeyValue>) {
     (attrs, copied)
 }
 
+/// A string-array attribute.
+fn strings(key: &'static str, items: &[String]) -> KeyValue {
+    let items: Vec<StringValue> = items.iter().map(|s| StringValue::from(s.clone())).collect();
+    KeyValue::new(key, Value::Array(items.into()))
+}
+
 fn content(facts: &Facts) -> Vec<KeyValue> {
     let mut content = Vec::new();
     if let Some(m) = &facts.content.input_messages {
@@ -203,31 +273,45 @@ pub(super) fn record_metrics(
             facts.provider.clone(),
         ));
     }
-    if let Some(m) = &facts.request_model {
-        attrs.push(KeyValue::new("gen_ai.request.model", bounded(m)));
+    // Client-fed values: bounded in number by the observer (the rest are `other`).
+    if let Some(m) = &facts.metric_request_model {
+        attrs.push(KeyValue::new("gen_ai.request.model", m.clone()));
     }
-    if let Some(m) = &facts.response_model {
-        attrs.push(KeyValue::new("gen_ai.response.model", bounded(m)));
+    if let Some(m) = &facts.metric_response_model {
+        attrs.push(KeyValue::new("gen_ai.response.model", m.clone()));
     }
     if let Some(v) = &facts.version {
         attrs.push(KeyValue::new("ragscope.model.version", v.clone()));
     }
     if facts.operation.is_some() {
         let mut with_error = attrs.clone();
-        if let Some(e) = error_type {
+        if let Some(e) = error_type.or(facts.metric_api_error.as_deref()) {
             with_error.push(KeyValue::new("error.type", e.to_owned()));
         }
         let duration = end.duration_since(times.start.0).as_secs_f64();
         i.request_duration.record(duration, &with_error);
+        // `input` and `output` are the totals (cached input and reasoning included, as on the
+        // span); the detail types are parts of them, so never sum across every type.
         for (kind, n) in [
             ("input", facts.input_tokens),
             ("output", facts.output_tokens),
+            ("cache_read", facts.detail.cache_read_tokens),
+            ("cache_creation", facts.detail.cache_creation_tokens),
+            ("reasoning", facts.detail.reasoning_tokens),
         ] {
             if let Some(n) = n.and_then(|n| u64::try_from(n).ok()) {
                 let mut a = attrs.clone();
                 a.push(KeyValue::new("gen_ai.token.type", kind));
                 i.token_usage.record(n, &a);
             }
+        }
+        if let Some(cost) = &facts.cost {
+            let mut a = attrs.clone();
+            a.push(KeyValue::new(
+                "ragscope.genai.cost.currency",
+                cost.currency.clone(),
+            ));
+            i.cost.add(cost.amount, &a);
         }
         if error_type.is_none() && facts.streamed {
             if let Some(ttft) = time_to_first_token(facts, times) {

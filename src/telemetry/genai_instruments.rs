@@ -57,6 +57,8 @@ pub struct GenAiInstruments {
     pub feedback_score: Histogram<f64>,
     /// `ragscope.feedback` ({feedback}): feedback received, by label.
     pub feedback: Counter<u64>,
+    /// `ragscope.genai.cost`: what inferences cost per `RAGSCOPE_PRICES`, by model and currency.
+    pub cost: Counter<f64>,
 }
 
 impl GenAiInstruments {
@@ -121,6 +123,11 @@ impl GenAiInstruments {
                 .u64_counter("ragscope.feedback")
                 .with_unit("{feedback}")
                 .with_description("User feedback received, by label.")
+                .build(),
+            cost: meter
+                .f64_counter("ragscope.genai.cost")
+                // No unit: the amount is in `ragscope.genai.cost.currency`.
+                .with_description("Inference cost per the price file, by model and currency.")
                 .build(),
         }
     }

@@ -46,8 +46,12 @@ fn genai(facts: &Facts, times: &Times) -> GenAiSample {
             .or_else(|| facts.request_model.clone()),
         input_tokens: facts.input_tokens.and_then(|n| u64::try_from(n).ok()),
         output_tokens: facts.output_tokens.and_then(|n| u64::try_from(n).ok()),
-        // The facts carry no price yet (`RAGSCOPE_PRICES`, issue 13, adds one): no cost shown.
-        cost: None,
+        // The overview's column is in USD: prices in another currency are on spans and metrics.
+        cost: facts
+            .cost
+            .as_ref()
+            .filter(|c| c.currency == "USD")
+            .map(|c| c.amount),
         version: facts.version.clone(),
         // Already redacted and bounded by the one capture; `None` unless capture is on.
         input_messages: facts.content.input_messages.clone(),

@@ -313,6 +313,20 @@ impl CollectedSpan {
         self.attr(key).and_then(Value::as_bool)
     }
 
+    /// Attribute `key` as strings (the string items of an array attribute).
+    ///
+    /// # Panics
+    /// When the attribute is missing or not an array.
+    pub fn strings_attr(&self, key: &str) -> Vec<String> {
+        match self.attr(key) {
+            Some(Value::Array(items)) => items
+                .iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect(),
+            other => panic!("{key} is not an array: {other:?}"),
+        }
+    }
+
     /// Whether attribute `key` is present.
     pub fn has_attr(&self, key: &str) -> bool {
         self.attr(key).is_some()
@@ -970,6 +984,22 @@ impl OtlpReceiver {
         self.wait_for_spans(|span| span.name == name, 1, timeout)
             .await
             .remove(0)
+    }
+
+    /// Waits for the first span named `name` (a GenAI inference span, the upstream call's
+    /// CLIENT span) and its parent, and returns both: `(inference, server)`.
+    pub async fn wait_span_and_parent(
+        &self,
+        name: &str,
+        timeout: Duration,
+    ) -> (CollectedSpan, CollectedSpan) {
+        let child = self.wait_span(name, timeout).await;
+        let parent = child.parent_span_id.clone();
+        let server = self
+            .wait_for_spans(|s| s.span_id == parent, 1, timeout)
+            .await
+            .remove(0);
+        (child, server)
     }
 
     /// Waits until a metric named `name` was received and returns its latest
