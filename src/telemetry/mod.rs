@@ -58,7 +58,7 @@ pub enum TelemetryError {
     /// The OTLP exporter rejected its configuration.
     #[error("cannot build the OTLP {signal} exporter for {endpoint}: {source}")]
     Exporter {
-        /// `traces` or `metrics`.
+        /// `traces`, `metrics` or `logs`.
         signal: &'static str,
         /// The endpoint it was built for.
         endpoint: String,
@@ -110,6 +110,10 @@ macro_rules! otlp_exporter {
     }};
 }
 
+// After the macro, which it uses.
+mod logs;
+pub use logs::WarningsLayer;
+
 /// The running telemetry pipeline, shared by every request.
 #[derive(Debug)]
 pub struct Telemetry {
@@ -130,6 +134,8 @@ pub struct Telemetry {
     tail: Option<sampling::Tail>,
     /// Finished records on their way to the telemetry thread.
     queue: queue::Queue,
+    /// `OTEL_LOGS_EXPORTER`; `None` when off (the default).
+    logs: Option<logs::Logs>,
 }
 
 impl Telemetry {
@@ -244,6 +250,8 @@ impl Telemetry {
         });
         let propagator = propagator.filter(|_| config.propagators != Default::default());
 
+        let logs = logs::Logs::start(config, &resource)?;
+
         let telemetry = Arc::new(Telemetry {
             spans,
             propagator,
@@ -255,6 +263,7 @@ impl Telemetry {
             overview: Arc::new(crate::overview::Overview::new()),
             tail,
             queue: queue::Queue::new(),
+            logs,
         });
         if let Err(e) = queue::Queue::start(&telemetry) {
             tracing::warn!(error = %e, "no telemetry thread: records are handled on the data path");
@@ -369,8 +378,14 @@ impl Telemetry {
                 tracing::warn!(error = %e, "metric export did not shut down cleanly");
             }
         });
+        let logs = self.logs.clone();
+        let logs = tokio::task::spawn_blocking(move || {
+            if let Some(logs) = logs {
+                logs.shutdown(timeout);
+            }
+        });
         let work = async {
-            let _ = tokio::join!(traces, metrics);
+            let _ = tokio::join!(traces, metrics, logs);
         };
         if tokio::time::timeout(timeout + Duration::from_millis(500), work)
             .await
@@ -386,7 +401,7 @@ impl Telemetry {
 
 impl queue::Drain for Telemetry {
     fn handle(&self, records: &mut dyn Iterator<Item = Record>) {
-        let mut log = access_log::Batch::new();
+        let mut log = access_log::Batch::new(self.logs.as_ref());
         for r in records {
             record::record(self, r, &mut log);
         }
