@@ -58,8 +58,10 @@ fn core(config: &Config) -> Value {
         "OTEL_SDK_DISABLED": t.sdk_disabled,
         "OTEL_TRACES_EXPORTER": exporter(t.traces_exporter),
         "OTEL_METRICS_EXPORTER": exporter(t.metrics_exporter),
+        "OTEL_LOGS_EXPORTER": exporter(t.logs_exporter),
         "traces": signal(&t.traces),
         "metrics": signal(&t.metrics),
+        "logs": signal(&t.logs),
         "OTEL_SERVICE_NAME": t.service_name,
         "OTEL_RESOURCE_ATTRIBUTES": t.resource_attributes.iter()
             .map(|(k, v)| (k.clone(), Value::String(if key_like(k) { MASK.to_owned() } else { v.clone() })))
@@ -305,7 +307,7 @@ mod tests {
         let shown = render(&config);
         let shown = shown.as_object().expect("an object");
         // Grouping keys, not variables: the per-signal OTLP settings and the ignored values.
-        let groups = ["traces", "metrics", "warnings"];
+        let groups = ["traces", "metrics", "logs", "warnings"];
         for name in shown.keys().filter(|k| !groups.contains(&k.as_str())) {
             assert!(read.contains(name), "{name} is shown but never read");
         }

@@ -10,6 +10,9 @@
 //! it all and drains on shutdown; [`error`] is where a failure becomes a response; [`reload`]
 //! picks up changed certificate and key files.
 #![forbid(unsafe_code)]
+// `/debug/config` is one `json!` literal with a key per variable; past ~60 keys the macro needs
+// more than the default recursion depth.
+#![recursion_limit = "256"]
 
 pub mod admin;
 pub mod admin_auth;

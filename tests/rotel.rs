@@ -156,6 +156,110 @@ async fn a_collector_certificate_from_the_wrong_ca_fails_closed_and_traffic_goes
     );
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn access_records_and_warnings_reach_a_real_collector_as_logs_with_their_trace() {
+    let rotel = Rotel::start().await;
+    // Nothing listens there: the request fails with a warning, and both records must say
+    // which trace they belong to.
+    let nowhere = free_addr();
+    let bin = Proxy::builder()
+        .env("RAGSCOPE_UPSTREAM", format!("http://{nowhere}"))
+        .otlp_endpoint(&format!("http://{}", rotel.http), "http/protobuf")
+        .env("OTEL_LOGS_EXPORTER", "otlp")
+        .spawn();
+    let (addr, _) = bin.wait_serving().await;
+    let marker = unique_marker();
+    let reply = Client::http1()
+        .get(format!("http://{addr}/logs/{marker}?token=secret"))
+        .await;
+    assert_eq!(reply.status, 502);
+    let trace_id = reply
+        .header("traceresponse")
+        .and_then(|t| t.split('-').nth(1))
+        .expect("traceresponse")
+        .to_owned();
+    let access_body = format!("Str(GET /logs/{marker} 502)");
+    let logs = wait_for(Duration::from_secs(10), || {
+        let logs = parse_logs(&rotel.output());
+        let found = logs.iter().any(|l| l.body == access_body)
+            && logs
+                .iter()
+                .any(|l| l.body == "Str(the upstream server could not be reached)");
+        std::future::ready(found.then_some(logs))
+    })
+    .await
+    .unwrap_or_else(|| panic!("rotel printed no such logs:\n{}", rotel.output().join("\n")));
+    let access = logs.iter().find(|l| l.body == access_body).expect("access");
+    assert_eq!(access.trace_id, trace_id);
+    assert!(
+        access
+            .lines
+            .iter()
+            .any(|l| l.contains("EventName: ragscope.access"))
+    );
+    assert!(
+        access
+            .lines
+            .iter()
+            .any(|l| l.contains("error.type: Str(upstream_unreachable)"))
+    );
+    assert!(
+        !access.lines.iter().any(|l| l.contains("secret")),
+        "query values never reach telemetry"
+    );
+    let warning = logs
+        .iter()
+        .find(|l| l.body == "Str(the upstream server could not be reached)")
+        .expect("warning");
+    assert_eq!(warning.trace_id, trace_id, "the warning joins its trace");
+    assert!(
+        warning
+            .lines
+            .iter()
+            .any(|l| l.contains("SeverityText: WARN"))
+    );
+}
+
+/// One log record as rotel printed it.
+struct PrintedLog {
+    body: String,
+    trace_id: String,
+    lines: Vec<String>,
+}
+
+fn parse_logs(lines: &[String]) -> Vec<PrintedLog> {
+    let mut logs: Vec<PrintedLog> = Vec::new();
+    let mut current: Option<PrintedLog> = None;
+    for line in lines {
+        let t = line.trim();
+        if t.starts_with("LogRecord #")
+            || t.starts_with("ResourceLog")
+            || t.starts_with("ResourceSpans")
+        {
+            logs.extend(current.take());
+            if t.starts_with("LogRecord #") {
+                current = Some(PrintedLog {
+                    body: String::new(),
+                    trace_id: String::new(),
+                    lines: Vec::new(),
+                });
+            }
+            continue;
+        }
+        let Some(log) = current.as_mut() else {
+            continue;
+        };
+        if let Some(body) = t.strip_prefix("Body: ") {
+            log.body = body.to_owned();
+        } else if let Some(id) = t.strip_prefix("Trace ID") {
+            log.trace_id = id.trim_start_matches([' ', ':']).trim().to_owned();
+        }
+        log.lines.push(t.to_owned());
+    }
+    logs.extend(current);
+    logs
+}
+
 /// One request with a unique marker in its path; rotel must print its SERVER span with the HTTP
 /// attributes and our resource, and the CLIENT child for the upstream call in the same trace.
 async fn request_and_find_the_span_in_rotel(proxy: &Proxy, rotel: &Rotel) {
@@ -257,7 +361,14 @@ impl Rotel {
         let mut child = Command::new(&agent)
             .arg("start")
             .args(["--exporter", "blackhole"])
-            .args(["--debug-log", "traces", "--debug-log", "metrics"])
+            .args([
+                "--debug-log",
+                "traces",
+                "--debug-log",
+                "metrics",
+                "--debug-log",
+                "logs",
+            ])
             .args(["--debug-log-verbosity", "detailed"])
             .args(["--otlp-grpc-endpoint", &grpc.to_string()])
             .args(["--otlp-http-endpoint", &http.to_string()])

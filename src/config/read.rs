@@ -66,10 +66,13 @@ impl<'a, S: Source + ?Sized> Reader<'a, S> {
     }
 
     /// Records that `var=value` was invalid and ignored (the OpenTelemetry rule for `OTEL_*`).
+    /// A generic variable read for each signal is warned about once.
     pub fn warn(&self, var: &str, value: &str, expected: &str) {
-        self.warnings.borrow_mut().push(format!(
-            "ignoring invalid {var}={value:?}: expected {expected}"
-        ));
+        let line = format!("ignoring invalid {var}={value:?}: expected {expected}");
+        let mut warnings = self.warnings.borrow_mut();
+        if !warnings.contains(&line) {
+            warnings.push(line);
+        }
     }
 
     /// Every warning recorded so far, to be logged once logging is up.

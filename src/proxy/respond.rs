@@ -41,10 +41,14 @@ pub(super) fn error_response(
         // Refusals are routine and can come by the thousand a second: counted, not logged.
         tracing::debug!(error_type = error.error_type(), "{error}");
     } else {
+        // The ids join the warning to its trace (in the log line and the OTLP log record).
+        let ids = exchange.record().and_then(|r| r.ids.as_ref());
         tracing::warn!(
             origin = error.origin().as_str(),
             error_type = error.error_type(),
             detail = error.detail(),
+            trace_id = ids.map(|i| tracing::field::display(i.trace_id)),
+            span_id = ids.map(|i| tracing::field::display(i.server_span_id)),
             "{error}"
         );
     }

@@ -245,6 +245,29 @@ fn otlp_tls_files_are_read_per_signal_with_the_generic_ones_as_fallback() {
 }
 
 #[test]
+fn the_logs_signal_is_off_unless_asked_for_and_follows_the_endpoint_rules() {
+    let c = parse(&[]).expect("parse");
+    assert_eq!(c.telemetry.logs_exporter, ExporterKind::None);
+    assert_eq!(c.telemetry.logs.endpoint, "http://localhost:4318/v1/logs");
+    let c = parse(&[
+        ("OTEL_LOGS_EXPORTER", "otlp"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318/"),
+        ("OTEL_EXPORTER_OTLP_LOGS_PROTOCOL", "grpc"),
+        ("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT", "http://logs:4317"),
+    ])
+    .expect("parse");
+    assert_eq!(c.telemetry.logs_exporter, ExporterKind::Otlp);
+    assert_eq!(c.telemetry.logs.protocol, OtlpProtocol::Grpc);
+    assert_eq!(c.telemetry.logs.endpoint, "http://logs:4317");
+    assert_eq!(
+        c.telemetry.traces.endpoint,
+        "http://collector:4318/v1/traces"
+    );
+    let c = parse(&[("OTEL_LOGS_EXPORTER", "syslog")]).expect("a warning, not an error");
+    assert_eq!(c.telemetry.logs_exporter, ExporterKind::None);
+}
+
+#[test]
 fn otel_switches_and_invalid_values_are_warned_and_ignored() {
     let c = parse(&[
         ("OTEL_SDK_DISABLED", "TRUE"),
@@ -277,7 +300,8 @@ fn otel_switches_and_invalid_values_are_warned_and_ignored() {
         t.bsp_max_queue_size,
         crate::telemetry::DEFAULT_BSP_MAX_QUEUE_SIZE
     );
-    assert_eq!(c.warnings.len(), 4, "{:?}", c.warnings);
+    // One each, though the generic protocol is read for every signal.
+    assert_eq!(c.warnings.len(), 3, "{:?}", c.warnings);
     assert!(c.warnings.iter().any(|w| w.contains("OTEL_PROPAGATORS")));
 
     let c = parse(&[("OTEL_SDK_DISABLED", "1")]).expect("parse");

@@ -56,26 +56,34 @@ pub struct AccessRecord<'a> {
 
 /// The lines of one drained batch, written as one message.
 #[derive(Debug)]
-pub struct Batch {
+pub struct Batch<'t> {
     /// `None` when logging is not set up or `ragscope::access` is filtered out.
     sink: Option<&'static (NonBlocking, LogFormat)>,
     lines: String,
+    /// The logs signal (`OTEL_LOGS_EXPORTER`), when on: every record is exported there too,
+    /// whatever `RAGSCOPE_LOG` does to the stdout line.
+    logs: Option<&'t super::logs::Logs>,
 }
 
-impl Batch {
+impl<'t> Batch<'t> {
     /// An empty batch; the log filter is asked once per batch, not per line.
-    pub fn new() -> Batch {
+    pub(super) fn new(logs: Option<&'t super::logs::Logs>) -> Batch<'t> {
         let sink = SINK
             .get()
             .filter(|_| tracing::enabled!(target: "ragscope::access", tracing::Level::INFO));
         Batch {
             sink,
             lines: String::new(),
+            logs,
         }
     }
 
-    /// Adds the record's line, unless the access log is off.
+    /// Adds the record's line, unless the access log is off, and exports it as a log record
+    /// when the logs signal is on.
     pub fn push(&mut self, record: &AccessRecord<'_>) {
+        if let Some(logs) = self.logs {
+            logs.access(record);
+        }
         match self.sink {
             Some((_, LogFormat::Json)) => format_json(&mut self.lines, record),
             Some((_, LogFormat::Text)) => format_text(&mut self.lines, record),
@@ -84,11 +92,11 @@ impl Batch {
     }
 
     /// An empty batch writing into `buffer` (cleared; its capacity is what is reused).
-    pub fn reusing(mut buffer: String) -> Batch {
+    pub(super) fn reusing(mut buffer: String, logs: Option<&'t super::logs::Logs>) -> Batch<'t> {
         buffer.clear();
         Batch {
             lines: buffer,
-            ..Batch::new()
+            ..Batch::new(logs)
         }
     }
 
@@ -104,9 +112,9 @@ impl Batch {
     }
 }
 
-impl Default for Batch {
-    fn default() -> Batch {
-        Batch::new()
+impl Default for Batch<'_> {
+    fn default() -> Self {
+        Batch::new(None)
     }
 }
 

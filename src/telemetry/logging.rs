@@ -25,12 +25,14 @@ pub fn init(filter: &str, format: LogFormat) -> WorkerGuard {
     super::access_log::install(writer.clone(), format);
     // The filter was validated when the configuration was parsed.
     let filter = EnvFilter::builder().parse_lossy(filter);
-    let registry =
-        tracing_subscriber::registry()
-            .with(filter)
-            .with(tracing_subscriber::filter::filter_fn(
-                sdk_warnings_throttled,
-            ));
+    let registry = tracing_subscriber::registry()
+        .with(filter)
+        .with(tracing_subscriber::filter::filter_fn(
+            sdk_warnings_throttled,
+        ))
+        // ragscope's warnings as OTLP log records once the pipeline has started, when
+        // OTEL_LOGS_EXPORTER asks for it (a no-op otherwise).
+        .with(super::WarningsLayer);
     match format {
         LogFormat::Json => registry
             .with(

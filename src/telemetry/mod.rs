@@ -61,7 +61,7 @@ pub enum TelemetryError {
     /// The OTLP exporter rejected its configuration.
     #[error("cannot build the OTLP {signal} exporter for {endpoint}: {source}")]
     Exporter {
-        /// `traces` or `metrics`.
+        /// `traces`, `metrics` or `logs`.
         signal: &'static str,
         /// The endpoint it was built for.
         endpoint: String,
@@ -113,6 +113,10 @@ macro_rules! otlp_exporter {
     }};
 }
 
+// After the macro, which it uses.
+mod logs;
+pub use logs::WarningsLayer;
+
 /// The running telemetry pipeline, shared by every request.
 #[derive(Debug)]
 pub struct Telemetry {
@@ -137,6 +141,8 @@ pub struct Telemetry {
     queue: queue::Queue,
     /// The access log's line buffer, reused by every drain.
     log_buffer: std::sync::Mutex<String>,
+    /// `OTEL_LOGS_EXPORTER`; `None` when off (the default).
+    logs: Option<logs::Logs>,
 }
 
 impl Telemetry {
@@ -252,6 +258,8 @@ impl Telemetry {
         });
         let propagator = propagator.filter(|_| config.propagators != Default::default());
 
+        let logs = logs::Logs::start(config, &resource)?;
+
         let telemetry = Arc::new(Telemetry {
             spans,
             propagator,
@@ -265,6 +273,7 @@ impl Telemetry {
             tail,
             queue: queue::Queue::new(),
             log_buffer: std::sync::Mutex::new(String::new()),
+            logs,
         });
         if let Err(e) = queue::Queue::start(&telemetry) {
             tracing::warn!(error = %e, "no telemetry thread: records are handled on the data path");
@@ -389,8 +398,14 @@ impl Telemetry {
                 tracing::warn!(error = %e, "metric export did not shut down cleanly");
             }
         });
+        let logs = self.logs.clone();
+        let logs = tokio::task::spawn_blocking(move || {
+            if let Some(logs) = logs {
+                logs.shutdown(timeout);
+            }
+        });
         let work = async {
-            let _ = tokio::join!(traces, metrics);
+            let _ = tokio::join!(traces, metrics, logs);
         };
         if tokio::time::timeout(timeout + Duration::from_millis(500), work)
             .await
@@ -409,7 +424,7 @@ impl queue::Drain for Telemetry {
         // The batch's buffer is kept between drains, so it is not grown again every 25 ms.
         let buffer =
             std::mem::take(&mut *self.log_buffer.lock().unwrap_or_else(|p| p.into_inner()));
-        let mut log = access_log::Batch::reusing(buffer);
+        let mut log = access_log::Batch::reusing(buffer, self.logs.as_ref());
         for mut r in records {
             // The GenAI parse happens here, on the telemetry thread (issue 11).
             r.conclude();

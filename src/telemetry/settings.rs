@@ -132,10 +132,15 @@ pub struct TelemetryConfig {
     pub traces_exporter: ExporterKind,
     /// `OTEL_METRICS_EXPORTER`.
     pub metrics_exporter: ExporterKind,
+    /// `OTEL_LOGS_EXPORTER`: `none` unless set (the access log is on stdout anyway; exporting
+    /// it is one more record per request).
+    pub logs_exporter: ExporterKind,
     /// Trace export.
     pub traces: OtlpSignal,
     /// Metric export.
     pub metrics: OtlpSignal,
+    /// Log export.
+    pub logs: OtlpSignal,
     /// `OTEL_SERVICE_NAME`, when set (it wins over `service.name` in `OTEL_RESOURCE_ATTRIBUTES`;
     /// with neither, the service is `ragscope`).
     pub service_name: Option<String>,
@@ -167,8 +172,8 @@ impl TelemetryConfig {
             .get("OTEL_SDK_DISABLED")
             .is_some_and(|v| v.eq_ignore_ascii_case("true"));
 
-        let exporter = |var: &str| match otel.get(var) {
-            None => ExporterKind::Otlp,
+        let exporter = |var: &str, default: ExporterKind| match otel.get(var) {
+            None => default,
             Some(v) => {
                 // The variable is a list; a single exporter per signal is what we support,
                 // and "none" anywhere in the list wins as the specification says.
@@ -184,15 +189,17 @@ impl TelemetryConfig {
                     ExporterKind::Console
                 } else {
                     otel.warn(var, &v, "otlp, console or none");
-                    ExporterKind::Otlp
+                    default
                 }
             }
         };
-        let traces_exporter = exporter("OTEL_TRACES_EXPORTER");
-        let metrics_exporter = exporter("OTEL_METRICS_EXPORTER");
+        let traces_exporter = exporter("OTEL_TRACES_EXPORTER", ExporterKind::Otlp);
+        let metrics_exporter = exporter("OTEL_METRICS_EXPORTER", ExporterKind::Otlp);
+        let logs_exporter = exporter("OTEL_LOGS_EXPORTER", ExporterKind::None);
 
         let traces = signal(otel, "TRACES", "/v1/traces");
         let metrics = signal(otel, "METRICS", "/v1/metrics");
+        let logs = signal(otel, "LOGS", "/v1/logs");
 
         let service_name = otel.get("OTEL_SERVICE_NAME");
         let resource_attributes = otel
@@ -288,8 +295,10 @@ impl TelemetryConfig {
             sdk_disabled,
             traces_exporter,
             metrics_exporter,
+            logs_exporter,
             traces,
             metrics,
+            logs,
             service_name,
             resource_attributes,
             sampler,
