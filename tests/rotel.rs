@@ -53,15 +53,7 @@ async fn spans_reach_a_collector_behind_tls_over_grpc_with_a_private_ca() {
     let files = CertFiles::new(&ca.server_cert(&["localhost"]));
     let ca_file = files.write("collector-ca.pem", &ca.pem);
     let up = Upstream::start().await;
-    let proxy = Proxy::builder()
-        .upstream(&up)
-        .otlp_endpoint(&format!("https://localhost:{}", front.addr.port()), "grpc")
-        .env(
-            "OTEL_EXPORTER_OTLP_CERTIFICATE",
-            ca_file.display().to_string(),
-        )
-        .run()
-        .await;
+    let proxy = through_tls(&up, &front, "grpc", &ca_file).run().await;
     request_and_find_the_span_in_rotel(&proxy, &rotel).await;
     assert!(front.handshakes.load(std::sync::atomic::Ordering::SeqCst) >= 1);
 }
@@ -74,16 +66,7 @@ async fn spans_reach_a_collector_that_requires_a_client_certificate_over_http() 
     let files = CertFiles::new(&ca.client_cert("ragscope", "platform"));
     let ca_file = files.write("collector-ca.pem", &ca.pem);
     let up = Upstream::start().await;
-    let proxy = Proxy::builder()
-        .upstream(&up)
-        .otlp_endpoint(
-            &format!("https://localhost:{}", front.addr.port()),
-            "http/protobuf",
-        )
-        .env(
-            "OTEL_EXPORTER_OTLP_CERTIFICATE",
-            ca_file.display().to_string(),
-        )
+    let proxy = through_tls(&up, &front, "http/protobuf", &ca_file)
         .env(
             "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE",
             files.cert().display().to_string(),
@@ -106,13 +89,7 @@ async fn a_collector_certificate_from_the_wrong_ca_fails_closed_and_traffic_goes
     let files = CertFiles::new(&other.server_cert(&["localhost"]));
     let wrong_ca = files.write("wrong-ca.pem", &other.pem);
     let up = Upstream::start().await;
-    let proxy = Proxy::builder()
-        .upstream(&up)
-        .otlp_endpoint(&format!("https://localhost:{}", front.addr.port()), "grpc")
-        .env(
-            "OTEL_EXPORTER_OTLP_CERTIFICATE",
-            wrong_ca.display().to_string(),
-        )
+    let proxy = through_tls(&up, &front, "grpc", &wrong_ca)
         .env("OTEL_METRICS_EXPORTER", "none")
         .run()
         .await;
@@ -258,6 +235,22 @@ fn parse_logs(lines: &[String]) -> Vec<PrintedLog> {
     }
     logs.extend(current);
     logs
+}
+
+/// ragscope in front of `up`, exporting through the TLS `front` with `ca` as the collector's CA.
+fn through_tls(
+    up: &Upstream,
+    front: &TlsFront,
+    protocol: &str,
+    ca: &std::path::Path,
+) -> ProxyBuilder {
+    Proxy::builder()
+        .upstream(up)
+        .otlp_endpoint(
+            &format!("https://localhost:{}", front.addr.port()),
+            protocol,
+        )
+        .env("OTEL_EXPORTER_OTLP_CERTIFICATE", ca.display().to_string())
 }
 
 /// One request with a unique marker in its path; rotel must print its SERVER span with the HTTP
