@@ -139,8 +139,11 @@ fn forwarded_for(element: &str) -> Option<IpAddr> {
             .ok()
             .map(|ip| IpAddr::V6(ip).to_canonical());
     }
-    let (host, port) = node.split_once(':').unwrap_or((node, ""));
-    if !(port.is_empty() && !node.contains(':') || valid_port(port)) {
+    let (host, port) = match node.split_once(':') {
+        Some((host, port)) => (host, Some(port)),
+        None => (node, None),
+    };
+    if port.is_some_and(|p| !valid_port(p)) {
         return None;
     }
     host.parse::<std::net::Ipv4Addr>().ok().map(IpAddr::V4)
