@@ -132,7 +132,17 @@ pub(super) fn http_client(
     signal: &'static str,
     otlp: &OtlpSignal,
 ) -> Result<reqwest::blocking::Client, String> {
-    let trust = load(signal, &otlp.tls);
+    // A plain http:// endpoint never handshakes: no files or system roots to read, and no
+    // warning about them.
+    let trust = if otlp.endpoint.starts_with("https://") {
+        load(signal, &otlp.tls)
+    } else {
+        Trust {
+            ca_pem: None,
+            roots: RootCertStore::empty(),
+            identity: None,
+        }
+    };
     let builder = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
