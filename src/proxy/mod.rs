@@ -28,36 +28,29 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, Version, header};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-
-use crate::workers::PerWorker;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::auth::{ApiKeys, Refusal};
 use crate::error::ProxyError;
 use crate::genai::GenAi;
 use crate::limit::{Decision, RateLimiter};
-use crate::observe::{HttpFacts, UpstreamAddress};
+use crate::observe::HttpFacts;
 use crate::settings::Config;
 use crate::telemetry::Telemetry;
+use crate::upstream::{ClientError, Wire};
 
 pub use body::{BodyError, RequestBody, ResponseBody, Upload};
 pub use exchange::Exchange;
 use respond::{Answer, error_response, finish_head};
 
-/// TCP, then TLS for an https upstream.
-pub type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+/// The upstream requests are forwarded to, sending the client's body as it streams.
+pub type Upstream = crate::upstream::Upstream<RequestBody>;
 
 /// Shared state of the proxy: configuration, the upstream client, telemetry.
 #[derive(Debug)]
 pub struct Proxy {
     config: Arc<Config>,
-    /// One pooled client per worker thread: a request's upstream connection task then runs on
-    /// the thread that serves the request ([`crate::workers`]), never waking another core.
-    client: PerWorker<Client<Connector, RequestBody>>,
+    upstream: Upstream,
     telemetry: Arc<Telemetry>,
-    upstream_address: UpstreamAddress,
     draining: AtomicBool,
     /// Access control, when `RAGSCOPE_API_KEYS_FILE` is set.
     api_keys: Option<Arc<ApiKeys>>,
@@ -65,43 +58,17 @@ pub struct Proxy {
     genai: Arc<GenAi>,
 }
 
-/// An upstream client that could not be built.
-#[derive(Debug, thiserror::Error)]
-pub enum ClientError {
-    /// https upstream but no trust anchors.
-    #[error("RAGSCOPE_UPSTREAM is https but no system root certificates were found: {0}")]
-    NoRoots(String),
-    /// rustls refused the configuration.
-    #[error("cannot configure TLS to the upstream: {0}")]
-    Tls(#[from] rustls::Error),
-    /// `RAGSCOPE_UPSTREAM_CA` cannot be used.
-    #[error(transparent)]
-    UpstreamCa(#[from] crate::tls::TlsError),
-}
-
 impl Proxy {
     /// Builds the proxy and its pooled upstream client.
     pub fn new(config: Arc<Config>, telemetry: Arc<Telemetry>) -> Result<Proxy, ClientError> {
-        let connector = upstream_connector(&config, config.connect_timeout)?;
-        let client = PerWorker::new(config.workers, |_| {
-            Ok::<_, ClientError>(
-                Client::builder(TokioExecutor::new())
-                    .timer(TokioTimer::new())
-                    .pool_timer(TokioTimer::new())
-                    .pool_idle_timeout(std::time::Duration::from_secs(90))
-                    .build(connector.clone()),
-            )
-        })?;
+        let settings = crate::upstream::Settings::from_config(&config);
+        let upstream = Upstream::new(&settings, config.workers)?;
         let genai = Arc::new(GenAi::new(config.genai.clone()));
         genai.budget().register(&telemetry.meter());
         Ok(Proxy {
             genai,
-            upstream_address: UpstreamAddress {
-                host: Arc::from(config.upstream.host.as_str()),
-                port: config.upstream.port,
-            },
             config,
-            client,
+            upstream,
             telemetry,
             draining: AtomicBool::new(false),
             api_keys: None,
@@ -195,6 +162,7 @@ impl Proxy {
         let mut exchange = Exchange::begin(self.telemetry.clone(), http, req.headers());
         if let Some(record) = exchange.record() {
             record.tls = req.extensions().get::<Arc<crate::tls::TlsInfo>>().cloned();
+            record.rpc = crate::grpc::RpcFacts::from_request(req.headers(), req.uri().path());
         }
         exchange
     }
@@ -339,15 +307,29 @@ impl Proxy {
         headers::add_forwarded(&mut parts.headers, peer.ip(), scheme, host.as_ref());
 
         let uri = self
-            .config
             .upstream
             .uri_for(parts.uri.path_and_query())
             .map_err(|_| ProxyError::BadRequest("the request target cannot be forwarded"))?;
-        exchange.begin_upstream(&self.upstream_address, &uri, &mut parts.headers);
+        let grpc = exchange.is_grpc();
+        if grpc && self.upstream.wire() == Wire::Http1 {
+            return Err(ProxyError::GrpcNeedsHttp2);
+        }
+        exchange.begin_upstream(self.upstream.address(), &uri, &mut parts.headers);
         parts.uri = uri;
-        parts.version = Version::HTTP_11;
+        // A gRPC call must not go out over an HTTP/1.1 connection that ALPN chose: asking for
+        // HTTP/2 makes the client refuse such a connection instead of mangling the call.
+        parts.version = if grpc {
+            Version::HTTP_2
+        } else {
+            Version::HTTP_11
+        };
 
-        let mut observation = self.genai.observe(&parts.method, parts.uri.path());
+        // gRPC bodies are protobuf frames, never a GenAI API's JSON: not parsed.
+        let mut observation = if grpc {
+            None
+        } else {
+            self.genai.observe(&parts.method, parts.uri.path())
+        };
         let tee = observation
             .as_mut()
             .and_then(|o| o.request_tee(&parts.headers));
@@ -363,11 +345,27 @@ impl Proxy {
             upload.clone(),
         )
         .with_tee(tee);
-        let upstream = self.client.get().request(Request::from_parts(parts, body));
+        let mut req = Request::from_parts(parts, body);
+        // Only where ALPN decides can a gRPC call meet an HTTP/1.1 connection: then which one
+        // it met is kept, to say so if the client refuses it.
+        let connection = (grpc && self.upstream.wire() == Wire::Negotiated)
+            .then(|| hyper_util::client::legacy::connect::capture_connection(&mut req));
+        let upstream = self.upstream.send(req);
         match self.await_response(upstream, &upload).await {
             Err(e) => Err(e),
             Ok(Ok(response)) => Ok(response),
-            Ok(Err(e)) => Err(self.classify(e, &upload)),
+            Ok(Err(e)) => {
+                let met_http1 = connection.is_some_and(|c| {
+                    c.connection_metadata()
+                        .as_ref()
+                        .is_some_and(|c| !c.is_negotiated_h2())
+                });
+                Err(if met_http1 {
+                    ProxyError::GrpcNeedsHttp2
+                } else {
+                    self.classify(e, &upload)
+                })
+            }
         }
     }
 
@@ -433,10 +431,12 @@ impl Proxy {
         match answer {
             Answer::Upstream(response) => {
                 let (mut parts, body) = response.into_parts();
-                // We answer in the client's HTTP version, not the upstream's.
-                parts.version = version;
                 headers::strip_hop_by_hop(&mut parts.headers, false);
                 finish_head(&mut parts, &mut exchange, None);
+                // After the status: a trailers-only gRPC status refines its outcome.
+                exchange.upstream_head(parts.version, &parts.headers);
+                // We answer in the client's HTTP version, not the upstream's.
+                parts.version = version;
                 if let Some(genai) = exchange.genai_mut() {
                     genai.response_head(&parts.headers);
                 }
@@ -466,43 +466,6 @@ impl Proxy {
         }
         Ok(response)
     }
-}
-
-/// The connector to the upstream: TCP with the given connect timeout, then TLS for an https
-/// upstream, verified against the system roots or `RAGSCOPE_UPSTREAM_CA`. Shared by the proxy's
-/// client and the active health checks, so both trust the same certificates.
-pub fn upstream_connector(
-    config: &Config,
-    connect_timeout: std::time::Duration,
-) -> Result<Connector, ClientError> {
-    let mut http = HttpConnector::new();
-    http.set_connect_timeout(Some(connect_timeout));
-    http.set_nodelay(true);
-    http.enforce_http(false);
-    http.set_keepalive(Some(std::time::Duration::from_secs(60)));
-
-    // A private CA replaces the system roots rather than adding to them: an upstream
-    // with an internal certificate should not also be trusted on a public CA's word.
-    let roots = match &config.upstream_ca {
-        Some(path) => crate::tls::load_ca_bundle("RAGSCOPE_UPSTREAM_CA", path)?,
-        None => match crate::tls::system_roots() {
-            (_, Some(why)) if config.upstream.scheme == http::uri::Scheme::HTTPS => {
-                return Err(ClientError::NoRoots(why));
-            }
-            (roots, _) => roots,
-        },
-    };
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    Ok(hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(http))
 }
 
 /// The request's declared body length, if it has a valid one.

@@ -193,7 +193,7 @@ pub(super) struct ClientKey {
     pub(super) method: &'static str,
     pub(super) status: Option<u16>,
     pub(super) error: Option<Cow<'static, str>>,
-    pub(super) upstream: Option<(Arc<str>, u16)>,
+    pub(super) upstream: Option<(Arc<str>, Option<u16>)>,
 }
 
 /// The three server histograms of one attribute set.

@@ -22,6 +22,9 @@ pub(super) fn record(t: &Telemetry, mut record: Record, log: &mut access_log::Ba
     let error_type = record.error.as_ref().map(|e| e.kind.clone());
     let client_error = client_error_type(&record);
     metrics(t, &record, error_type.as_deref(), client_error.as_deref());
+    if let Some(rpc) = &record.rpc {
+        t.rpc.record(rpc, &record);
+    }
     if let Some(facts) = &record.genai {
         genai::record_metrics(
             &t.genai_instruments,
