@@ -167,6 +167,41 @@ impl Protocol {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::settings::Config;
+
+    fn protocol(vars: &[(&str, &str)]) -> Result<Protocol, ConfigError> {
+        Config::from_source(vars).map(|c| c.upstream_protocol)
+    }
+
+    #[test]
+    fn protocols_and_the_upstreams_they_fit() {
+        assert_eq!(protocol(&[]), Ok(Protocol::Http1));
+        let https = ("RAGSCOPE_UPSTREAM", "https://rag.internal");
+        let unix = ("RAGSCOPE_UPSTREAM", "unix:/run/app.sock");
+        for (upstream, value, want) in [
+            (None, "H2C", Protocol::H2c),
+            (Some(unix), "h2c", Protocol::H2c),
+            (Some(https), "h2", Protocol::H2),
+            (Some(https), "auto", Protocol::Auto),
+            (None, "auto", Protocol::Auto),
+        ] {
+            let mut vars = vec![("RAGSCOPE_UPSTREAM_PROTOCOL", value)];
+            vars.extend(upstream);
+            assert_eq!(protocol(&vars), Ok(want), "{value} {upstream:?}");
+        }
+        for (upstream, value, says) in [
+            (None, "http2", "http1, h2c, h2 or auto"),
+            (None, "h2", "needs an https://"),
+            (Some(unix), "h2", "needs an https://"),
+            (Some(https), "h2c", "needs an http:// or unix:"),
+        ] {
+            let mut vars = vec![("RAGSCOPE_UPSTREAM_PROTOCOL", value)];
+            vars.extend(upstream);
+            let e = protocol(&vars).expect_err(value);
+            assert_eq!(e.var, "RAGSCOPE_UPSTREAM_PROTOCOL");
+            assert!(e.expected.contains(says), "{value}: {e}");
+        }
+    }
 
     #[test]
     fn unix_sockets_need_an_absolute_path() {
