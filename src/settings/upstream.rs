@@ -8,7 +8,7 @@ use http::Uri;
 use crate::config::{ConfigError, Reader};
 
 /// The accepted form of `RAGSCOPE_UPSTREAM`.
-pub const UPSTREAM_FORM: &str = "an http:// or https:// URL with a host and optional port and no path, like http://127.0.0.1:8000, or unix:/absolute/path/of/a/socket";
+pub const UPSTREAM_FORM: &str = "an http:// or https:// URL with a host and optional port and no path, like http://127.0.0.1:8000, or unix:/absolute/path/of/a/socket (also unix:///absolute/path)";
 
 /// The Host (and HTTP/2 `:authority`) sent to an upstream on a Unix socket: it has no name of
 /// its own, and `localhost` is what curl's `--unix-socket` and the servers that bind one expect.
@@ -65,6 +65,13 @@ impl Upstream {
 /// started in).
 pub fn parse_upstream(v: &str) -> Option<Upstream> {
     if let Some(path) = v.strip_prefix("unix:") {
+        // `unix:///run/app.sock` (the URL form Docker and others write) is the same socket;
+        // `unix://name` would be a host, which a socket has not.
+        let path = match path.strip_prefix("//") {
+            Some(rest) if rest.starts_with('/') => rest,
+            Some(_) => return None,
+            None => path,
+        };
         let path = PathBuf::from(path);
         if !path.is_absolute() || path.file_name().is_none() {
             return None;
@@ -211,6 +218,8 @@ mod tests {
             Some(std::path::Path::new("/run/rag/app.sock"))
         );
         assert_eq!(u.authority.as_str(), "localhost");
+        assert_eq!(u.display(), "unix:/run/rag/app.sock");
+        let u = parse_upstream("unix:///run/rag/app.sock").expect("the URL form");
         assert_eq!(u.display(), "unix:/run/rag/app.sock");
         for bad in ["unix:", "unix:relative.sock", "unix:/", "unix://x"] {
             assert!(parse_upstream(bad).is_none(), "{bad}");
