@@ -7,7 +7,8 @@
 //!    declared body over the limit; then the rate limit ([`crate::limit`]), keyed by what
 //!    access control learned, whose headers go on every response.
 //! 3. **forward** — strip hop-by-hop headers, then add ours (forwarded-for, trace context), and
-//!    send the request to the upstream over the pooled client, the body streaming behind it.
+//!    send the request to the [`crate::upstream`] (call.rs: the send, the response timeout, what a
+//!    failure was), the body streaming behind it. A gRPC call needs HTTP/2 to the upstream.
 //! 4. **respond** — strip the response's hop-by-hop headers and stream its body back frame by
 //!    frame (the feedback endpoint answers locally instead of forwarding).
 //! 5. **record** — the body wrapper finishes the exchange when the last byte leaves (or the
@@ -16,6 +17,7 @@
 //! An error in any phase becomes a response in exactly one place, [`ProxyError::to_response`].
 
 mod body;
+mod call;
 mod exchange;
 mod headers;
 mod respond;
@@ -345,80 +347,8 @@ impl Proxy {
             upload.clone(),
         )
         .with_tee(tee);
-        let mut req = Request::from_parts(parts, body);
-        // Only where ALPN decides can a gRPC call meet an HTTP/1.1 connection: then which one
-        // it met is kept, to say so if the client refuses it.
-        let connection = (grpc && self.upstream.wire() == Wire::Negotiated)
-            .then(|| hyper_util::client::legacy::connect::capture_connection(&mut req));
-        let upstream = self.upstream.send(req);
-        match self.await_response(upstream, &upload).await {
-            Err(e) => Err(e),
-            Ok(Ok(response)) => Ok(response),
-            Ok(Err(e)) => {
-                let met_http1 = connection.is_some_and(|c| {
-                    c.connection_metadata()
-                        .as_ref()
-                        .is_some_and(|c| !c.is_negotiated_h2())
-                });
-                Err(if met_http1 {
-                    ProxyError::GrpcNeedsHttp2
-                } else {
-                    self.classify(e, &upload)
-                })
-            }
-        }
-    }
-
-    /// Waits for the upstream's response head. `RAGSCOPE_RESPONSE_TIMEOUT` runs from the
-    /// moment the request body has been sent: a client still uploading is not the upstream's
-    /// fault (its silence is bounded by `RAGSCOPE_REQUEST_BODY_TIMEOUT` in the body wrapper).
-    /// While the body is on its way, an upstream that takes none of it for the response
-    /// timeout (and the client is not the one being waited for) times out as well.
-    async fn await_response<F>(&self, upstream: F, upload: &Upload) -> Result<F::Output, ProxyError>
-    where
-        F: std::future::Future,
-    {
-        let timeout = self.config.response_timeout;
-        let mut upstream = std::pin::pin!(upstream);
-        while !upload.sent() {
-            let progress = upload.progress();
-            tokio::select! {
-                response = &mut upstream => return Ok(response),
-                _ = upload.wait_sent() => {}
-                _ = tokio::time::sleep(timeout) => {
-                    if upload.progress() == progress && !upload.waiting_on_client() {
-                        return Err(ProxyError::UpstreamTimeout(timeout));
-                    }
-                }
-            }
-        }
-        tokio::time::timeout(timeout, upstream)
+        self.call(Request::from_parts(parts, body), &upload, grpc)
             .await
-            .map_err(|_| ProxyError::UpstreamTimeout(timeout))
-    }
-
-    fn classify(&self, e: hyper_util::client::legacy::Error, upload: &Upload) -> ProxyError {
-        if upload.client_stalled() {
-            return ProxyError::RequestBodyTimeout(self.config.request_body_timeout);
-        }
-        if upload.too_large() {
-            return ProxyError::BodyTooLarge {
-                limit: self.config.max_request_body,
-            };
-        }
-        if upload.client_failed() {
-            return ProxyError::ClientBody { detail: chain(&e) };
-        }
-        if e.is_connect() {
-            let timed_out = std::iter::successors(std::error::Error::source(&e), |e| e.source())
-                .filter_map(|e| e.downcast_ref::<std::io::Error>())
-                .any(|io| io.kind() == std::io::ErrorKind::TimedOut);
-            if timed_out {
-                return ProxyError::UpstreamConnectTimeout(self.config.connect_timeout);
-            }
-            return ProxyError::UpstreamUnreachable { detail: chain(&e) };
-        }
-        ProxyError::UpstreamReset { detail: chain(&e) }
     }
 
     /// respond: the upstream's response streamed back, or the proxy's own answer.
@@ -492,16 +422,4 @@ fn declared_length(req: &Request<Incoming>) -> Result<Option<u64>, ProxyError> {
             .map(Some)
             .ok_or(ProxyError::BadRequest("invalid Content-Length")),
     }
-}
-
-/// An error and its sources on one line, for logs.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }

@@ -14,7 +14,7 @@ use opentelemetry_semantic_conventions::attribute as semconv_attr;
 use opentelemetry_semantic_conventions::metric as semconv;
 
 /// Advised buckets for `http.*.request.duration`, seconds.
-const DURATION_BUCKETS: [f64; 14] = [
+pub(super) const DURATION_BUCKETS: [f64; 14] = [
     0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
 ];
 

@@ -21,12 +21,6 @@ use opentelemetry_semantic_conventions::metric as semconv_metric;
 use crate::grpc::{self, RpcFacts};
 use crate::observe::Record;
 
-/// Advised buckets for `rpc.server.call.duration`, seconds (the HTTP ones: the semconv gives
-/// RPC the same advice).
-const DURATION_BUCKETS: [f64; 14] = [
-    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
-];
-
 /// Distinct `rpc.method` values on metrics, at most; later ones are `_OTHER`. Paths are the
 /// client's choice: the bound keeps a scanner from minting series.
 const MAX_METHODS: usize = 256;
@@ -46,7 +40,8 @@ impl RpcMetrics {
                 .f64_histogram(semconv_metric::RPC_SERVER_CALL_DURATION)
                 .with_unit("s")
                 .with_description("Duration of gRPC calls, until their trailers.")
-                .with_boundaries(DURATION_BUCKETS.to_vec())
+                // The semconv gives RPC durations the same bucket advice as HTTP's.
+                .with_boundaries(super::metrics::DURATION_BUCKETS.to_vec())
                 .build(),
             methods: Mutex::new(HashSet::new()),
         }
