@@ -58,10 +58,16 @@ impl GrpcServer {
 /// Runs the grpcio client script (`mode`: `client` for every call, `unary` for one) against
 /// ragscope and returns what it printed.
 async fn grpc_client(mode: &str, proxy: &Proxy) -> Json {
+    grpc_client_with(mode, proxy, &[]).await
+}
+
+/// [`grpc_client`] with more arguments for the script (`--tls CA NAME`).
+async fn grpc_client_with(mode: &str, proxy: &Proxy, args: &[&str]) -> Json {
     let output = tokio::process::Command::new("python3")
         .arg(SCRIPT)
         .arg(mode)
         .arg(proxy.addr().to_string())
+        .args(args)
         .stdin(Stdio::null())
         .kill_on_drop(true)
         .output()
@@ -338,4 +344,26 @@ async fn errors_of_the_proxy_reach_grpc_clients_as_statuses() {
     let span = server_span(&otlp, "ragscope.test.Echo/Unary", 14).await;
     assert_eq!(span.str_attr("error.type"), Some("upstream_unreachable"));
     assert_eq!(span.status_code, SpanStatusCode::Error);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_client_over_tls_reaches_an_h2c_upstream() {
+    let ca = Ca::new("grpc listener CA");
+    let files = CertFiles::new(&ca.server_cert(&["localhost"]));
+    let ca_file = files.write("ca.pem", &ca.pem);
+    let server = GrpcServer::start(None).await;
+    let otlp = OtlpReceiver::start().await;
+    let proxy = Proxy::builder()
+        .upstream(&to_port(server.port))
+        .env("RAGSCOPE_UPSTREAM_PROTOCOL", "h2c")
+        .tls(&files)
+        .otlp(&otlp)
+        .run()
+        .await;
+    let ca_path = ca_file.display().to_string();
+    let out = grpc_client_with("client", &proxy, &["--tls", &ca_path, "localhost"]).await;
+    assert_calls_intact(&out);
+    let span = server_span(&otlp, "ragscope.test.Echo/ServerStream", 0).await;
+    assert_eq!(span.str_attr("url.scheme"), Some("https"));
+    assert_eq!(span.str_attr("network.protocol.version"), Some("2"));
 }
