@@ -6,10 +6,10 @@ use std::net::IpAddr;
 
 use http::{Extensions, HeaderMap};
 
+use super::KeyType;
 use super::client_ip::{self, ClientIp};
 use super::redis;
 use super::settings::RateKeyKind;
-use super::KeyType;
 use crate::identity::ApiKeyName;
 
 /// The local store's key: an address group, or a digest of a header value or key name (the

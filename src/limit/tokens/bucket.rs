@@ -125,7 +125,11 @@ mod tests {
         let (step, none) = b.reserve(tat, now, 50);
         assert!(!step.allowed);
         assert_eq!(none, None, "a refusal changes nothing");
-        assert_eq!(step.retry_after, Duration::from_secs(5), "50 tokens at 10/s");
+        assert_eq!(
+            step.retry_after,
+            Duration::from_secs(5),
+            "50 tokens at 10/s"
+        );
         assert_eq!(step.reset, Duration::from_secs(60));
         // Five seconds later the 50 tokens are there.
         let (step, _) = b.reserve(tat, now + 5 * SEC, 50);

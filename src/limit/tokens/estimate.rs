@@ -146,13 +146,18 @@ mod tests {
     #[test]
     fn reservations_are_input_bytes_over_four_plus_the_output_cap() {
         let chat = recognised("/v1/chat/completions");
-        let body = br#"{"model":"m","max_tokens":50,"messages":[{"role":"user","content":"hello"}]}"#;
+        let body =
+            br#"{"model":"m","max_tokens":50,"messages":[{"role":"user","content":"hello"}]}"#;
         let e = Estimate::from_body(&chat, body, 4096);
         assert_eq!(e.input, (body.len() as u64).div_ceil(4));
         assert_eq!(e.output, 50);
         assert_eq!(e.total(), e.input + 50);
         // No cap named (or a nonsense one): the default.
-        for body in [&br#"{"model":"m"}"#[..], br#"{"max_tokens":-3}"#, b"not json"] {
+        for body in [
+            &br#"{"model":"m"}"#[..],
+            br#"{"max_tokens":-3}"#,
+            b"not json",
+        ] {
             assert_eq!(Estimate::from_body(&chat, body, 4096).output, 4096);
         }
         let responses = recognised("/v1/responses");

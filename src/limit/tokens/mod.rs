@@ -78,12 +78,10 @@ impl TokenDecision {
 
     /// The refusal to answer with, when the request must not be forwarded.
     pub fn refusal(&self) -> Option<ProxyError> {
-        (!self.step.allowed && self.mode == RateMode::Enforce).then(|| {
-            ProxyError::TokenLimited {
-                retry_after: super::ceil_secs(self.step.retry_after).max(1),
-                limit: self.limit,
-                reset: self.step.reset,
-            }
+        (!self.step.allowed && self.mode == RateMode::Enforce).then(|| ProxyError::TokenLimited {
+            retry_after: super::ceil_secs(self.step.retry_after).max(1),
+            limit: self.limit,
+            reset: self.step.reset,
         })
     }
 
@@ -119,7 +117,10 @@ pub fn add_headers(headers: &mut HeaderMap, limit: u64, remaining: u64, reset: D
 /// `6m0s`, `1h2m3s` (whole seconds rounded up from one second on).
 pub fn reset_value(d: Duration) -> String {
     if d < Duration::from_secs(1) {
-        return format!("{}ms", d.as_millis() + u128::from(d.subsec_nanos() % 1_000_000 > 0));
+        return format!(
+            "{}ms",
+            d.as_millis() + u128::from(d.subsec_nanos() % 1_000_000 > 0)
+        );
     }
     let s = super::ceil_secs(d);
     let (h, m, s) = (s / 3600, s / 60 % 60, s % 60);

@@ -86,7 +86,11 @@ impl TokenLimitConfig {
 /// `100000/m`, `2000000/h`, `10000000/d` (also `/min`, `/hour`, `/day`).
 fn parse_token_rate(v: &str) -> Option<TokenRate> {
     let (count, unit) = v.split_once('/')?;
-    let tokens: u64 = count.trim().parse().ok().filter(|n| (1..=1 << 40).contains(n))?;
+    let tokens: u64 = count
+        .trim()
+        .parse()
+        .ok()
+        .filter(|n| (1..=1 << 40).contains(n))?;
     let period = match unit.trim() {
         "m" | "min" | "minute" => Duration::from_secs(60),
         "h" | "hour" => Duration::from_secs(3600),

@@ -109,7 +109,9 @@ async fn each_key_has_its_own_budget_and_the_store_stays_at_the_cap() {
     for i in 0..1000u32 {
         let mut h = HeaderMap::new();
         h.insert("x-team", HeaderValue::from(i));
-        let a = l.reserve(&h, &Extensions::new(), peer, estimate(1, 0)).await;
+        let a = l
+            .reserve(&h, &Extensions::new(), peer, estimate(1, 0))
+            .await;
         overflowed += usize::from(a.decision().key_type == KeyType::Overflow);
     }
     assert!(l.tracked_keys() <= 100, "{}", l.tracked_keys());
