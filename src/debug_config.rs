@@ -160,6 +160,7 @@ fn genai(config: &Config) -> Value {
         "RAGSCOPE_FEEDBACK_PATH": config.genai.feedback_path,
         "RAGSCOPE_CONVERSATION_HEADER": config.genai.conversation_header.as_ref().map(|h| h.to_string()),
         "RAGSCOPE_PRICES": config.genai.prices.as_ref().map(|p| p.path().display().to_string()),
+        "RAGSCOPE_STREAM_USAGE": if config.genai.inject_stream_usage { "inject" } else { "off" },
     })
 }
 

@@ -19,6 +19,7 @@ use tokio::time::{Instant, Sleep};
 
 use super::buffered::Buffered;
 use super::exchange::Exchange;
+use super::stream_usage::UsageFilter;
 use crate::error::Origin;
 use crate::observe::Ending;
 
@@ -266,10 +267,21 @@ enum Source {
     Local(Option<Bytes>),
 }
 
+impl Source {
+    fn is_done(&self) -> bool {
+        match self {
+            Source::Upstream { body, .. } => body.is_end_stream(),
+            Source::Local(b) => b.is_none(),
+        }
+    }
+}
+
 /// The response body handed to hyper: the upstream's stream or a local answer.
 pub struct ResponseBody {
     source: Source,
     exchange: Exchange,
+    /// Takes injected usage out of the stream (`RAGSCOPE_STREAM_USAGE=inject`).
+    filter: Option<Box<UsageFilter>>,
 }
 
 impl std::fmt::Debug for ResponseBody {
@@ -287,7 +299,14 @@ impl ResponseBody {
                 idle: IdleTimer::new(idle_timeout),
             },
             exchange,
+            filter: None,
         }
+    }
+
+    /// Also passes the stream through `filter` after it has been observed.
+    pub fn with_filter(mut self, filter: UsageFilter) -> Self {
+        self.filter = Some(Box::new(filter));
+        self
     }
 
     /// A complete body the proxy answers itself.
@@ -295,14 +314,12 @@ impl ResponseBody {
         ResponseBody {
             source: Source::Local(Some(bytes).filter(|b| !b.is_empty())),
             exchange,
+            filter: None,
         }
     }
 
     fn source_done(&self) -> bool {
-        match &self.source {
-            Source::Upstream { body, .. } => body.is_end_stream(),
-            Source::Local(b) => b.is_none(),
-        }
+        self.source.is_done()
     }
 }
 
@@ -354,7 +371,20 @@ impl Body for ResponseBody {
             Poll::Ready(None) => this.exchange.end(Ending::Complete),
             _ => {}
         }
-        polled
+        match (&mut this.filter, polled) {
+            (None, polled) => polled,
+            (Some(filter), Poll::Ready(Some(Ok(frame)))) => match frame.into_data() {
+                Ok(data) => {
+                    let last = this.source.is_done();
+                    Poll::Ready(Some(Ok(Frame::data(filter.filter(data, last)))))
+                }
+                Err(frame) => Poll::Ready(Some(Ok(frame))),
+            },
+            (Some(filter), Poll::Ready(None)) => {
+                Poll::Ready(filter.flush().map(|rest| Ok(Frame::data(rest))))
+            }
+            (Some(_), polled) => polled,
+        }
     }
 
     fn is_end_stream(&self) -> bool {

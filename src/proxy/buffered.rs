@@ -48,6 +48,13 @@ impl Buffered {
         self.complete
     }
 
+    /// Replaces the bytes read with `data` (a rewrite of the whole body, when
+    /// [`Buffered::is_complete`]).
+    pub fn replace(&mut self, data: Bytes) {
+        self.len = data.len();
+        self.data = Some(data);
+    }
+
     /// The next frame to forward: the bytes read, then trailers if the body had them.
     /// The parse budget is given back once the bytes are handed on.
     pub fn next_frame(&mut self) -> Option<Frame<Bytes>> {

@@ -20,6 +20,7 @@ pub mod buffered;
 mod exchange;
 mod headers;
 mod respond;
+mod stream_usage;
 mod tokens;
 
 use std::convert::Infallible;
@@ -352,7 +353,8 @@ impl Proxy {
         scheme: &'static str,
         exchange: &mut Exchange,
     ) -> Result<Response<Incoming>, ProxyError> {
-        let (mut parts, body) = req.into_parts();
+        let (mut parts, mut body) = req.into_parts();
+        let (head, injected) = self.inject_usage(&mut parts, &mut body, head).await?;
         let host = parts
             .uri
             .authority()
@@ -395,7 +397,14 @@ impl Proxy {
         let upstream = self.client.get().request(Request::from_parts(parts, body));
         match self.await_response(upstream, &upload).await {
             Err(e) => Err(e),
-            Ok(Ok(response)) => Ok(response),
+            Ok(Ok(mut response)) => {
+                if injected {
+                    response
+                        .extensions_mut()
+                        .insert(stream_usage::UsageInjected);
+                }
+                Ok(response)
+            }
             Ok(Err(e)) => Err(self.classify(e, &upload)),
         }
     }
@@ -469,7 +478,12 @@ impl Proxy {
                 if let Some(genai) = exchange.genai_mut() {
                     genai.response_head(&parts.headers);
                 }
+                let filter = stream_usage::filter_for(&mut parts, self.genai.config());
                 let body = ResponseBody::upstream(body, exchange, self.config.idle_timeout);
+                let body = match filter {
+                    Some(filter) => body.with_filter(filter),
+                    None => body,
+                };
                 Response::from_parts(parts, body)
             }
             Answer::Local(response) => {
