@@ -108,20 +108,41 @@ fn builder(up: &Upstream) -> ProxyBuilder {
         .env("RAGSCOPE_RATE_KEY", "header:x-team")
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_json_answer_is_charged_its_reported_usage_and_the_rest_comes_back() {
+/// The stand-in, a collector, and ragscope in front with `limit` and `vars`.
+struct Setup {
+    up: Upstream,
+    otlp: OtlpReceiver,
+    proxy: Proxy,
+    client: Client,
+    url: String,
+}
+
+async fn start(limit: &str, vars: &[(&str, &str)]) -> Setup {
     let up = Upstream::scripted(route).await;
     let otlp = OtlpReceiver::start().await;
-    let proxy = builder(&up)
-        .otlp(&otlp)
-        .env("RAGSCOPE_TOKEN_LIMIT", "1000/h")
+    let proxy = vars
+        .iter()
+        .fold(builder(&up).otlp(&otlp), |b, (k, v)| b.env(k, *v))
+        .env("RAGSCOPE_TOKEN_LIMIT", limit)
         .run()
         .await;
-    let c = Client::http1();
     let url = proxy.url("/v1/chat/completions");
+    Setup {
+        up,
+        otlp,
+        proxy,
+        client: Client::http1(),
+        url,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_json_answer_is_charged_its_reported_usage_and_the_rest_comes_back() {
+    let s = start("1000/h", &[]).await;
+    let (otlp, proxy, c, url) = (&s.otlp, &s.proxy, &s.client, s.url.clone());
     let body = chat(900, false, 5, 0);
     let reserved = reservation(&body);
-    let first = send(&c, &url, &body, "a").await;
+    let first = send(c, &url, &body, "a").await;
     assert_eq!(first.status, 200);
     assert_eq!(header_u64(&first, "x-ratelimit-limit-tokens"), 1000);
     assert_eq!(
@@ -137,11 +158,11 @@ async fn a_json_answer_is_charged_its_reported_usage_and_the_rest_comes_back() {
     );
     // Once settled at 11 + 5, the same request fits again (before, 1000 - ~950 did not).
     let again = wait_until_async(WAIT, || async {
-        send(&c, &url, &body, "a").await.status == 200
+        send(c, &url, &body, "a").await.status == 200
     })
     .await;
     assert!(again, "the reservation was never settled");
-    let span = settled_spans(&otlp, 1).await.remove(0);
+    let span = settled_spans(otlp, 1).await.remove(0);
     assert_eq!(
         span.int_attr("ragscope.token_limit.reserved"),
         Some(reserved as i64)
@@ -170,20 +191,13 @@ async fn a_json_answer_is_charged_its_reported_usage_and_the_rest_comes_back() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn streams_are_charged_their_final_usage_or_an_estimate_flagged_as_such() {
-    let up = Upstream::scripted(route).await;
-    let otlp = OtlpReceiver::start().await;
-    let proxy = builder(&up)
-        .otlp(&otlp)
-        .env("RAGSCOPE_TOKEN_LIMIT", "100000/h")
-        .run()
-        .await;
-    let c = Client::http1();
-    let url = proxy.url("/v1/chat/completions");
+    let s = start("100000/h", &[]).await;
+    let (otlp, c, url) = (&s.otlp, &s.client, s.url.clone());
     let without = chat(500, true, 7, 0);
-    let reply = send(&c, &url, &without, "a").await;
+    let reply = send(c, &url, &without, "a").await;
     assert_eq!(reply.status, 200);
     assert!(reply.header("x-ratelimit-remaining-tokens").is_some());
-    let span = settled_spans(&otlp, 1).await.remove(0);
+    let span = settled_spans(otlp, 1).await.remove(0);
     let input = (without.to_string().len() as i64 + 3) / 4;
     assert_eq!(
         span.str_attr("ragscope.token_limit.usage"),
@@ -196,8 +210,8 @@ async fn streams_are_charged_their_final_usage_or_an_estimate_flagged_as_such() 
     );
     let mut with = chat(500, true, 7, 0);
     with["stream_options"]["include_usage"] = json!(true);
-    assert_eq!(send(&c, &url, &with, "b").await.status, 200);
-    let spans = settled_spans(&otlp, 2).await;
+    assert_eq!(send(c, &url, &with, "b").await.status, 200);
+    let spans = settled_spans(otlp, 2).await;
     let reported = spans
         .iter()
         .find(|s| s.str_attr("ragscope.token_limit.usage") == Some("reported"))
@@ -210,12 +224,8 @@ async fn streams_are_charged_their_final_usage_or_an_estimate_flagged_as_such() 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_burst_of_long_streams_cannot_take_more_than_the_budget_and_the_overrun_is_debt() {
-    let up = Upstream::scripted(route).await;
-    let proxy = builder(&up)
-        .env("RAGSCOPE_TOKEN_LIMIT", "1000/h")
-        .run()
-        .await;
-    let url = proxy.url("/v1/chat/completions");
+    let s = start("1000/h", &[]).await;
+    let (up, c, url) = (&s.up, &s.client, s.url.clone());
     // Each asks for 100 output tokens, then streams 300 (past its reservation).
     let body = chat(100, true, 300, 2);
     let reserved = reservation(&body);
@@ -260,10 +270,9 @@ async fn a_burst_of_long_streams_cannot_take_more_than_the_budget_and_the_overru
     );
     // Each admitted stream ran ~200 tokens past its reservation: the key is in debt, and
     // even a one-token request waits (the wait covers the debt: minutes at 1000/h).
-    let c = Client::http1();
     let small = chat(1, false, 1, 0);
     let in_debt = wait_for(WAIT, || async {
-        let r = send(&c, &url, &small, "burst").await;
+        let r = send(c, &url, &small, "burst").await;
         (r.status == 429 && header_u64(&r, "retry-after") > 60).then_some(r)
     })
     .await;
@@ -272,17 +281,10 @@ async fn a_burst_of_long_streams_cannot_take_more_than_the_budget_and_the_overru
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_client_that_goes_away_mid_stream_pays_for_what_it_got_and_the_rest_returns() {
-    let up = Upstream::scripted(route).await;
-    let otlp = OtlpReceiver::start().await;
-    let proxy = builder(&up)
-        .otlp(&otlp)
-        .env("RAGSCOPE_TOKEN_LIMIT", "1000/h")
-        .run()
-        .await;
-    let url = proxy.url("/v1/chat/completions");
+    let s = start("1000/h", &[]).await;
+    let (otlp, c, url) = (&s.otlp, &s.client, s.url.clone());
     let body = chat(800, true, 200, 20);
     let reserved = reservation(&body);
-    let c = Client::http1();
     let response = c.send(post(&url, &body, "a")).await;
     assert_eq!(response.status(), 200);
     let mut stream = response.into_body();
@@ -294,7 +296,7 @@ async fn a_client_that_goes_away_mid_stream_pays_for_what_it_got_and_the_rest_re
             .map_or(0, |d| d.windows(4).filter(|w| w == b"word").count());
     }
     drop(stream);
-    let span = settled_spans(&otlp, 1).await.remove(0);
+    let span = settled_spans(otlp, 1).await.remove(0);
     let charged = span
         .int_attr("ragscope.token_limit.charged")
         .expect("charged") as u64;
@@ -309,22 +311,22 @@ async fn a_client_that_goes_away_mid_stream_pays_for_what_it_got_and_the_rest_re
     );
     // The refund is there: another large request fits.
     assert_eq!(
-        send(&c, &url, &chat(800, false, 1, 0), "a").await.status,
+        send(c, &url, &chat(800, false, 1, 0), "a").await.status,
         200
     );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_body_over_the_parse_bound_streams_through_and_reserves_from_its_length() {
-    let up = Upstream::scripted(route).await;
-    let otlp = OtlpReceiver::start().await;
-    let proxy = builder(&up)
-        .otlp(&otlp)
-        .env("RAGSCOPE_TOKEN_LIMIT", "1000000/h")
-        .env("RAGSCOPE_PARSE_MAX_BYTES", "1KiB")
-        .env("RAGSCOPE_TOKEN_DEFAULT_MAX_OUTPUT", "100")
-        .run()
-        .await;
+    let s = start(
+        "1000000/h",
+        &[
+            ("RAGSCOPE_PARSE_MAX_BYTES", "1KiB"),
+            ("RAGSCOPE_TOKEN_DEFAULT_MAX_OUTPUT", "100"),
+        ],
+    )
+    .await;
+    let (otlp, url) = (&s.otlp, s.url.clone());
     let mut body = chat(5, false, 1, 0);
     body["messages"][0]["content"] = json!("x".repeat(20_000));
     let text = body.to_string();
@@ -335,7 +337,7 @@ async fn a_body_over_the_parse_bound_streams_through_and_reserves_from_its_lengt
             tx.send(Bytes::copy_from_slice(part)).await.expect("send");
         }
     });
-    let req = request(Method::POST, &proxy.url("/v1/chat/completions"))
+    let req = request(Method::POST, &url)
         .header("content-type", "application/json")
         .body(ChannelRequestBody(rx))
         .expect("request");
@@ -351,7 +353,7 @@ async fn a_body_over_the_parse_bound_streams_through_and_reserves_from_its_lengt
         Some(body.to_string().len() as u64),
         "every byte reached the upstream"
     );
-    let span = settled_spans(&otlp, 1).await.remove(0);
+    let span = settled_spans(otlp, 1).await.remove(0);
     let reserved = span
         .int_attr("ragscope.token_limit.reserved")
         .expect("reserved");
