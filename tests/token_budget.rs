@@ -183,6 +183,16 @@ async fn a_json_answer_is_charged_its_reported_usage_and_the_rest_comes_back() {
         span.str_attr("ragscope.token_limit.decision"),
         Some("allowed")
     );
+    // HTTP/2 requests are read, estimated and forwarded the same way.
+    let h2 = Client::http2()
+        .request(post(&url, &chat(10, false, 1, 0), "h2"))
+        .await;
+    assert_eq!(h2.status, 200);
+    assert!(h2.header("x-ratelimit-remaining-tokens").is_some());
+    assert_eq!(
+        h2.json()["received_bytes"].as_u64(),
+        Some(chat(10, false, 1, 0).to_string().len() as u64)
+    );
     // Requests that are not LLM requests are not under the token limit.
     let plain = c.get(proxy.url("/json")).await;
     assert_eq!(plain.status, 200);

@@ -5,7 +5,9 @@
 //! 2. **admit** — refuse what must not be forwarded: a missing or unknown API key (access
 //!    control, which also names the client for later checks), draining, malformed framing, a
 //!    declared body over the limit; then the rate limit ([`crate::limit`]), keyed by what
-//!    access control learned, whose headers go on every response.
+//!    access control learned, whose headers go on every response; then, for a recognised LLM
+//!    request under `RAGSCOPE_TOKEN_LIMIT`, the token budget ([`crate::limit::tokens`]), which
+//!    reads the body's head first ([`buffered`]) to estimate the request's cost.
 //! 3. **forward** — strip hop-by-hop headers, then add ours (forwarded-for, trace context), and
 //!    send the request to the upstream over the pooled client, the body streaming behind it.
 //! 4. **respond** — strip the response's hop-by-hop headers and stream its body back frame by
