@@ -68,6 +68,9 @@ pub struct Facts {
     pub data_source: Option<String>,
     /// The response was an event stream read as it passed.
     pub streamed: bool,
+    /// Stream events that carried generated content (what a token budget estimates a
+    /// stream's output from when no usage was reported).
+    pub content_events: u64,
     /// When the first content-bearing event went by (streams only).
     pub first_token: Option<(Instant, SystemTime)>,
     /// The model version, from the configured response header (bounded).
@@ -333,6 +336,7 @@ impl Facts {
                     .clone()
                     .or_else(|| request.conversation_id.clone()),
                 api_error: response.error_type.clone(),
+                content_events: response.content_events,
                 ..Facts::default()
             };
         }
