@@ -83,7 +83,7 @@ fn core(config: &Config) -> Value {
 
 /// TLS, access control and rate limiting.
 fn guard(config: &Config) -> Value {
-    json!({
+    let vars = json!({
         // Paths of key and certificate files are not secret; their contents are never shown.
         "RAGSCOPE_TLS_CERT": config.tls.files.as_ref().map(|f| f.cert.display().to_string()),
         "RAGSCOPE_TLS_KEY": config.tls.files.as_ref().map(|f| f.key.display().to_string()),
@@ -101,11 +101,7 @@ fn guard(config: &Config) -> Value {
             format!("{}/{unit}", l.count)
         }),
         "RAGSCOPE_RATE_BURST": config.rate_limit.burst,
-        "RAGSCOPE_RATE_KEY": match &config.rate_limit.key {
-            RateKeyKind::Ip => "ip".to_owned(),
-            RateKeyKind::ApiKey => "api-key".to_owned(),
-            RateKeyKind::Header(name) => format!("header:{name}"),
-        },
+        "RAGSCOPE_RATE_KEY": key_name(&config.rate_limit.key),
         "RAGSCOPE_TRUSTED_PROXIES": config.rate_limit.trusted_proxies.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
         "RAGSCOPE_FORWARDED_HEADER": match config.rate_limit.forwarded_header {
             ForwardedHeader::XForwardedFor => "x-forwarded-for",
@@ -116,7 +112,39 @@ fn guard(config: &Config) -> Value {
         // A Redis URL may carry a password.
         "RAGSCOPE_RATE_LIMIT_REDIS": config.rate_limit.redis.as_deref().map(mask_userinfo),
         "RAGSCOPE_RATE_LIMIT_REDIS_TIMEOUT": duration(config.rate_limit.redis_timeout),
-    })
+    });
+    let tokens = &config.rate_limit.tokens;
+    let token_vars = json!({
+        "RAGSCOPE_TOKEN_LIMIT": tokens.limit.map_or("off".to_owned(), |l| {
+            let unit = match l.period.as_secs() {
+                60 => "m",
+                3600 => "h",
+                _ => "d",
+            };
+            format!("{}/{unit}", l.tokens)
+        }),
+        "RAGSCOPE_TOKEN_KEY": key_name(&tokens.key),
+        "RAGSCOPE_TOKEN_MODE": match tokens.mode { RateMode::Enforce => "enforce", RateMode::Shadow => "shadow" },
+        "RAGSCOPE_TOKEN_DEFAULT_MAX_OUTPUT": tokens.default_max_output,
+        "RAGSCOPE_TOKEN_RESERVATION_TTL": duration(tokens.reservation_ttl),
+    });
+    merge(vars, token_vars)
+}
+
+fn key_name(key: &RateKeyKind) -> String {
+    match key {
+        RateKeyKind::Ip => "ip".to_owned(),
+        RateKeyKind::ApiKey => "api-key".to_owned(),
+        RateKeyKind::Header(name) => format!("header:{name}"),
+    }
+}
+
+/// `a`'s members with `b`'s added.
+fn merge(mut a: Value, b: Value) -> Value {
+    if let (Some(a), Value::Object(b)) = (a.as_object_mut(), b) {
+        a.extend(b);
+    }
+    a
 }
 
 /// GenAI and RAG observation.
@@ -133,6 +161,7 @@ fn genai(config: &Config) -> Value {
         "RAGSCOPE_FEEDBACK_PATH": config.genai.feedback_path,
         "RAGSCOPE_CONVERSATION_HEADER": config.genai.conversation_header.as_ref().map(|h| h.to_string()),
         "RAGSCOPE_PRICES": config.genai.prices.as_ref().map(|p| p.path().display().to_string()),
+        "RAGSCOPE_STREAM_USAGE": if config.genai.inject_stream_usage { "inject" } else { "off" },
     })
 }
 

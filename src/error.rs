@@ -91,6 +91,19 @@ pub enum ProxyError {
         /// Whole seconds until the bucket is full again, for `x-ratelimit-reset`.
         reset: u64,
     },
+    /// The client's token budget (`RAGSCOPE_TOKEN_LIMIT`) cannot cover this request's
+    /// reservation; the upstream was not called.
+    #[error(
+        "token budget exceeded: this request's estimated cost is more than the {limit}-token budget has left; retry after {retry_after} s"
+    )]
+    TokenLimited {
+        /// Whole seconds (rounded up) until the budget covers the reservation.
+        retry_after: u64,
+        /// The budget per period, for `x-ratelimit-limit-tokens`.
+        limit: u64,
+        /// Until the budget is full again, for `x-ratelimit-reset-tokens`.
+        reset: Duration,
+    },
     /// A feedback body that does not say what it must (trace id, numeric score).
     #[error("invalid feedback: {0}")]
     InvalidFeedback(String),
@@ -123,7 +136,9 @@ impl ProxyError {
             | ProxyError::InvalidFeedback(_) => StatusCode::BAD_REQUEST,
             ProxyError::Draining => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::MissingApiKey | ProxyError::InvalidApiKey => StatusCode::UNAUTHORIZED,
-            ProxyError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ProxyError::RateLimited { .. } | ProxyError::TokenLimited { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             ProxyError::UnsupportedProtocol(_) => StatusCode::NOT_IMPLEMENTED,
         }
     }
@@ -143,6 +158,7 @@ impl ProxyError {
             ProxyError::MissingApiKey => "missing_api_key",
             ProxyError::InvalidApiKey => "invalid_api_key",
             ProxyError::RateLimited { .. } => "rate_limited",
+            ProxyError::TokenLimited { .. } => "token_limit_exceeded",
             ProxyError::InvalidFeedback(_) => "invalid_feedback",
             ProxyError::UnsupportedProtocol(_) => "unsupported_protocol",
             ProxyError::GrpcNeedsHttp2 => "grpc_needs_http2",
@@ -163,6 +179,7 @@ impl ProxyError {
             | ProxyError::MissingApiKey
             | ProxyError::InvalidApiKey
             | ProxyError::RateLimited { .. }
+            | ProxyError::TokenLimited { .. }
             | ProxyError::InvalidFeedback(_)
             | ProxyError::UnsupportedProtocol(_) => Origin::Downstream,
             ProxyError::Draining | ProxyError::GrpcNeedsHttp2 => Origin::Proxy,
@@ -232,6 +249,14 @@ impl ProxyError {
                 headers.insert("x-ratelimit-limit", HeaderValue::from(*limit));
                 headers.insert("x-ratelimit-remaining", HeaderValue::from_static("0"));
                 headers.insert("x-ratelimit-reset", HeaderValue::from(*reset));
+            }
+            ProxyError::TokenLimited {
+                retry_after,
+                limit,
+                reset,
+            } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
+                crate::limit::tokens::add_headers(headers, *limit, 0, *reset);
             }
             _ => {}
         }

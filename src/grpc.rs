@@ -133,7 +133,9 @@ pub fn code_for(error: &ProxyError) -> u8 {
         | ProxyError::UpstreamConnectTimeout(_)
         | ProxyError::Draining => 14,
         ProxyError::UpstreamTimeout(_) | ProxyError::RequestBodyTimeout(_) => 4,
-        ProxyError::BodyTooLarge { .. } | ProxyError::RateLimited { .. } => 8,
+        ProxyError::BodyTooLarge { .. }
+        | ProxyError::RateLimited { .. }
+        | ProxyError::TokenLimited { .. } => 8,
         ProxyError::MissingApiKey | ProxyError::InvalidApiKey => 16,
         ProxyError::BadRequest(_) | ProxyError::InvalidFeedback(_) => 3,
         ProxyError::ClientBody { .. } => 1,

@@ -13,6 +13,7 @@ use ragscope::{Config, Env, Server};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    keep_transparent_huge_pages_off();
     match std::env::args().nth(1).as_deref() {
         None => {}
         Some("demo") => return ragscope::demo::main(),
@@ -78,6 +79,19 @@ fn main() -> ExitCode {
     // still stuck on a dead collector that the bounded shutdown already gave up on.
     runtime.shutdown_timeout(std::time::Duration::from_millis(200));
     code
+}
+
+/// mimalloc asks the kernel for transparent huge pages on its arenas (`MADV_HUGEPAGE`), so the
+/// resident set moves in 2 MiB steps as khugepaged collapses pages: with them, the same build
+/// measured 15 to 56 KiB per idle keep-alive connection from run to run (benches/README.md). A
+/// sidecar's heap is small and its memory should be predictable, so the process turns them off
+/// first thing, before its arenas grow. An operator who sets `MIMALLOC_ALLOW_THP` (mimalloc's
+/// own switch) decides instead: `1` keeps huge pages on. Best effort: a kernel without the
+/// prctl only costs memory, not worth refusing to start for.
+fn keep_transparent_huge_pages_off() {
+    if std::env::var_os("MIMALLOC_ALLOW_THP").is_none() {
+        let _ = rustix::thread::disable_transparent_huge_pages(true);
+    }
 }
 
 async fn wait_for_signal() {

@@ -99,7 +99,13 @@ impl Server {
         let telemetry = Telemetry::start_with_recent(&config.telemetry, config.ops.recent_traces)?;
         let limiter =
             crate::limit::RateLimiter::from_config(&config.rate_limit, &telemetry.meter())?;
-        let mut proxy = Proxy::new(config.clone(), telemetry.clone())?.with_rate_limiter(limiter);
+        let token_limiter = crate::limit::tokens::TokenLimiter::from_config(
+            &config.rate_limit,
+            &telemetry.meter(),
+        )?;
+        let mut proxy = Proxy::new(config.clone(), telemetry.clone())?
+            .with_rate_limiter(limiter)
+            .with_token_limiter(token_limiter);
         let mut watchers = Vec::new();
         if let Some(keys) = api_keys {
             watchers.push(keys.watch(crate::reload::POLL_INTERVAL));

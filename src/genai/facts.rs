@@ -8,7 +8,9 @@ use serde_json::json;
 
 use super::api::Api;
 use super::extract::{self, Document, Extracted, Side, Target};
-use super::inference::{Detail, Malformed, RequestInfo, ResponseInfo, push_bounded};
+use super::inference::{
+    Detail, Malformed, RequestInfo, ResponseInfo, parse_or_default, push_bounded,
+};
 use super::openai;
 use super::prices::{Cost, PriceTable, Usage};
 use super::{GenAi, Observation, ResponseState};
@@ -66,6 +68,9 @@ pub struct Facts {
     pub data_source: Option<String>,
     /// The response was an event stream read as it passed.
     pub streamed: bool,
+    /// Stream events that carried generated content (what a token budget estimates a
+    /// stream's output from when no usage was reported).
+    pub content_events: u64,
     /// When the first content-bearing event went by (streams only).
     pub first_token: Option<(Instant, SystemTime)>,
     /// The model version, from the configured response header (bounded).
@@ -134,12 +139,11 @@ impl Observation {
             if tee.truncated {
                 truncated = true;
             } else if !tee.buf.is_empty() {
-                let read = read_body(&genai, Side::Request, api, &tee.buf, |v| match v {
-                    Some(v) => Ok(openai::request_from_value(v, capture.is_some())),
-                    None => match &recognised {
-                        Some(r) => r.parse_request(&tee.buf, capture.is_some()),
-                        None => Ok(RequestInfo::default()),
-                    },
+                // An unrecognised POST is read the OpenAI way: RAG servers often take a
+                // `model` in their own request shape.
+                let read = read_body(&genai, Side::Request, api, &tee.buf, || match &recognised {
+                    Some(r) => r.parse_request(&tee.buf, capture.is_some()),
+                    None => openai::parse_request(&tee.buf, capture.is_some()),
                 });
                 match read {
                     Ok((info, found)) => {
@@ -168,12 +172,10 @@ impl Observation {
                 if tee.truncated {
                     truncated = true;
                 } else if !tee.buf.is_empty() {
-                    let read =
-                        read_body(&genai, Side::Response, api, &tee.buf, |v| match (v, api) {
-                            (Some(v), Some(_)) => Ok(openai::from_value(v, capture)),
-                            (None, Some(api)) => api.parse_body(&tee.buf, capture),
-                            (_, None) => Ok(ResponseInfo::default()),
-                        });
+                    let read = read_body(&genai, Side::Response, api, &tee.buf, || match api {
+                        Some(api) => api.parse_body(&tee.buf, capture),
+                        None => Ok(ResponseInfo::default()),
+                    });
                     match read {
                         Ok((read, found)) => {
                             info = read;
@@ -334,6 +336,7 @@ impl Facts {
                     .clone()
                     .or_else(|| request.conversation_id.clone()),
                 api_error: response.error_type.clone(),
+                content_events: response.content_events,
                 ..Facts::default()
             };
         }
@@ -413,34 +416,53 @@ struct Found {
     documents: Option<Vec<Document>>,
 }
 
-/// Reads one body copy: the API's reader (`read`, handed the parsed JSON value when one was
-/// needed anyway) and the rules for `side`. OpenAI-compatible and unrecognised bodies are
-/// parsed once into a JSON value that both use; the other APIs' readers borrow from the
-/// bytes, and a JSON value is built for them only when a rule reads that side.
+/// Reads one body copy: the API's reader (`read`, typed, borrowing from the bytes) and the
+/// rules for `side`. A JSON tree of the body is built only when a configured rule reads that
+/// side; the built-in `/sources` reading of OpenAI-shaped and unrecognised responses parses
+/// just that member. Why: parsing every chat body into a `serde_json::Value` was a third of the
+/// telemetry thread's time under load.
 fn read_body<T>(
     genai: &GenAi,
     side: Side,
     api: Option<Api>,
     body: &[u8],
-    read: impl FnOnce(Option<&serde_json::Value>) -> Result<T, Malformed>,
+    read: impl FnOnce() -> Result<T, Malformed>,
 ) -> Result<(T, Found), Malformed> {
     let openai_shaped = matches!(
         api,
         None | Some(Api::OpenAiChat | Api::OpenAiCompletions | Api::OpenAiEmbeddings)
     );
     let mut found = Found::default();
-    if openai_shaped {
-        let v: serde_json::Value = serde_json::from_slice(body)?;
-        let info = read(Some(&v))?;
-        apply_rules(genai, side, &v, true, &mut found);
-        return Ok((info, found));
-    }
-    let info = read(None)?;
+    let info = read()?;
     if genai.config.extract.iter().any(|r| r.side == side) {
         let v: serde_json::Value = serde_json::from_slice(body)?;
-        apply_rules(genai, side, &v, false, &mut found);
+        apply_rules(genai, side, &v, openai_shaped, &mut found);
+    } else if openai_shaped
+        && side == Side::Response
+        && !genai
+            .config
+            .extract
+            .iter()
+            .any(|r| matches!(r.target, Target::Documents { .. }))
+    {
+        found.documents = builtin_sources(body)?;
     }
     Ok((info, found))
+}
+
+/// The built-in RAG reading: a top-level `sources` array of `{id, score}` objects. Everything
+/// else in the body is skipped unparsed.
+fn builtin_sources(body: &[u8]) -> Result<Option<Vec<Document>>, Malformed> {
+    #[derive(Default, serde::Deserialize)]
+    struct Top<'a> {
+        #[serde(borrow, default)]
+        sources: Option<&'a serde_json::value::RawValue>,
+    }
+    let Some(raw) = parse_or_default::<Top<'_>>(body)?.sources else {
+        return Ok(None);
+    };
+    let sources: serde_json::Value = serde_json::from_str(raw.get())?;
+    Ok(extract::documents(&sources, "", "/id", "/score"))
 }
 
 /// Applies the configured rules for `side` to a parsed body; without a `documents` rule, the
@@ -499,5 +521,29 @@ mod tests {
         assert_eq!(cut("déf", &mut budget), "d");
         assert_eq!(cut("xy", &mut budget), "x");
         assert_eq!(cut("z", &mut budget), "");
+    }
+
+    #[test]
+    fn builtin_sources_reads_only_the_sources_member() {
+        let body = br#"{"choices":[{"message":{"content":"x"}}],"sources":[{"id":"a","score":0.5},{"id":7}]}"#;
+        let docs = builtin_sources(body).expect("parses").expect("sources");
+        assert_eq!(docs.len(), 2);
+        assert_eq!(docs[0].id.as_deref(), Some("a"));
+        assert_eq!(docs[0].score, Some(0.5));
+        assert_eq!(docs[1].id.as_deref(), Some("7"));
+        assert_eq!(docs[1].score, None);
+        // Valid JSON without sources, or of another shape, has none; broken JSON is malformed.
+        assert!(
+            builtin_sources(br#"{"answer":"x"}"#)
+                .expect("parses")
+                .is_none()
+        );
+        assert!(builtin_sources(b"[1,2]").expect("parses").is_none());
+        assert!(
+            builtin_sources(br#"{"sources":"no"}"#)
+                .expect("parses")
+                .is_none()
+        );
+        assert!(builtin_sources(b"{\"sources\":[").is_err());
     }
 }

@@ -270,6 +270,20 @@ pub fn cut(s: &str, limit: usize) -> &str {
 /// A borrowed-or-owned string as serde hands it out (owned only when it had escapes).
 pub(crate) type Str<'a> = Cow<'a, str>;
 
+/// Parses `body` as `T`, leniently: JSON of another shape (an array, a field of an unexpected
+/// type the reader does not tolerate) reads as `T::default()`; only bytes that are not JSON are
+/// malformed. The second parse runs on that rare path only.
+pub(crate) fn parse_or_default<'a, T>(body: &'a [u8]) -> Result<T, Malformed>
+where
+    T: serde::Deserialize<'a> + Default,
+{
+    match serde_json::from_slice(body) {
+        Ok(t) => Ok(t),
+        Err(_) if serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok() => Ok(T::default()),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Appends as much of `text` as fits in `limit` bytes, cut on a character boundary.
 pub fn push_bounded(s: &mut String, text: &str, limit: usize) {
     s.push_str(cut(text, limit.saturating_sub(s.len())));

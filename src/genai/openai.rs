@@ -9,45 +9,67 @@
 
 use serde::Deserialize;
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 pub use super::inference::{
     EventKind, Malformed, Operation, RequestInfo, ResponseInfo, ToolCallPart, push_bounded,
 };
-use super::inference::{Str, cap, lenient};
+use super::inference::{Str, cap, lenient, parse_or_default};
 
-/// Reads a request body. `capture` also collects the input messages.
-pub fn parse_request(body: &[u8], capture: bool) -> Result<RequestInfo, Malformed> {
-    let v: Value = serde_json::from_slice(body).map_err(|e| Malformed(e.to_string()))?;
-    Ok(request_from_value(&v, capture))
+/// A request body as the reader needs it: the scalars typed, the parts only capture reads
+/// (messages, prompt, input) left as borrowed raw JSON, so a request is read without building a
+/// tree of its messages (this runs for every chat request on the telemetry thread).
+#[derive(Debug, Default, Deserialize)]
+struct Request<'a> {
+    #[serde(default, deserialize_with = "lenient::opt")]
+    model: Option<String>,
+    #[serde(default, deserialize_with = "lenient::opt")]
+    stream: Option<bool>,
+    #[serde(default, deserialize_with = "lenient::opt")]
+    max_tokens: Option<i64>,
+    #[serde(default, deserialize_with = "lenient::opt")]
+    max_completion_tokens: Option<i64>,
+    #[serde(default, deserialize_with = "lenient::opt")]
+    temperature: Option<f64>,
+    #[serde(default, deserialize_with = "lenient::opt")]
+    top_p: Option<f64>,
+    #[serde(borrow, default)]
+    messages: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    prompt: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    input: Option<&'a RawValue>,
 }
 
-/// Reads an already parsed request body.
-pub fn request_from_value(v: &Value, capture: bool) -> RequestInfo {
+/// Reads a request body. `capture` also collects the input messages. JSON that parses but is
+/// not an object (an unrecognised API's body may be anything) reads as nothing, not malformed.
+pub fn parse_request(body: &[u8], capture: bool) -> Result<RequestInfo, Malformed> {
+    let r: Request<'_> = parse_or_default(body)?;
     let mut info = RequestInfo {
-        model: v.get("model").and_then(Value::as_str).map(cap),
-        stream: v.get("stream").and_then(Value::as_bool),
-        max_tokens: v
-            .get("max_tokens")
-            .or_else(|| v.get("max_completion_tokens"))
-            .and_then(Value::as_i64),
-        temperature: v.get("temperature").and_then(Value::as_f64),
-        top_p: v.get("top_p").and_then(Value::as_f64),
+        model: r.model.as_deref().map(cap),
+        stream: r.stream,
+        max_tokens: r.max_tokens.or(r.max_completion_tokens),
+        temperature: r.temperature,
+        top_p: r.top_p,
         ..RequestInfo::default()
     };
     if capture {
-        if let Some(messages) = v.get("messages").and_then(Value::as_array) {
-            for m in messages {
+        let parsed = |raw: Option<&RawValue>| -> Option<Value> {
+            raw.and_then(|raw| serde_json::from_str(raw.get()).ok())
+        };
+        if let Some(Value::Array(messages)) = parsed(r.messages) {
+            for m in &messages {
                 let role = m.get("role").and_then(Value::as_str).unwrap_or("user");
                 info.messages
                     .push((role.to_owned(), content_text(m.get("content"))));
             }
-        } else if let Some(p) = v.get("prompt").or_else(|| v.get("input")) {
-            for text in texts(p) {
+        } else if let Some(p) = parsed(r.prompt).or_else(|| parsed(r.input)) {
+            for text in texts(&p) {
                 info.messages.push(("user".to_owned(), text));
             }
         }
     }
-    info
+    Ok(info)
 }
 
 /// The text of a message `content`: a string, or the text parts of a multi-part array.
@@ -134,7 +156,7 @@ impl Usage {
 
 /// A streamed chunk, or a whole response body: the same shape with `delta` or `message`.
 /// Borrowing keeps the per-event cost to one pass over the bytes.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 struct Chunk<'a> {
     #[serde(default, borrow)]
     id: Option<Str<'a>>,
@@ -234,16 +256,8 @@ impl ApiError<'_> {
 
 /// Reads one complete JSON response body.
 pub fn parse_body(body: &[u8], capture: Option<usize>) -> Result<ResponseInfo, Malformed> {
-    let chunk: Chunk<'_> = serde_json::from_slice(body)?;
+    let chunk: Chunk<'_> = parse_or_default(body)?;
     Ok(read(chunk, capture))
-}
-
-/// Reads an already parsed response body.
-pub fn from_value(v: &Value, capture: Option<usize>) -> ResponseInfo {
-    match Chunk::deserialize(v) {
-        Ok(chunk) => read(chunk, capture),
-        Err(_) => ResponseInfo::default(),
-    }
 }
 
 /// Accumulates one stream event's data into `info`. Malformed JSON is reported and leaves the
@@ -380,6 +394,30 @@ mod tests {
         assert_eq!(info.max_tokens, Some(5));
         assert!(parse_request(b"{\"model\":", false).is_err());
         assert!(parse_request(b"", false).is_err());
+        // JSON of another shape is nothing to read, not malformed (an unrecognised API's
+        // body may be anything); the same for a response.
+        let info = parse_request(b"[1,2]", true).expect("parses");
+        assert_eq!((info.model, info.messages.len()), (None, 0));
+        let info = parse_body(br#"{"model":7,"choices":"none"}"#, None).expect("parses");
+        assert_eq!(info.model, None);
+        assert!(parse_body(b"{\"id\":", None).is_err());
+    }
+
+    #[test]
+    fn prompt_and_input_are_captured_when_there_are_no_messages() {
+        let info = parse_request(br#"{"model":"m","prompt":["a","b"]}"#, true).expect("parses");
+        assert_eq!(
+            info.messages,
+            vec![
+                ("user".to_owned(), "a".to_owned()),
+                ("user".to_owned(), "b".to_owned())
+            ]
+        );
+        let info = parse_request(br#"{"model":"m","input":"q"}"#, true).expect("parses");
+        assert_eq!(info.messages, vec![("user".to_owned(), "q".to_owned())]);
+        let info = parse_request(br#"{"model":"m\u00e9","input":"q"}"#, false).expect("parses");
+        assert_eq!(info.model.as_deref(), Some("m\u{e9}"));
+        assert!(info.messages.is_empty());
     }
 
     #[test]

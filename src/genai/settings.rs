@@ -56,6 +56,9 @@ pub struct Settings {
     pub conversation_header: Option<HeaderName>,
     /// `RAGSCOPE_PRICES`: the price file, read (and checked) here; `None` when unset.
     pub prices: Option<Arc<Prices>>,
+    /// `RAGSCOPE_STREAM_USAGE=inject`: ask OpenAI streams for usage and take it out of the
+    /// client's stream again (`off`, the default, changes no body).
+    pub inject_stream_usage: bool,
 }
 
 impl Settings {
@@ -113,6 +116,11 @@ impl Settings {
             })?)),
         };
         Ok(Settings {
+            inject_stream_usage: r.one_of(
+                "RAGSCOPE_STREAM_USAGE",
+                "off",
+                &[("off", false), ("inject", true)],
+            )?,
             prices,
             conversation_header: r.optional(
                 "RAGSCOPE_CONVERSATION_HEADER",

@@ -8,11 +8,12 @@
 //! bucket with all other such keys (see [`store`]).
 
 mod client_ip;
+mod key;
 mod redis;
 mod settings;
 mod store;
+pub mod tokens;
 
-use std::hash::BuildHasher;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::{Arc, Weak};
@@ -27,7 +28,7 @@ use opentelemetry::metrics::{Counter, Meter, ObservableGauge};
 use tokio::sync::Notify;
 
 use crate::error::ProxyError;
-use crate::identity::ApiKeyName;
+use key::{Keyer, LocalKey};
 
 pub use client_ip::{ClientIp, ForwardedHeader, group as group_ip};
 pub use redis::{Fallback, RedisUrlError};
@@ -42,37 +43,6 @@ const SWEEP_MIN_GAP: Duration = Duration::from_secs(1);
 const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
 const X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
 const X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
-
-/// The local store's key: an address group, or a digest of a header value or key name (the
-/// raw value is never kept, and a fixed-size key keeps memory per key fixed).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum LocalKey {
-    Ip(IpAddr),
-    Header(u64),
-    ApiKey(u64),
-}
-
-/// What a key is, in a form that is the same in every process (for the Redis key).
-#[derive(Debug, Clone, Copy)]
-enum Stable<'a> {
-    Ip(IpAddr),
-    Header(&'a [u8]),
-    ApiKey(&'a str),
-}
-
-impl Stable<'_> {
-    /// The Redis key: a digest of the key's kind and value, never the value.
-    fn redis_key(&self, kind: &RateKeyKind) -> String {
-        match (self, kind) {
-            (Stable::Ip(ip), _) => redis::redis_key(&[b"ip|", ip.to_string().as_bytes()]),
-            (Stable::Header(value), RateKeyKind::Header(name)) => {
-                redis::redis_key(&[b"h|", name.as_str().as_bytes(), b"|", value])
-            }
-            (Stable::Header(value), _) => redis::redis_key(&[b"h||", value]),
-            (Stable::ApiKey(name), _) => redis::redis_key(&[b"k|", name.as_bytes()]),
-        }
-    }
-}
 
 /// What a budget belonged to, for telemetry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -219,14 +189,11 @@ type Local = Governor<LocalKey, BoundedStore<LocalKey>, DefaultClock, StateInfor
 /// The rate limiter every request passes through when `RAGSCOPE_RATE_LIMIT` is set.
 pub struct RateLimiter {
     mode: RateMode,
-    key_kind: RateKeyKind,
-    client_ip: ClientIp,
+    keyer: Keyer,
     burst: u32,
     interval: Duration,
     local: Local,
     store: BoundedStore<LocalKey>,
-    /// Seeded per process: local digests of header values cannot be aimed at a collision.
-    hasher: std::hash::RandomState,
     redis: Option<redis::RedisLimiter>,
     decisions: Counter<u64>,
     fallbacks: Counter<u64>,
@@ -238,7 +205,7 @@ impl std::fmt::Debug for RateLimiter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RateLimiter")
             .field("mode", &self.mode)
-            .field("key", &self.key_kind)
+            .field("key", &self.keyer.kind)
             .field("burst", &self.burst)
             .field("interval", &self.interval)
             .field("tracked_keys", &self.store.tracked())
@@ -267,18 +234,20 @@ impl RateLimiter {
         let redis = config
             .redis
             .as_deref()
-            .map(|url| redis::RedisLimiter::new(url, config.redis_timeout, interval, burst.get()))
-            .transpose()?;
+            .map(|url| redis::RedisConn::new(url, config.redis_timeout))
+            .transpose()?
+            .map(|conn| redis::RedisLimiter::new(Arc::new(conn), interval, burst.get()));
         let gauge_store = store.clone();
         let limiter = Arc::new(RateLimiter {
             mode: config.mode,
-            key_kind: config.key.clone(),
-            client_ip: ClientIp::new(config.trusted_proxies.clone(), config.forwarded_header),
+            keyer: Keyer::new(
+                config.key.clone(),
+                ClientIp::new(config.trusted_proxies.clone(), config.forwarded_header),
+            ),
             burst: burst.get(),
             interval,
             local,
             store,
-            hasher: std::hash::RandomState::new(),
             redis,
             decisions: meter
                 .u64_counter("ragscope.rate_limit.decisions")
@@ -318,9 +287,12 @@ impl RateLimiter {
         extensions: &Extensions,
         peer: IpAddr,
     ) -> Decision {
-        let (key, mut key_type, stable) = self.key_for(headers, extensions, peer);
+        let (key, mut key_type, stable) = self.keyer.key_for(headers, extensions, peer);
         let (verdict, backend) = match &self.redis {
-            Some(redis) => match redis.check(&stable.redis_key(&self.key_kind)).await {
+            Some(redis) => match redis
+                .check(&self.keyer.redis_key(redis::RATE_PREFIX, &stable))
+                .await
+            {
                 Ok(verdict) => (verdict, Backend::Redis),
                 Err(reason) => {
                     self.fallbacks
@@ -346,40 +318,6 @@ impl RateLimiter {
             ],
         );
         decision
-    }
-
-    /// The local key, its type, and what the Redis key is made from.
-    fn key_for<'a>(
-        &self,
-        headers: &'a HeaderMap,
-        extensions: &'a Extensions,
-        peer: IpAddr,
-    ) -> (LocalKey, KeyType, Stable<'a>) {
-        match &self.key_kind {
-            RateKeyKind::Header(name) => {
-                if let Some(value) = headers.get(name).filter(|v| !v.is_empty()) {
-                    let bytes = value.as_bytes();
-                    return (
-                        LocalKey::Header(self.hasher.hash_one(bytes)),
-                        KeyType::Header,
-                        Stable::Header(bytes),
-                    );
-                }
-            }
-            RateKeyKind::ApiKey => {
-                if let Some(name) = extensions.get::<ApiKeyName>() {
-                    return (
-                        LocalKey::ApiKey(self.hasher.hash_one(name.as_str())),
-                        KeyType::ApiKey,
-                        Stable::ApiKey(name.as_str()),
-                    );
-                }
-            }
-            RateKeyKind::Ip => {}
-        }
-        // The key is missing (or the key is the address): the client's address decides.
-        let ip = client_ip::group(self.client_ip.resolve(peer, headers));
-        (LocalKey::Ip(ip), KeyType::Ip, Stable::Ip(ip))
     }
 
     fn check_local(&self, key: LocalKey, key_type: &mut KeyType) -> Verdict {

@@ -7,12 +7,16 @@
 //! it; the caller decides locally meanwhile. Keys are SHA-256 digests, so neither client
 //! addresses nor API key material is stored in Redis.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use super::Verdict;
+
+/// The prefix of request-limit keys.
+pub const RATE_PREFIX: &str = "ragscope:rl:";
 
 /// How long Redis is left alone after a failure before it is probed again.
 pub const RETRY_AFTER: Duration = Duration::from_millis(500);
@@ -66,13 +70,12 @@ impl Fallback {
 #[error("RAGSCOPE_RATE_LIMIT_REDIS is not a usable Redis URL: {0}")]
 pub struct RedisUrlError(#[from] redis::RedisError);
 
-/// The shared limiter on Redis.
-pub struct RedisLimiter {
+/// A connection to Redis shared by the limiters that keep budgets there, and its health:
+/// every call is bounded by the timeout, and after a failure Redis is skipped for
+/// [`RETRY_AFTER`] while one call at a time probes it.
+pub struct RedisConn {
     conn: ConnectionManager,
-    script: redis::Script,
     timeout: Duration,
-    interval_us: u64,
-    burst: u32,
     start: Instant,
     healthy: AtomicBool,
     /// Milliseconds since `start` before which Redis is not tried (unless healthy).
@@ -81,24 +84,19 @@ pub struct RedisLimiter {
     unlogged: AtomicU64,
 }
 
-impl std::fmt::Debug for RedisLimiter {
+impl std::fmt::Debug for RedisConn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisLimiter")
+        f.debug_struct("RedisConn")
             .field("timeout", &self.timeout)
             .field("healthy", &self.healthy)
             .finish_non_exhaustive()
     }
 }
 
-impl RedisLimiter {
+impl RedisConn {
     /// Prepares the connection without connecting: ragscope starts (and limits locally) even
     /// when Redis is down. Must run inside the tokio runtime.
-    pub fn new(
-        url: &str,
-        timeout: Duration,
-        interval: Duration,
-        burst: u32,
-    ) -> Result<Self, RedisUrlError> {
+    pub fn new(url: &str, timeout: Duration) -> Result<Self, RedisUrlError> {
         let client = redis::Client::open(url)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(1)))
@@ -109,14 +107,9 @@ impl RedisLimiter {
             .set_min_delay(Duration::from_millis(50))
             .set_max_delay(Duration::from_millis(500));
         let conn = ConnectionManager::new_lazy_with_config(client, config)?;
-        Ok(RedisLimiter {
+        Ok(RedisConn {
             conn,
-            script: redis::Script::new(GCRA),
             timeout,
-            interval_us: u64::try_from(interval.as_micros())
-                .unwrap_or(u64::MAX)
-                .max(1),
-            burst,
             start: Instant::now(),
             // Optimistic: the first request tries Redis.
             healthy: AtomicBool::new(true),
@@ -150,36 +143,34 @@ impl RedisLimiter {
                 .is_ok()
     }
 
-    /// One GCRA step for `key` (a digest) on Redis, or why it could not be taken.
-    pub async fn check(&self, key: &str) -> Result<Verdict, Fallback> {
-        if !self.may_try() {
+    /// Runs a script that answers with `N` integers, within the timeout; or why it could not.
+    /// `admission` calls skip Redis for a moment after a failure (a request must not wait on
+    /// a Redis that just failed); other calls (settling, off the request's path) always try.
+    pub async fn run<const N: usize>(
+        &self,
+        invocation: &redis::ScriptInvocation<'_>,
+        admission: bool,
+    ) -> Result<[i64; N], Fallback> {
+        if admission && !self.may_try() {
             return Err(self.fell_back(Fallback::Unavailable, None));
         }
         let mut conn = self.conn.clone();
-        let mut invocation = self.script.key(key);
-        invocation.arg(self.interval_us).arg(self.burst);
         let call = invocation.invoke_async::<Vec<i64>>(&mut conn);
         let reply = match tokio::time::timeout(self.timeout, call).await {
             Err(_) => return Err(self.failed(Fallback::Timeout, None)),
             Ok(Err(e)) => return Err(self.failed(Fallback::Error, Some(&e))),
             Ok(Ok(reply)) => reply,
         };
-        let [allowed, remaining, reset_us, retry_us] = reply[..] else {
+        let Ok(reply) = <[i64; N]>::try_from(reply) else {
             return Err(self.failed(Fallback::Error, None));
         };
         if !self.healthy.swap(true, Ordering::Relaxed) {
             tracing::info!(
                 target: "ragscope::rate_limit",
-                "Redis answers again; rate-limit decisions are shared across replicas again"
+                "Redis answers again; limit decisions are shared across replicas again"
             );
         }
-        let micros = |us: i64| Duration::from_micros(u64::try_from(us).unwrap_or(0));
-        Ok(Verdict {
-            allowed: allowed == 1,
-            remaining: u32::try_from(remaining).unwrap_or(0),
-            reset: micros(reset_us),
-            retry_after: micros(retry_us),
-        })
+        Ok(reply)
     }
 
     fn failed(&self, reason: Fallback, error: Option<&redis::RedisError>) -> Fallback {
@@ -217,15 +208,64 @@ impl RedisLimiter {
     }
 }
 
-/// The Redis key for a stable key description (given in parts): a digest, never the value.
-pub fn redis_key(parts: &[&[u8]]) -> String {
+/// The shared request limiter on Redis: one GCRA step per decision.
+pub struct RedisLimiter {
+    conn: Arc<RedisConn>,
+    script: redis::Script,
+    interval_us: u64,
+    burst: u32,
+}
+
+impl std::fmt::Debug for RedisLimiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisLimiter")
+            .field("conn", &self.conn)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisLimiter {
+    /// The request limiter on `conn`.
+    pub fn new(conn: Arc<RedisConn>, interval: Duration, burst: u32) -> Self {
+        RedisLimiter {
+            conn,
+            script: redis::Script::new(GCRA),
+            interval_us: u64::try_from(interval.as_micros())
+                .unwrap_or(u64::MAX)
+                .max(1),
+            burst,
+        }
+    }
+
+    /// One GCRA step for `key` (a digest) on Redis, or why it could not be taken.
+    pub async fn check(&self, key: &str) -> Result<Verdict, Fallback> {
+        let mut invocation = self.script.key(key);
+        invocation.arg(self.interval_us).arg(self.burst);
+        let [allowed, remaining, reset_us, retry_us] = self.conn.run(&invocation, true).await?;
+        Ok(Verdict {
+            allowed: allowed == 1,
+            remaining: u32::try_from(remaining).unwrap_or(0),
+            reset: micros(reset_us),
+            retry_after: micros(retry_us),
+        })
+    }
+}
+
+/// A duration in microseconds from a script (negative: zero).
+pub fn micros(us: i64) -> Duration {
+    Duration::from_micros(u64::try_from(us).unwrap_or(0))
+}
+
+/// The Redis key for a stable key description (given in parts): `prefix` and a digest, never
+/// the value.
+pub fn redis_key(prefix: &str, parts: &[&[u8]]) -> String {
     let mut context = ring::digest::Context::new(&ring::digest::SHA256);
     for part in parts {
         context.update(part);
     }
     let digest = context.finish();
-    let mut key = String::with_capacity(12 + 32);
-    key.push_str("ragscope:rl:");
+    let mut key = String::with_capacity(prefix.len() + 32);
+    key.push_str(prefix);
     for b in &digest.as_ref()[..16] {
         key.push_str(&format!("{b:02x}"));
     }
@@ -238,15 +278,15 @@ mod tests {
 
     #[test]
     fn keys_are_digests() {
-        let k = redis_key(&[b"h|x-api-key|", b"sk-secret"]);
+        let k = redis_key(RATE_PREFIX, &[b"h|x-api-key|", b"sk-secret"]);
         assert!(k.starts_with("ragscope:rl:"));
         assert_eq!(k.len(), 12 + 32);
         assert!(!k.contains("secret"));
         assert_eq!(
             k,
-            redis_key(&[b"h|x-api-key|sk-secret"]),
+            redis_key(RATE_PREFIX, &[b"h|x-api-key|sk-secret"]),
             "the parts are one message: stable across processes"
         );
-        assert_ne!(k, redis_key(&[b"h|x-api-key|", b"sk-other"]));
+        assert_ne!(k, redis_key(RATE_PREFIX, &[b"h|x-api-key|", b"sk-other"]));
     }
 }

@@ -29,6 +29,8 @@ pub struct RateLimitConfig {
     /// `RAGSCOPE_RATE_LIMIT_REDIS_TIMEOUT`: longest wait for Redis before the local limiter
     /// decides.
     pub redis_timeout: Duration,
+    /// Token budgets (`RAGSCOPE_TOKEN_*`), keyed, capped and shared on Redis like requests.
+    pub tokens: super::tokens::TokenLimitConfig,
 }
 
 /// `N/s`, `N/m` or `N/h`.
@@ -85,15 +87,17 @@ impl RateLimitConfig {
             parse_rate,
         )?;
         let default_burst = limit.map(|l| l.default_burst()).unwrap_or(1);
+        let key = r.parse(
+            "RAGSCOPE_RATE_KEY",
+            "ip",
+            "ip, api-key or header:NAME (like header:x-api-key)",
+            parse_rate_key,
+        )?;
         Ok(RateLimitConfig {
+            tokens: super::tokens::TokenLimitConfig::from_reader(r, &key)?,
+            key,
             limit,
             burst: r.count_in("RAGSCOPE_RATE_BURST", default_burst, "requests", 1..)?,
-            key: r.parse(
-                "RAGSCOPE_RATE_KEY",
-                "ip",
-                "ip, api-key or header:NAME (like header:x-api-key)",
-                parse_rate_key,
-            )?,
             trusted_proxies: r.parse(
                 "RAGSCOPE_TRUSTED_PROXIES",
                 "",
@@ -149,7 +153,7 @@ fn parse_rate(v: &str) -> Option<Rate> {
     Some(Rate { count, period })
 }
 
-fn parse_rate_key(v: &str) -> Option<RateKeyKind> {
+pub(super) fn parse_rate_key(v: &str) -> Option<RateKeyKind> {
     match v.to_ascii_lowercase().as_str() {
         "ip" => Some(RateKeyKind::Ip),
         "api-key" => Some(RateKeyKind::ApiKey),

@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::config::Reader;
+use crate::identity::ApiKeyName;
 
 fn config(vars: &[(&str, &str)]) -> RateLimitConfig {
     RateLimitConfig::from_reader(&Reader::new(vars)).expect("config")

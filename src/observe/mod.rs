@@ -16,6 +16,7 @@ use opentelemetry::trace::{SpanId, TraceFlags, TraceId, TraceState};
 use crate::error::Origin;
 use crate::genai;
 use crate::limit::Decision;
+use crate::limit::tokens::{Outcome, TokenAccount};
 use crate::tls::TlsInfo;
 
 /// Longest `User-Agent` kept, in bytes (a client chooses it).
@@ -48,6 +49,9 @@ pub struct Record {
     pub api_key: Option<String>,
     /// The rate limiter's decision, when one was taken.
     pub rate_limit: Option<Decision>,
+    /// The token budget's decision and reservation, when the request was under one; settled
+    /// by [`Record::settle_tokens`] where the record is concluded.
+    pub tokens: Option<TokenAccount>,
     /// The upstream call, when the request was forwarded.
     pub upstream: Option<UpstreamCall>,
     /// What GenAI/RAG reading found, when the exchange carried any: filled by
@@ -80,6 +84,7 @@ impl Record {
             tls: None,
             api_key: None,
             rate_limit: None,
+            tokens: None,
             upstream: None,
             genai: None,
             observation: None,
@@ -95,6 +100,36 @@ impl Record {
         if let Some(observation) = self.observation.take() {
             self.genai = observation.conclude();
         }
+    }
+
+    /// Settles the token reservation (after [`Record::conclude`], which reads the usage):
+    /// from the reported usage, else estimated from what was streamed. Off the I/O path;
+    /// never waits (a Redis settle is sent from the runtime).
+    pub fn settle_tokens(&mut self) {
+        let Some(account) = &mut self.tokens else {
+            return;
+        };
+        let facts = self.genai.as_ref();
+        let success = self
+            .upstream
+            .as_ref()
+            .and_then(|u| u.status)
+            .is_some_and(|s| s.is_success());
+        let outcome = Outcome {
+            input_tokens: facts.and_then(|f| f.input_tokens),
+            output_tokens: facts.and_then(|f| f.output_tokens),
+            content_events: facts.map_or(0, |f| f.content_events),
+            streamed: facts.is_some_and(|f| f.streamed),
+            response_bytes: self.response_bytes,
+            success,
+            cancelled: self.ending == Ending::Cancelled,
+        };
+        let ending = match self.ending {
+            Ending::Complete => "complete",
+            Ending::Cancelled => "cancelled",
+            Ending::Failed(..) => "failed",
+        };
+        account.settle(&outcome, ending);
     }
 
     /// The response status is known: the upstream's (`error` is `None`), or one the proxy

@@ -17,7 +17,9 @@ use hyper::body::Incoming;
 use tokio::sync::Notify;
 use tokio::time::{Instant, Sleep};
 
+use super::buffered::Buffered;
 use super::exchange::Exchange;
+use super::stream_usage::UsageFilter;
 use crate::error::Origin;
 use crate::observe::Ending;
 
@@ -118,6 +120,8 @@ pub struct RequestBody {
     idle: IdleTimer,
     /// The bounded copy the GenAI observation parses once the exchange ends.
     tee: Option<crate::genai::RequestTee>,
+    /// The body's head, when admission read it ([`super::buffered`]): forwarded first.
+    head: Option<Buffered>,
 }
 
 impl std::fmt::Debug for RequestBody {
@@ -129,16 +133,18 @@ impl std::fmt::Debug for RequestBody {
 }
 
 impl RequestBody {
-    /// Wraps `inner`, failing once more than `limit` bytes pass or the client sends nothing
-    /// for `idle_timeout` mid-body.
+    /// Wraps `inner` (behind `head`, what admission read of it), failing once more than
+    /// `limit` bytes pass or the client sends nothing for `idle_timeout` mid-body.
     pub fn new(
         inner: Incoming,
+        head: Option<Buffered>,
         limit: u64,
         idle_timeout: Duration,
         counter: Arc<AtomicU64>,
         upload: Arc<Upload>,
     ) -> Self {
-        if inner.is_end_stream() {
+        let head = head.filter(|h| !h.is_drained());
+        if inner.is_end_stream() && head.is_none() {
             // No body: hyper will not poll it, and it is sent with the head.
             upload.mark_sent();
         }
@@ -150,6 +156,7 @@ impl RequestBody {
             upload,
             idle: IdleTimer::new(idle_timeout),
             tee: None,
+            head,
         }
     }
 
@@ -174,7 +181,18 @@ impl Body for RequestBody {
             // from before the upstream connection was made.
             this.idle.activity();
         }
-        let polled = match Pin::new(&mut this.inner).poll_frame(cx) {
+        let from_head = match &mut this.head {
+            Some(head) => head.next_frame(),
+            None => None,
+        };
+        let polled = match from_head {
+            Some(frame) => Poll::Ready(Some(Ok(frame))),
+            None => {
+                this.head = None;
+                Pin::new(&mut this.inner).poll_frame(cx)
+            }
+        };
+        let polled = match polled {
             Poll::Ready(polled) => polled,
             Poll::Pending => {
                 this.upload.waiting_on_client.store(true, Ordering::Relaxed);
@@ -207,7 +225,8 @@ impl Body for RequestBody {
                         tee.push(data);
                     }
                 }
-                if this.inner.is_end_stream() {
+                if this.head.as_ref().is_none_or(Buffered::is_drained) && this.inner.is_end_stream()
+                {
                     // hyper does not poll again after a frame that ends the body.
                     this.upload.mark_sent();
                 }
@@ -225,11 +244,19 @@ impl Body for RequestBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.head.as_ref().is_none_or(Buffered::is_drained) && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        let mut hint = self.inner.size_hint();
+        if let Some(head) = self.head.as_ref().filter(|h| !h.is_drained()) {
+            let n = head.len() as u64;
+            if let Some(upper) = hint.upper() {
+                hint.set_upper(upper + n);
+            }
+            hint.set_lower(hint.lower() + n);
+        }
+        hint
     }
 }
 
@@ -240,10 +267,21 @@ enum Source {
     Local(Option<Bytes>),
 }
 
+impl Source {
+    fn is_done(&self) -> bool {
+        match self {
+            Source::Upstream { body, .. } => body.is_end_stream(),
+            Source::Local(b) => b.is_none(),
+        }
+    }
+}
+
 /// The response body handed to hyper: the upstream's stream or a local answer.
 pub struct ResponseBody {
     source: Source,
     exchange: Exchange,
+    /// Takes injected usage out of the stream (`RAGSCOPE_STREAM_USAGE=inject`).
+    filter: Option<Box<UsageFilter>>,
 }
 
 impl std::fmt::Debug for ResponseBody {
@@ -261,7 +299,14 @@ impl ResponseBody {
                 idle: IdleTimer::new(idle_timeout),
             },
             exchange,
+            filter: None,
         }
+    }
+
+    /// Also passes the stream through `filter` after it has been observed.
+    pub fn with_filter(mut self, filter: UsageFilter) -> Self {
+        self.filter = Some(Box::new(filter));
+        self
     }
 
     /// A complete body the proxy answers itself.
@@ -269,14 +314,12 @@ impl ResponseBody {
         ResponseBody {
             source: Source::Local(Some(bytes).filter(|b| !b.is_empty())),
             exchange,
+            filter: None,
         }
     }
 
     fn source_done(&self) -> bool {
-        match &self.source {
-            Source::Upstream { body, .. } => body.is_end_stream(),
-            Source::Local(b) => b.is_none(),
-        }
+        self.source.is_done()
     }
 }
 
@@ -331,7 +374,20 @@ impl Body for ResponseBody {
             Poll::Ready(None) => this.exchange.end(Ending::Complete),
             _ => {}
         }
-        polled
+        match (&mut this.filter, polled) {
+            (None, polled) => polled,
+            (Some(filter), Poll::Ready(Some(Ok(frame)))) => match frame.into_data() {
+                Ok(data) => {
+                    let last = this.source.is_done();
+                    Poll::Ready(Some(Ok(Frame::data(filter.filter(data, last)))))
+                }
+                Err(frame) => Poll::Ready(Some(Ok(frame))),
+            },
+            (Some(filter), Poll::Ready(None)) => {
+                Poll::Ready(filter.flush().map(|rest| Ok(Frame::data(rest))))
+            }
+            (Some(_), polled) => polled,
+        }
     }
 
     fn is_end_stream(&self) -> bool {

@@ -5,7 +5,9 @@
 //! 2. **admit** — refuse what must not be forwarded: a missing or unknown API key (access
 //!    control, which also names the client for later checks), draining, malformed framing, a
 //!    declared body over the limit; then the rate limit ([`crate::limit`]), keyed by what
-//!    access control learned, whose headers go on every response.
+//!    access control learned, whose headers go on every response; then, for a recognised LLM
+//!    request under `RAGSCOPE_TOKEN_LIMIT`, the token budget ([`crate::limit::tokens`]), which
+//!    reads the body's head first ([`buffered`]) to estimate the request's cost.
 //! 3. **forward** — strip hop-by-hop headers, then add ours (forwarded-for, trace context), and
 //!    send the request to the [`crate::upstream`] (call.rs: the send, the response timeout, what a
 //!    failure was), the body streaming behind it. A gRPC call needs HTTP/2 to the upstream.
@@ -17,10 +19,13 @@
 //! An error in any phase becomes a response in exactly one place, [`ProxyError::to_response`].
 
 mod body;
+pub mod buffered;
 mod call;
 mod exchange;
 mod headers;
 mod respond;
+mod stream_usage;
+mod tokens;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -34,6 +39,7 @@ use hyper::body::Incoming;
 use crate::auth::{ApiKeys, Refusal};
 use crate::error::ProxyError;
 use crate::genai::GenAi;
+use crate::limit::tokens::{TokenDecision, TokenLimiter};
 use crate::limit::{Decision, RateLimiter};
 use crate::observe::HttpFacts;
 use crate::settings::Config;
@@ -57,7 +63,18 @@ pub struct Proxy {
     /// Access control, when `RAGSCOPE_API_KEYS_FILE` is set.
     api_keys: Option<Arc<ApiKeys>>,
     rate_limiter: Option<Arc<RateLimiter>>,
+    /// Token budgets, when `RAGSCOPE_TOKEN_LIMIT` is set.
+    token_limiter: Option<Arc<TokenLimiter>>,
     genai: Arc<GenAi>,
+}
+
+/// What admission lets through: the decisions whose headers go on the response, and the
+/// request body's head when admission had to read it (forwarded ahead of the rest).
+#[derive(Debug, Default)]
+struct Admitted {
+    rate: Option<Decision>,
+    tokens: Option<TokenDecision>,
+    head: Option<buffered::Buffered>,
 }
 
 impl Proxy {
@@ -75,6 +92,7 @@ impl Proxy {
             draining: AtomicBool::new(false),
             api_keys: None,
             rate_limiter: None,
+            token_limiter: None,
         })
     }
 
@@ -87,6 +105,12 @@ impl Proxy {
     /// Puts requests under `limiter` (`None`: no rate limit).
     pub fn with_rate_limiter(mut self, limiter: Option<Arc<RateLimiter>>) -> Proxy {
         self.rate_limiter = limiter;
+        self
+    }
+
+    /// Puts recognised LLM requests under token budgets (`None`: no token limit).
+    pub fn with_token_limiter(mut self, limiter: Option<Arc<TokenLimiter>>) -> Proxy {
+        self.token_limiter = limiter;
         self
     }
 
@@ -122,16 +146,17 @@ impl Proxy {
         if admitted.is_ok() {
             self.remember(&mut exchange);
         }
-        let (rate, outcome) = match admitted {
-            Ok(rate) if self.genai.is_feedback(req.method(), req.uri().path()) => (
-                rate,
+        let (decisions, outcome) = match admitted {
+            Ok(admitted) if self.genai.is_feedback(req.method(), req.uri().path()) => (
+                admitted,
                 self.feedback(req, &mut exchange).await.map(Answer::Local),
             ),
-            Ok(rate) => {
-                let forwarded = self.forward(req, peer, scheme, &mut exchange).await;
-                (rate, forwarded.map(Answer::Upstream))
+            Ok(mut admitted) => {
+                let head = admitted.head.take();
+                let forwarded = self.forward(req, head, peer, scheme, &mut exchange).await;
+                (admitted, forwarded.map(Answer::Upstream))
             }
-            Err(e) => (None, Err(e)),
+            Err(e) => (Admitted::default(), Err(e)),
         };
         let mut response = match outcome {
             Ok(answer) => self.respond(answer, exchange, version),
@@ -145,7 +170,10 @@ impl Proxy {
                 response
             }
         };
-        if let Some(decision) = rate {
+        if let Some(decision) = decisions.rate {
+            decision.add_headers(response.headers_mut());
+        }
+        if let Some(decision) = decisions.tokens {
             decision.add_headers(response.headers_mut());
         }
         Ok(response)
@@ -181,17 +209,19 @@ impl Proxy {
         }
     }
 
-    /// admit: access control, the request's framing, then the rate limit. The decision (for
-    /// the response's rate-limit headers) comes back when the request may go on.
+    /// admit: access control, the request's framing, the rate limit, then the token budget.
+    /// The decisions (for the response's headers) come back when the request may go on.
     async fn admit(
         &self,
         req: &mut Request<Incoming>,
         peer: SocketAddr,
         exchange: &mut Exchange,
-    ) -> Result<Option<Decision>, ProxyError> {
+    ) -> Result<Admitted, ProxyError> {
         self.authenticate(req, exchange)?;
         self.check(req)?;
-        self.rate_limit(req, peer, exchange).await
+        let rate = self.rate_limit(req, peer, exchange).await?;
+        let (tokens, head) = self.token_budget(req, peer, exchange).await?;
+        Ok(Admitted { rate, tokens, head })
     }
 
     /// Takes the rate-limit decision and notes it in the record; refuses when over the limit
@@ -290,11 +320,13 @@ impl Proxy {
     async fn forward(
         &self,
         req: Request<Incoming>,
+        head: Option<buffered::Buffered>,
         peer: SocketAddr,
         scheme: &'static str,
         exchange: &mut Exchange,
     ) -> Result<Response<Incoming>, ProxyError> {
-        let (mut parts, body) = req.into_parts();
+        let (mut parts, mut body) = req.into_parts();
+        let (head, injected) = self.inject_usage(&mut parts, &mut body, head).await?;
         let host = parts
             .uri
             .authority()
@@ -341,14 +373,22 @@ impl Proxy {
         let upload = Arc::new(Upload::default());
         let body = RequestBody::new(
             body,
+            head,
             self.config.max_request_body,
             self.config.request_body_timeout,
             exchange.request_bytes(),
             upload.clone(),
         )
         .with_tee(tee);
-        self.call(Request::from_parts(parts, body), &upload, grpc)
-            .await
+        let mut response = self
+            .call(Request::from_parts(parts, body), &upload, grpc)
+            .await?;
+        if injected {
+            response
+                .extensions_mut()
+                .insert(stream_usage::UsageInjected);
+        }
+        Ok(response)
     }
 
     /// respond: the upstream's response streamed back, or the proxy's own answer.
@@ -370,7 +410,12 @@ impl Proxy {
                 if let Some(genai) = exchange.genai_mut() {
                     genai.response_head(&parts.headers);
                 }
+                let filter = stream_usage::filter_for(&mut parts, self.genai.config());
                 let body = ResponseBody::upstream(body, exchange, self.config.idle_timeout);
+                let body = match filter {
+                    Some(filter) => body.with_filter(filter),
+                    None => body,
+                };
                 Response::from_parts(parts, body)
             }
             Answer::Local(response) => {

@@ -191,6 +191,9 @@ fn server_attributes(r: &Record, method: &'static str) -> Vec<KeyValue> {
             KeyValue::new("ragscope.rate_limit.backend", d.backend().as_str()),
         ]);
     }
+    if let Some(account) = &r.tokens {
+        attributes.extend(account.span_attributes());
+    }
     if let Some(f) = &r.feedback {
         attributes.push(KeyValue::new(
             "ragscope.feedback.trace_id",

@@ -433,6 +433,8 @@ impl queue::Drain for Telemetry {
         for mut r in records {
             // The GenAI parse happens here, on the telemetry thread (issue 11).
             r.conclude();
+            // The token reservation settles from the usage just read (issue 14).
+            r.settle_tokens();
             record::record(self, r, &mut log);
         }
         *self.log_buffer.lock().unwrap_or_else(|p| p.into_inner()) = log.write();

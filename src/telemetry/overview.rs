@@ -25,7 +25,7 @@ pub(super) fn feed(overview: &Overview, record: &Record) {
         rate_limited: record
             .error
             .as_ref()
-            .is_some_and(|e| e.kind == "rate_limited"),
+            .is_some_and(|e| e.kind == "rate_limited" || e.kind == "token_limit_exceeded"),
         cancelled: record.ending == Ending::Cancelled,
         trace_id: record.ids.as_ref().map(|ids| ids.trace_id.to_bytes()),
         genai: record.genai.as_ref().map(|facts| genai(facts, &times)),

@@ -23,6 +23,7 @@
 pub mod browser;
 pub mod otlp;
 pub mod ragscope;
+pub mod redis;
 mod serve;
 pub mod tls;
 pub mod upstream;
@@ -34,6 +35,8 @@ pub use browser::*;
 pub use otlp::*;
 #[allow(unused_imports)]
 pub use ragscope::*;
+#[allow(unused_imports)]
+pub use redis::*;
 #[allow(unused_imports)]
 pub use tls::*;
 #[allow(unused_imports)]
