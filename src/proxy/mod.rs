@@ -22,7 +22,7 @@ pub mod buffered;
 mod exchange;
 mod headers;
 mod respond;
-mod stream_usage;
+pub mod stream_usage;
 mod tokens;
 
 use std::convert::Infallible;
