@@ -17,6 +17,7 @@
 pub mod admin;
 pub mod admin_auth;
 pub mod auth;
+pub mod canary;
 pub mod config;
 pub mod debug_config;
 pub mod demo;

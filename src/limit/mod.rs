@@ -355,31 +355,16 @@ impl RateLimiter {
         extensions: &'a Extensions,
         peer: IpAddr,
     ) -> (LocalKey, KeyType, Stable<'a>) {
-        match &self.key_kind {
-            RateKeyKind::Header(name) => {
-                if let Some(value) = headers.get(name).filter(|v| !v.is_empty()) {
-                    let bytes = value.as_bytes();
-                    return (
-                        LocalKey::Header(self.hasher.hash_one(bytes)),
-                        KeyType::Header,
-                        Stable::Header(bytes),
-                    );
-                }
-            }
-            RateKeyKind::ApiKey => {
-                if let Some(name) = extensions.get::<ApiKeyName>() {
-                    return (
-                        LocalKey::ApiKey(self.hasher.hash_one(name.as_str())),
-                        KeyType::ApiKey,
-                        Stable::ApiKey(name.as_str()),
-                    );
-                }
-            }
-            RateKeyKind::Ip => {}
-        }
-        // The key is missing (or the key is the address): the client's address decides.
-        let ip = client_ip::group(self.client_ip.resolve(peer, headers));
-        (LocalKey::Ip(ip), KeyType::Ip, Stable::Ip(ip))
+        let stable = stable_key(&self.key_kind, &self.client_ip, headers, extensions, peer);
+        let (local, key_type) = match stable {
+            Stable::Header(bytes) => (
+                LocalKey::Header(self.hasher.hash_one(bytes)),
+                KeyType::Header,
+            ),
+            Stable::ApiKey(name) => (LocalKey::ApiKey(self.hasher.hash_one(name)), KeyType::ApiKey),
+            Stable::Ip(ip) => (LocalKey::Ip(ip), KeyType::Ip),
+        };
+        (local, key_type, stable)
     }
 
     fn check_local(&self, key: LocalKey, key_type: &mut KeyType) -> Verdict {
@@ -412,6 +397,55 @@ impl RateLimiter {
     fn sweep_now(&self) {
         self.local.retain_recent();
         self.local.shrink_to_fit();
+    }
+}
+
+/// What a request's budget belongs to, per `kind`: the header's value or the API key's name
+/// when the request has one, else the client's address (behind trusted proxies, IPv6 by /64).
+fn stable_key<'a>(
+    kind: &RateKeyKind,
+    client_ip: &ClientIp,
+    headers: &'a HeaderMap,
+    extensions: &'a Extensions,
+    peer: IpAddr,
+) -> Stable<'a> {
+    match kind {
+        RateKeyKind::Header(name) => {
+            if let Some(value) = headers.get(name).filter(|v| !v.is_empty()) {
+                return Stable::Header(value.as_bytes());
+            }
+        }
+        RateKeyKind::ApiKey => {
+            if let Some(name) = extensions.get::<ApiKeyName>() {
+                return Stable::ApiKey(name.as_str());
+            }
+        }
+        RateKeyKind::Ip => {}
+    }
+    Stable::Ip(client_ip::group(client_ip.resolve(peer, headers)))
+}
+
+/// Names clients the way the rate limit does (`RAGSCOPE_RATE_KEY`), the same in every process,
+/// whether or not rate limiting is on: for parts that must treat one client alike everywhere
+/// (the canary's sticky assignment).
+#[derive(Debug, Clone)]
+pub struct ClientKeys {
+    kind: RateKeyKind,
+    client_ip: ClientIp,
+}
+
+impl ClientKeys {
+    /// Keys per the rate-limit settings.
+    pub fn new(config: &RateLimitConfig) -> ClientKeys {
+        ClientKeys {
+            kind: config.key.clone(),
+            client_ip: ClientIp::new(config.trusted_proxies.clone(), config.forwarded_header),
+        }
+    }
+
+    /// The client's key as the fleet-wide limiter names it: a digest, never the value.
+    pub fn fleet_key(&self, headers: &HeaderMap, extensions: &Extensions, peer: IpAddr) -> String {
+        stable_key(&self.kind, &self.client_ip, headers, extensions, peer).redis_key(&self.kind)
     }
 }
 

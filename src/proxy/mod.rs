@@ -19,6 +19,7 @@ mod body;
 mod exchange;
 mod headers;
 mod respond;
+mod route;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -38,12 +39,13 @@ use crate::auth::{ApiKeys, Refusal};
 use crate::error::ProxyError;
 use crate::genai::GenAi;
 use crate::limit::{Decision, RateLimiter};
-use crate::observe::{HttpFacts, UpstreamAddress};
+use crate::observe::HttpFacts;
 use crate::settings::Config;
 use crate::telemetry::Telemetry;
 
 pub use body::{BodyError, RequestBody, ResponseBody, Upload};
 pub use exchange::Exchange;
+pub use route::{CanaryRoute, Reclaim, Target};
 use respond::{Answer, error_response, finish_head};
 
 /// TCP, then TLS for an https upstream.
@@ -53,11 +55,11 @@ pub type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
 #[derive(Debug)]
 pub struct Proxy {
     config: Arc<Config>,
-    /// One pooled client per worker thread: a request's upstream connection task then runs on
-    /// the thread that serves the request ([`crate::workers`]), never waking another core.
-    client: PerWorker<Client<Connector, RequestBody>>,
+    /// The stable upstream (`RAGSCOPE_UPSTREAM`).
+    stable: Target<RequestBody>,
+    /// The canary upstream and the rollout, when `RAGSCOPE_UPSTREAM_CANARY` is set.
+    canary: Option<CanaryRoute>,
     telemetry: Arc<Telemetry>,
-    upstream_address: UpstreamAddress,
     draining: AtomicBool,
     /// Access control, when `RAGSCOPE_API_KEYS_FILE` is set.
     api_keys: Option<Arc<ApiKeys>>,
@@ -83,25 +85,14 @@ impl Proxy {
     /// Builds the proxy and its pooled upstream client.
     pub fn new(config: Arc<Config>, telemetry: Arc<Telemetry>) -> Result<Proxy, ClientError> {
         let connector = upstream_connector(&config, config.connect_timeout)?;
-        let client = PerWorker::new(config.workers, |_| {
-            Ok::<_, ClientError>(
-                Client::builder(TokioExecutor::new())
-                    .timer(TokioTimer::new())
-                    .pool_timer(TokioTimer::new())
-                    .pool_idle_timeout(std::time::Duration::from_secs(90))
-                    .build(connector.clone()),
-            )
-        })?;
+        let stable = Target::new(&config, &config.upstream, &connector)?;
         let genai = Arc::new(GenAi::new(config.genai.clone()));
         genai.budget().register(&telemetry.meter());
         Ok(Proxy {
             genai,
-            upstream_address: UpstreamAddress {
-                host: Arc::from(config.upstream.host.as_str()),
-                port: config.upstream.port,
-            },
             config,
-            client,
+            stable,
+            canary: None,
             telemetry,
             draining: AtomicBool::new(false),
             api_keys: None,
@@ -113,6 +104,15 @@ impl Proxy {
     pub fn with_api_keys(mut self, keys: Arc<ApiKeys>) -> Proxy {
         self.api_keys = Some(keys);
         self
+    }
+
+    /// Splits traffic between stable and the canary upstream (`RAGSCOPE_UPSTREAM_CANARY`) as
+    /// `canary` decides.
+    pub fn with_canary(mut self, canary: Arc<crate::canary::Canary>) -> Result<Proxy, ClientError> {
+        let connector = upstream_connector(&self.config, self.config.connect_timeout)?;
+        let target = Target::new(&self.config, &canary.settings().upstream, &connector)?;
+        self.canary = Some(CanaryRoute { canary, target });
+        Ok(self)
     }
 
     /// Puts requests under `limiter` (`None`: no rate limit).
@@ -324,6 +324,7 @@ impl Proxy {
         scheme: &'static str,
         exchange: &mut Exchange,
     ) -> Result<Response<Incoming>, ProxyError> {
+        let route = self.route(&req, peer, exchange);
         let (mut parts, body) = req.into_parts();
         let host = parts
             .uri
@@ -338,12 +339,11 @@ impl Proxy {
         parts.headers.remove(header::HOST);
         headers::add_forwarded(&mut parts.headers, peer.ip(), scheme, host.as_ref());
 
-        let uri = self
-            .config
-            .upstream
+        let (upstream, address) = self.target_of(route.as_ref());
+        let uri = upstream
             .uri_for(parts.uri.path_and_query())
             .map_err(|_| ProxyError::BadRequest("the request target cannot be forwarded"))?;
-        exchange.begin_upstream(&self.upstream_address, &uri, &mut parts.headers);
+        exchange.begin_upstream(address, &uri, &mut parts.headers);
         parts.uri = uri;
         parts.version = Version::HTTP_11;
 
@@ -363,7 +363,8 @@ impl Proxy {
             upload.clone(),
         )
         .with_tee(tee);
-        let upstream = self.client.get().request(Request::from_parts(parts, body));
+        let request = Request::from_parts(parts, body);
+        let upstream = self.send(request, route.as_ref(), exchange);
         match self.await_response(upstream, &upload).await {
             Err(e) => Err(e),
             Ok(Ok(response)) => Ok(response),
@@ -466,6 +467,28 @@ impl Proxy {
         }
         Ok(response)
     }
+}
+
+/// One pooled client per worker thread: a request's upstream connection task then runs on the
+/// thread that serves the request ([`crate::workers`]), never waking another core.
+fn pooled_client<B>(
+    config: &Config,
+    connector: &Connector,
+) -> Result<PerWorker<Client<Connector, B>>, ClientError>
+where
+    B: http_body::Body + Send + 'static + Unpin,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    PerWorker::new(config.workers, |_| {
+        Ok::<_, ClientError>(
+            Client::builder(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .pool_timer(TokioTimer::new())
+                .pool_idle_timeout(std::time::Duration::from_secs(90))
+                .build(connector.clone()),
+        )
+    })
 }
 
 /// The connector to the upstream: TCP with the given connect timeout, then TLS for an https
