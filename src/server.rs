@@ -105,7 +105,8 @@ impl Server {
         let canary = match &config.canary {
             Some(settings) => {
                 let keys = crate::limit::ClientKeys::new(&config.rate_limit);
-                let canary = crate::canary::Canary::start(settings.clone(), keys, &telemetry.meter())?;
+                let canary =
+                    crate::canary::Canary::start(settings.clone(), keys, &telemetry.meter())?;
                 proxy = proxy.with_canary(canary.clone())?;
                 telemetry.watch_canary(canary.clone());
                 Some(canary)

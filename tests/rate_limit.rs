@@ -4,8 +4,7 @@
 
 mod support;
 
-use std::net::TcpListener as StdListener;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use http::Method;
@@ -408,70 +407,6 @@ async fn the_real_binary_tracks_at_most_the_cap_and_reports_it() {
 }
 
 // ---- Redis ---------------------------------------------------------------------------------
-
-/// A `redis-server` of our own on a free port, without persistence; killed on drop.
-struct RedisServer {
-    port: u16,
-    child: Option<Child>,
-}
-
-impl RedisServer {
-    async fn start() -> RedisServer {
-        let port = StdListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
-        let mut server = RedisServer { port, child: None };
-        server.restart().await;
-        server
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
-    }
-
-    /// (Re)starts the server on the same port and waits until it answers.
-    async fn restart(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server runs (Debian package redis-server)");
-        self.child = Some(child);
-        assert!(
-            wait_until(Duration::from_secs(10), || self.cli(&["PING"]) == "PONG").await,
-            "redis-server did not come up"
-        );
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    fn cli(&self, args: &[&str]) -> String {
-        Command::new("redis-cli")
-            .args(["-p", &self.port.to_string()])
-            .args(args)
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-            .unwrap_or_default()
-    }
-
-    fn keys(&self) -> usize {
-        self.cli(&["DBSIZE"]).parse().unwrap_or(0)
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn two_ragscope_processes_on_one_redis_admit_in_total_what_one_limit_allows() {

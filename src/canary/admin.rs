@@ -69,8 +69,5 @@ where
 }
 
 fn error(status: StatusCode, kind: &str, message: &str) -> (StatusCode, Value) {
-    (
-        status,
-        json!({"error": {"type": kind, "message": message}}),
-    )
+    (status, json!({"error": {"type": kind, "message": message}}))
 }

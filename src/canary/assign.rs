@@ -119,7 +119,11 @@ mod tests {
     #[test]
     fn buckets_are_stable_and_spread() {
         assert_eq!(bucket("v2", "k"), bucket("v2", "k"));
-        assert_ne!(bucket("v2", "k"), bucket("v3", "k"), "a new rollout draws anew");
+        assert_ne!(
+            bucket("v2", "k"),
+            bucket("v3", "k"),
+            "a new rollout draws anew"
+        );
         let n = 20_000u32;
         let below = (0..n)
             .filter(|i| bucket("v2", &format!("client-{i}")) < 2_500)

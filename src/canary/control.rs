@@ -128,8 +128,10 @@ impl Canary {
         if next.epoch != control.epoch {
             self.reset_windows();
         }
-        self.weight
-            .store(next.effective_weight(), std::sync::atomic::Ordering::Relaxed);
+        self.weight.store(
+            next.effective_weight(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         *control = next;
     }
 
@@ -180,8 +182,7 @@ impl Canary {
         let figures = [Figures::of(&pooled[0]), Figures::of(&pooled[1])];
         let judgement = judge(&self.settings.rules, &figures[0], &figures[1]);
         *lock(&self.last) = (figures, judgement.clone());
-        if self.settings.rules.auto_rollback && !judgement.worse.is_empty() && !self.rolled_back()
-        {
+        if self.settings.rules.auto_rollback && !judgement.worse.is_empty() && !self.rolled_back() {
             self.roll_back(control, figures, &judgement).await;
         }
     }

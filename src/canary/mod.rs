@@ -295,7 +295,10 @@ fn gauges(canary: &Arc<Canary>, meter: &Meter) -> Vec<ObservableGauge<f64>> {
         .with_description("Percent of clients the canary receives now (0 after a rollback).")
         .with_callback(move |o| {
             if let Some(c) = weak.upgrade() {
-                let attrs = [KeyValue::new(VERSION_ATTRIBUTE, c.version(Arm::Canary).to_string())];
+                let attrs = [KeyValue::new(
+                    VERSION_ATTRIBUTE,
+                    c.version(Arm::Canary).to_string(),
+                )];
                 o.observe(settings::show_weight(c.weight()), &attrs);
             }
         })
@@ -306,7 +309,10 @@ fn gauges(canary: &Arc<Canary>, meter: &Meter) -> Vec<ObservableGauge<f64>> {
         .with_description("1 while the canary is rolled back (until an operator acts), else 0.")
         .with_callback(move |o| {
             if let Some(c) = weak.upgrade() {
-                let attrs = [KeyValue::new(VERSION_ATTRIBUTE, c.version(Arm::Canary).to_string())];
+                let attrs = [KeyValue::new(
+                    VERSION_ATTRIBUTE,
+                    c.version(Arm::Canary).to_string(),
+                )];
                 o.observe(f64::from(u8::from(c.rolled_back())), &attrs);
             }
         })

@@ -165,8 +165,7 @@ pub fn show_weight(hundredths: u32) -> f64 {
 fn parse_version(v: &str) -> Option<String> {
     let ok = !v.is_empty()
         && v.len() <= MAX_VERSION
-        && v
-            .bytes()
+        && v.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
     ok.then(|| v.to_owned())
 }

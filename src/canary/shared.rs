@@ -14,8 +14,8 @@
 //! by [`TIMEOUT`]; when Redis is away the last state holds and the replica judges its own
 //! figures until it is back (logged once per outage).
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -117,7 +117,8 @@ impl Shared {
         let now = now_ms();
         let members = format!("{}replicas", self.prefix);
         let mine = format!("{}figures:{}", self.prefix, self.replica);
-        let figures = json!({"epoch": control.epoch, "arms": [stats_json(&local[0]), stats_json(&local[1])]});
+        let figures =
+            json!({"epoch": control.epoch, "arms": [stats_json(&local[0]), stats_json(&local[1])]});
         let mut pipe = redis::pipe();
         pipe.cmd("SET")
             .arg(&mine)
@@ -139,7 +140,8 @@ impl Shared {
             .arg(&members)
             .arg(0)
             .arg(-1);
-        let (replicas,): (Vec<String>,) = self.call(pipe.query_async(&mut self.conn.clone())).await?;
+        let (replicas,): (Vec<String>,) =
+            self.call(pipe.query_async(&mut self.conn.clone())).await?;
         let keys: Vec<String> = replicas
             .iter()
             .map(|r| format!("{}figures:{r}", self.prefix))
@@ -155,7 +157,13 @@ impl Shared {
             if v["epoch"].as_u64() != Some(state.epoch) {
                 continue;
             }
-            for (i, arm) in v["arms"].as_array().into_iter().flatten().take(2).enumerate() {
+            for (i, arm) in v["arms"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .take(2)
+                .enumerate()
+            {
                 pooled[i].merge(&stats_from(arm));
             }
         }

@@ -361,7 +361,10 @@ impl RateLimiter {
                 LocalKey::Header(self.hasher.hash_one(bytes)),
                 KeyType::Header,
             ),
-            Stable::ApiKey(name) => (LocalKey::ApiKey(self.hasher.hash_one(name)), KeyType::ApiKey),
+            Stable::ApiKey(name) => (
+                LocalKey::ApiKey(self.hasher.hash_one(name)),
+                KeyType::ApiKey,
+            ),
             Stable::Ip(ip) => (LocalKey::Ip(ip), KeyType::Ip),
         };
         (local, key_type, stable)

@@ -45,8 +45,8 @@ use crate::telemetry::Telemetry;
 
 pub use body::{BodyError, RequestBody, ResponseBody, Upload};
 pub use exchange::Exchange;
-pub use route::{CanaryRoute, Reclaim, Target};
 use respond::{Answer, error_response, finish_head};
+pub use route::{CanaryRoute, Reclaim, Target};
 
 /// TCP, then TLS for an https upstream.
 pub type Connector = hyper_rustls::HttpsConnector<HttpConnector>;

@@ -104,7 +104,8 @@ impl Proxy {
             return self.stable.client.get().request(request).await;
         }
         let (parts, body) = request.into_parts();
-        let (method, version, headers) = (parts.method.clone(), parts.version, parts.headers.clone());
+        let (method, version, headers) =
+            (parts.method.clone(), parts.version, parts.headers.clone());
         let path = parts.uri.path_and_query().cloned();
         let slot = Arc::new(Mutex::new(Some(body)));
         let body = Reclaim {

@@ -13,6 +13,7 @@
 //!   and OTLP/HTTP protobuf, flattening what it receives into
 //!   [`CollectedSpan`]s and [`CollectedMetric`]s.
 //!
+//! * [`RedisServer`]: a real `redis-server` on a free port.
 //! * [`browser`]: the DOM of an admin page as headless Chromium renders it.
 //! * [`tls`]: a private CA (rcgen), certificate files, TLS clients and an https upstream.
 //!
@@ -23,6 +24,7 @@
 pub mod browser;
 pub mod otlp;
 pub mod ragscope;
+pub mod redis;
 mod serve;
 pub mod tls;
 pub mod upstream;
@@ -34,6 +36,8 @@ pub use browser::*;
 pub use otlp::*;
 #[allow(unused_imports)]
 pub use ragscope::*;
+#[allow(unused_imports)]
+pub use redis::*;
 #[allow(unused_imports)]
 pub use tls::*;
 #[allow(unused_imports)]

@@ -1,0 +1,577 @@
+//! Canary rollouts over real sockets, with two stand-in upstreams: the weighted split within
+//! binomial bounds, stickiness, the forced-version header, automatic rollback on 5xx and on a
+//! slow first token (logged with its figures, counted, gauge at 0, held until `POST /canary`),
+//! failover on a refused canary, readiness, per-version telemetry, and two ragscope processes
+//! on one real `redis-server` reaching one verdict.
+
+mod support;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Method;
+use http_body_util::Full;
+use serde_json::{Value, json};
+use support::*;
+
+/// The header every stand-in upstream answers with: which one served.
+const SERVED_BY: &str = "x-served-by";
+
+/// An upstream that names itself on every answer, and answers 500 while `failing` is set.
+async fn versioned(name: &'static str, failing: Arc<AtomicBool>) -> Upstream {
+    Upstream::scripted(move |req| {
+        if req.path() == "/upload" {
+            return None;
+        }
+        let status = if failing.load(Ordering::SeqCst) {
+            500
+        } else {
+            200
+        };
+        Some(canned(status, &[(SERVED_BY, name)], "{}"))
+    })
+    .await
+}
+
+fn healthy() -> Arc<AtomicBool> {
+    Arc::new(AtomicBool::new(false))
+}
+
+/// A ragscope splitting between `stable` and `canary` by the `x-client` header.
+fn builder(stable: &impl HasUrl, canary: &impl HasUrl, weight: &str) -> ProxyBuilder {
+    Proxy::builder()
+        .upstream(stable)
+        .env("RAGSCOPE_UPSTREAM_CANARY", canary.base_url())
+        .env("RAGSCOPE_CANARY_WEIGHT", weight)
+        .env("RAGSCOPE_RATE_KEY", "header:x-client")
+}
+
+/// GETs `/json` as client `id` through the proxy at `addr`: (status, who served).
+async fn as_client(client: &Client, addr: SocketAddr, id: usize) -> (u16, String) {
+    let id = id.to_string();
+    let reply = client
+        .get_with(format!("http://{addr}/json"), &[("x-client", id.as_str())])
+        .await;
+    let by = reply.header(SERVED_BY).unwrap_or_default().to_owned();
+    (reply.status.as_u16(), by)
+}
+
+/// Clients `ids` (each once), 16 at a time: who served each.
+async fn spread(addr: SocketAddr, ids: std::ops::Range<usize>) -> HashMap<usize, String> {
+    let ids: Vec<usize> = ids.collect();
+    let mut tasks = tokio::task::JoinSet::new();
+    for chunk in ids.chunks(ids.len().div_ceil(16).max(1)) {
+        let chunk = chunk.to_vec();
+        tasks.spawn(async move {
+            let client = Client::http1();
+            let mut out = Vec::with_capacity(chunk.len());
+            for id in chunk {
+                out.push((id, as_client(&client, addr, id).await.1));
+            }
+            out
+        });
+    }
+    let mut all = HashMap::new();
+    while let Some(done) = tasks.join_next().await {
+        all.extend(done.expect("client task"));
+    }
+    all
+}
+
+async fn canary_state(admin: SocketAddr) -> Value {
+    Client::http1()
+        .get(format!("http://{admin}/canary"))
+        .await
+        .json()
+}
+
+async fn post_canary(admin: SocketAddr, body: Value) -> Reply {
+    Client::http1()
+        .post_json(format!("http://{admin}/canary"), &body)
+        .await
+}
+
+async fn metrics(admin: SocketAddr) -> String {
+    let reply = Client::http1().get(format!("http://{admin}/metrics")).await;
+    String::from_utf8_lossy(&reply.body).into_owned()
+}
+
+/// The value of the first sample line starting with `series` (name and labels as rendered).
+fn sample(text: &str, name: &str, contains: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l.contains(contains))
+        .find_map(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_split_holds_its_weight_and_each_client_stays_on_its_version() {
+    let (stable, canary) = (
+        versioned("stable", healthy()).await,
+        versioned("canary", healthy()).await,
+    );
+    let proxy = builder(&stable, &canary, "25").run().await;
+    let n = 4000usize;
+    let first = spread(proxy.addr(), 0..n).await;
+    let on_canary = first.values().filter(|v| *v == "canary").count() as f64;
+    assert_eq!(first.values().filter(|v| v.is_empty()).count(), 0);
+    // Binomial(4000, 0.25): mean 1000, sd 27.4; 5 sd either side cannot flake.
+    let sd = (n as f64 * 0.25 * 0.75).sqrt();
+    assert!(
+        (on_canary - 1000.0).abs() < 5.0 * sd,
+        "{on_canary} of {n} on the canary"
+    );
+
+    // Sticky: the same clients again land where they did, while the weight is unchanged.
+    let again = spread(proxy.addr(), 0..500).await;
+    for (id, by) in &again {
+        assert_eq!(Some(by), first.get(id), "client {id} flipped versions");
+    }
+
+    // A higher weight only moves clients to the canary, never back.
+    let reply = post_canary(proxy.admin_addr().expect("admin"), json!({"weight": 60})).await;
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    assert_eq!(reply.json()["weight"], 60.0);
+    let after = spread(proxy.addr(), 0..500).await;
+    for (id, by) in &after {
+        if first[id] == "canary" {
+            assert_eq!(
+                by, "canary",
+                "client {id} left the canary when the weight rose"
+            );
+        }
+    }
+    let moved = after.values().filter(|v| *v == "canary").count();
+    assert!(moved > 250, "about 300 of 500 at 60%: {moved}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_version_header_forces_a_version_for_testing() {
+    let (stable, canary) = (
+        versioned("stable", healthy()).await,
+        versioned("canary", healthy()).await,
+    );
+    let proxy = builder(&stable, &canary, "0")
+        .env("RAGSCOPE_CANARY_HEADER", "x-ragscope-version")
+        .env("RAGSCOPE_CANARY_VERSION", "v2")
+        .run()
+        .await;
+    let client = Client::http1();
+    let get = |version: &'static str| {
+        let client = &client;
+        let url = proxy.url("/json");
+        async move {
+            let reply = client
+                .get_with(url, &[("x-ragscope-version", version)])
+                .await;
+            reply.header(SERVED_BY).unwrap_or_default().to_owned()
+        }
+    };
+    assert_eq!(get("v2").await, "canary");
+    assert_eq!(get("stable").await, "stable");
+    // A value that names no version does not force anything: the weight (0) decides.
+    assert_eq!(get("v3").await, "stable");
+    // Without the header, weight 0 sends everyone to stable.
+    assert!(
+        spread(proxy.addr(), 0..50)
+            .await
+            .values()
+            .all(|v| v == "stable")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_canary_that_answers_5xx_is_rolled_back_logged_counted_and_held_until_an_operator_acts() {
+    let failing = healthy();
+    let (stable, canary) = (
+        versioned("stable", healthy()).await,
+        versioned("canary", failing.clone()).await,
+    );
+    let bin = builder(&stable, &canary, "50")
+        .env("RAGSCOPE_CANARY_MIN_SAMPLES", "30")
+        .env("RAGSCOPE_CANARY_WINDOW", "60s")
+        .spawn();
+    let (addr, admin) = bin.wait_serving().await;
+    let admin = admin.expect("admin listener");
+    failing.store(true, Ordering::SeqCst);
+    let client = Client::http1();
+
+    // A few errors, below the sample minimum: no verdict.
+    let mut id = 0;
+    while canary.request_count() < 10 {
+        as_client(&client, addr, id).await;
+        id += 1;
+    }
+    let seen = wait_for(Duration::from_secs(10), || async {
+        let state = canary_state(admin).await;
+        (state["window"]["canary"]["requests"].as_u64() >= Some(10)).then_some(state)
+    })
+    .await
+    .expect("the window counts the canary's requests");
+    assert_eq!(seen["rolled_back"], false, "{seen}");
+    assert_eq!(seen["verdict"]["enough_samples"], false, "{seen}");
+    assert_eq!(seen["weight"], 50.0);
+
+    // Past the minimum, the canary is rolled back.
+    let rolled = wait_for(Duration::from_secs(30), || {
+        let client = &client;
+        let start = id;
+        id += 20;
+        async move {
+            for i in start..start + 20 {
+                as_client(client, addr, i).await;
+            }
+            let state = canary_state(admin).await;
+            (state["rolled_back"] == true).then_some(state)
+        }
+    })
+    .await
+    .expect("the canary is rolled back");
+    assert_eq!(rolled["weight"], 0.0, "{rolled}");
+    let rollback = &rolled["last_rollback"];
+    assert_eq!(rollback["by"], "automatic");
+    assert!(
+        rollback["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("error_rate")),
+        "{rollback}"
+    );
+    assert!(rollback["figures"]["canary"]["requests"].as_u64() >= Some(30));
+    assert_eq!(rollback["figures"]["canary"]["error_rate"], 1.0);
+
+    // Logged with the figures that triggered it.
+    let line = bin
+        .wait_line("canary ROLLED BACK", Duration::from_secs(5))
+        .await;
+    let log: Value = serde_json::from_str(&line).expect("JSON log line");
+    let fields = if log["fields"].is_object() {
+        &log["fields"]
+    } else {
+        &log
+    };
+    assert_eq!(fields["canary_error_rate"], 1.0, "{line}");
+    assert_eq!(fields["stable_error_rate"], 0.0, "{line}");
+    assert!(fields["canary_requests"].as_u64() >= Some(30), "{line}");
+
+    // Counted, and the gauges say so.
+    let text = metrics(admin).await;
+    assert_eq!(
+        sample(&text, "ragscope_canary_rollbacks_total", "canary"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(sample(&text, "ragscope_canary_weight", "canary"), Some(0.0));
+    assert_eq!(
+        sample(&text, "ragscope_canary_rolled_back", "canary"),
+        Some(1.0)
+    );
+
+    // It stays back: new clients all go to stable, through later evaluations.
+    let served = canary.request_count();
+    let before = rolled["window"]["stable"]["requests"].as_u64().unwrap_or(0);
+    let held = wait_for(Duration::from_secs(10), || {
+        let client = &client;
+        let start = id;
+        id += 20;
+        async move {
+            for i in start..start + 20 {
+                assert_eq!(as_client(client, addr, i).await, (200, "stable".into()));
+            }
+            let state = canary_state(admin).await;
+            (state["window"]["stable"]["requests"].as_u64() > Some(before + 40)).then_some(state)
+        }
+    })
+    .await
+    .expect("later evaluations ran");
+    assert_eq!(held["rolled_back"], true, "{held}");
+    assert_eq!(
+        canary.request_count(),
+        served,
+        "a rolled-back canary gets nothing"
+    );
+
+    // An operator acts: the canary (fixed) gets its share again.
+    failing.store(false, Ordering::SeqCst);
+    let reply = post_canary(admin, json!({"weight": 50})).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.json()["rolled_back"], false);
+    let after = spread(addr, 100_000..100_200).await;
+    assert!(after.values().filter(|v| *v == "canary").count() > 50);
+    assert_eq!(
+        post_canary(admin, json!({"weight": 101})).await.status,
+        400,
+        "a weight past 100 is refused"
+    );
+}
+
+/// An OpenAI-style stream: the first content after `first`, the end after `rest`.
+fn stream(first: Duration, rest: Duration) -> http::Response<UpstreamBody> {
+    let chunk = |content: Value| {
+        Bytes::from(format!(
+            "data: {}\n\n",
+            json!({"id": "c1", "model": "m", "choices": [{"index": 0, "delta": content}]})
+        ))
+    };
+    canned_sse(
+        vec![
+            (first, chunk(json!({"content": "Paris"}))),
+            (rest, chunk(json!({}))),
+            (Duration::ZERO, Bytes::from_static(b"data: [DONE]\n\n")),
+        ],
+        &[],
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_canary_whose_first_token_slows_is_rolled_back() {
+    let gap = Duration::from_millis(250);
+    // The same total time on both; only the first token comes late on the canary.
+    let stable = Upstream::scripted(move |_| Some(stream(Duration::ZERO, gap))).await;
+    let canary = Upstream::scripted(move |_| Some(stream(gap, Duration::ZERO))).await;
+    let proxy = builder(&stable, &canary, "50")
+        .env("RAGSCOPE_CANARY_MIN_SAMPLES", "20")
+        .run()
+        .await;
+    let admin = proxy.admin_addr().expect("admin");
+    let mut id = 0usize;
+    let rolled = wait_for(Duration::from_secs(60), || {
+        let start = id;
+        id += 32;
+        let url = proxy.url("/v1/chat/completions");
+        async move {
+            let mut tasks = tokio::task::JoinSet::new();
+            for i in start..start + 32 {
+                let url = url.clone();
+                tasks.spawn(async move {
+                    let body = json!({"model": "m", "stream": true,
+                                      "messages": [{"role": "user", "content": "Capital of France?"}]});
+                    let client = Client::http1();
+                    let req = request(Method::POST, &url)
+                        .header("content-type", "application/json")
+                        .header("x-client", i.to_string())
+                        .body(Full::new(Bytes::from(body.to_string())))
+                        .expect("request");
+                    client.request(req).await.status
+                });
+            }
+            while let Some(status) = tasks.join_next().await {
+                assert_eq!(status.expect("task"), 200);
+            }
+            let state = canary_state(admin).await;
+            (state["rolled_back"] == true).then_some(state)
+        }
+    })
+    .await
+    .expect("the canary is rolled back");
+    let measures: Vec<&str> = rolled["last_rollback"]["findings"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|f| f["measure"].as_str())
+        .collect();
+    assert!(measures.contains(&"p95_ttft"), "{rolled}");
+    assert!(!measures.contains(&"error_rate"), "{rolled}");
+    let ttft = &rolled["last_rollback"]["figures"]["canary"]["p95_ttft_seconds"];
+    assert!(ttft.as_f64() >= Some(0.25), "{rolled}");
+    assert_eq!(rolled["weight"], 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_canary_fails_over_to_stable_with_the_body_intact_and_on_the_span() {
+    let stable = versioned("stable", healthy()).await;
+    let otlp = OtlpReceiver::start().await;
+    let proxy = builder(&stable, &dead_addr(), "100")
+        .otlp(&otlp)
+        .run()
+        .await;
+    let body = vec![b'x'; 10_000];
+    let reply = Client::http1()
+        .send_body(Method::POST, &proxy.url("/upload"), body)
+        .await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.json()["bytes"], 10_000, "stable got the whole body");
+    let span = otlp.wait_span("POST", Duration::from_secs(10)).await;
+    assert_eq!(span.bool_attr("ragscope.canary.failover"), Some(true));
+    assert_eq!(span.str_attr("ragscope.upstream.version"), Some("stable"));
+    assert!(span.status_message.is_empty(), "a failover is not an error");
+    // The canary's refusal still counts against it.
+    let admin = proxy.admin_addr().expect("admin");
+    assert!(
+        wait_until_async(Duration::from_secs(10), || async {
+            canary_state(admin).await["window"]["canary"]["errors"].as_u64() >= Some(1)
+        })
+        .await
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn readiness_follows_stable_and_a_down_canary_gets_no_traffic() {
+    let stable = versioned("stable", healthy()).await;
+    let proxy = builder(&stable, &dead_addr(), "100")
+        .env("RAGSCOPE_HEALTH_PATH", "/json")
+        .env("RAGSCOPE_HEALTH_INTERVAL", "100ms")
+        .run()
+        .await;
+    let admin = proxy.admin_addr().expect("admin");
+    assert!(
+        wait_until_async(Duration::from_secs(10), || async {
+            canary_state(admin).await["canary_down"] == true
+        })
+        .await,
+        "the canary's own health checks find it down"
+    );
+    let ready = Client::http1().get(format!("http://{admin}/readyz")).await;
+    assert_eq!(ready.status, 200, "readiness follows stable");
+    let text = metrics(admin).await;
+    assert_eq!(
+        sample(&text, "ragscope_upstream_up", "\"canary\""),
+        Some(0.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "ragscope_upstream_up", "\"stable\""),
+        Some(1.0)
+    );
+    let served = spread(proxy.addr(), 0..20).await;
+    assert!(served.values().all(|v| v == "stable"), "{served:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_span_and_metric_carries_its_version() {
+    let (stable, canary) = (
+        versioned("stable", healthy()).await,
+        versioned("canary", healthy()).await,
+    );
+    let otlp = OtlpReceiver::start().await;
+    let proxy = builder(&stable, &canary, "50").otlp(&otlp).run().await;
+    spread(proxy.addr(), 0..40).await;
+    // A server and a client span per request.
+    let spans = otlp
+        .wait_for_spans(|_| true, 80, Duration::from_secs(10))
+        .await;
+    let mut versions = std::collections::HashSet::new();
+    for span in &spans {
+        let v = span.str_attr("ragscope.upstream.version");
+        assert!(matches!(v, Some("stable" | "canary")), "{span:?}");
+        versions.insert(v.map(str::to_owned));
+    }
+    assert_eq!(versions.len(), 2);
+    for name in [
+        "http.server.request.duration",
+        "http.client.request.duration",
+    ] {
+        let found = wait_for(Duration::from_secs(10), || {
+            let metric = otlp.latest_metric(name);
+            std::future::ready(metric.filter(|m| {
+                ["stable", "canary"].iter().all(|v| {
+                    m.histogram_points().iter().any(|p| {
+                        p.attr("ragscope.upstream.version").and_then(|a| a.as_str()) == Some(v)
+                    })
+                })
+            }))
+        })
+        .await;
+        let metric = found.unwrap_or_else(|| panic!("{name} per version"));
+        assert!(
+            metric
+                .histogram_points()
+                .iter()
+                .all(|p| p.attr("ragscope.upstream.version").is_some()),
+            "{name}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_ragscope_processes_on_one_redis_reach_one_verdict() {
+    let redis = RedisServer::start().await;
+    let failing = Arc::new(AtomicBool::new(true));
+    let (stable, canary) = (
+        versioned("stable", healthy()).await,
+        versioned("canary", failing.clone()).await,
+    );
+    let builder = builder(&stable, &canary, "50")
+        .env("RAGSCOPE_CANARY_MIN_SAMPLES", "30")
+        .env("RAGSCOPE_CANARY_HEADER", "x-ragscope-version")
+        .env("RAGSCOPE_SHARED_REDIS", redis.url());
+    let (a, b) = (builder.clone().spawn(), builder.spawn());
+    let (a_addr, a_admin) = a.wait_serving().await;
+    let (b_addr, b_admin) = b.wait_serving().await;
+    let (a_admin, b_admin) = (a_admin.expect("admin"), b_admin.expect("admin"));
+    let client = Client::http1();
+    // Each replica serves 20 requests per version: under the minimum of 30 alone, over it
+    // pooled. Then no more traffic: only the pooled figures can reach a verdict.
+    for addr in [a_addr, b_addr] {
+        for version in ["stable", "canary"] {
+            for _ in 0..20 {
+                let reply = client
+                    .get_with(
+                        format!("http://{addr}/json"),
+                        &[("x-ragscope-version", version)],
+                    )
+                    .await;
+                assert_eq!(reply.header(SERVED_BY), Some(version));
+            }
+        }
+    }
+    let first = wait_for(Duration::from_secs(15), || async {
+        let (sa, sb) = (canary_state(a_admin).await, canary_state(b_admin).await);
+        [sa, sb].into_iter().find(|s| s["rolled_back"] == true)
+    })
+    .await
+    .expect("the fleet's pooled figures roll the canary back");
+    assert_eq!(
+        first["last_rollback"]["figures"]["canary"]["requests"], 40,
+        "pooled: {first}"
+    );
+    // The other replica holds the same rollback within a second or two.
+    let both = wait_for(Duration::from_secs(5), || async {
+        let (sa, sb) = (canary_state(a_admin).await, canary_state(b_admin).await);
+        (sa["rolled_back"] == true && sb["rolled_back"] == true).then_some((sa, sb))
+    })
+    .await
+    .expect("both replicas are rolled back");
+    assert_eq!(
+        both.0["last_rollback"], both.1["last_rollback"],
+        "one verdict"
+    );
+    assert_eq!(both.0["shared"], "redis");
+    let rollbacks =
+        |text: String| sample(&text, "ragscope_canary_rollbacks_total", "").unwrap_or(0.0);
+    assert_eq!(
+        rollbacks(metrics(a_admin).await) + rollbacks(metrics(b_admin).await),
+        1.0,
+        "decided once for the fleet"
+    );
+
+    // An operator on one replica sets the weight for both.
+    failing.store(false, Ordering::SeqCst);
+    assert_eq!(
+        post_canary(b_admin, json!({"weight": 20})).await.status,
+        200
+    );
+    assert!(
+        wait_until_async(Duration::from_secs(5), || async {
+            let sa = canary_state(a_admin).await;
+            sa["rolled_back"] == false && sa["weight"] == 20.0
+        })
+        .await
+    );
+
+    // Redis down: the last state holds and traffic flows.
+    drop(redis);
+    for i in 0..20 {
+        let (status, _) = as_client(&client, [a_addr, b_addr][i % 2], 500_000 + i).await;
+        assert_eq!(status, 200);
+    }
+    assert!(
+        wait_until_async(Duration::from_secs(5), || async {
+            canary_state(a_admin).await["shared"] == "redis_unavailable"
+        })
+        .await
+    );
+    assert_eq!(canary_state(a_admin).await["weight"], 20.0);
+}
