@@ -43,6 +43,9 @@ pub const EVALUATE_EVERY: Duration = Duration::from_secs(1);
 /// Traces remembered with their version, so late feedback counts for the version it is about.
 const TRACE_CAPACITY: usize = 65_536;
 
+/// Recent traces and the version that answered each, oldest first in the queue.
+type TraceArms = (HashMap<[u8; 16], Arm>, VecDeque<[u8; 16]>);
+
 /// One finished exchange that was routed, as the canary counts it.
 #[derive(Debug, Clone)]
 pub struct Outcome {
@@ -71,7 +74,7 @@ pub struct Canary {
     weight: AtomicU32,
     control: Mutex<control::Control>,
     windows: [Mutex<Window>; 2],
-    traces: Mutex<(HashMap<[u8; 16], Arm>, VecDeque<[u8; 16]>)>,
+    traces: Mutex<TraceArms>,
     canary_down: OnceLock<Box<dyn Fn() -> bool + Send + Sync>>,
     shared: Option<shared::Shared>,
     /// The last evaluation: pooled figures per version and the judgement.

@@ -297,9 +297,11 @@ mod tests {
             rollback: Some(json!({"reason": "error_rate"})),
         };
         assert_eq!(from_wire(&wire(&c)), Some(c));
-        let mut s = Stats::default();
-        s.requests = 10;
-        s.errors = 2;
+        let mut s = Stats {
+            requests: 10,
+            errors: 2,
+            ..Stats::default()
+        };
         s.latency.record(0.25);
         s.ttft.record(0.1);
         let back = stats_from(&stats_json(&s));
