@@ -41,6 +41,14 @@ fn healthy() -> Arc<AtomicBool> {
     Arc::new(AtomicBool::new(false))
 }
 
+/// A stable upstream and a canary that fails while `failing` is set.
+async fn upstreams(failing: Arc<AtomicBool>) -> (Upstream, Upstream) {
+    (
+        versioned("stable", healthy()).await,
+        versioned("canary", failing).await,
+    )
+}
+
 /// A ragscope splitting between `stable` and `canary` by the `x-client` header.
 fn builder(stable: &impl HasUrl, canary: &impl HasUrl, weight: &str) -> ProxyBuilder {
     Proxy::builder()
@@ -109,10 +117,7 @@ fn sample(text: &str, name: &str, contains: &str) -> Option<f64> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_split_holds_its_weight_and_each_client_stays_on_its_version() {
-    let (stable, canary) = (
-        versioned("stable", healthy()).await,
-        versioned("canary", healthy()).await,
-    );
+    let (stable, canary) = upstreams(healthy()).await;
     let proxy = builder(&stable, &canary, "25").run().await;
     let n = 4000usize;
     let first = spread(proxy.addr(), 0..n).await;
@@ -150,10 +155,7 @@ async fn the_split_holds_its_weight_and_each_client_stays_on_its_version() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_version_header_forces_a_version_for_testing() {
-    let (stable, canary) = (
-        versioned("stable", healthy()).await,
-        versioned("canary", healthy()).await,
-    );
+    let (stable, canary) = upstreams(healthy()).await;
     let proxy = builder(&stable, &canary, "0")
         .env("RAGSCOPE_CANARY_HEADER", "x-ragscope-version")
         .env("RAGSCOPE_CANARY_VERSION", "v2")
@@ -186,10 +188,7 @@ async fn the_version_header_forces_a_version_for_testing() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_canary_that_answers_5xx_is_rolled_back_logged_counted_and_held_until_an_operator_acts() {
     let failing = healthy();
-    let (stable, canary) = (
-        versioned("stable", healthy()).await,
-        versioned("canary", failing.clone()).await,
-    );
+    let (stable, canary) = upstreams(failing.clone()).await;
     let bin = builder(&stable, &canary, "50")
         .env("RAGSCOPE_CANARY_MIN_SAMPLES", "30")
         .env("RAGSCOPE_CANARY_WINDOW", "60s")
@@ -380,6 +379,66 @@ async fn a_canary_whose_first_token_slows_is_rolled_back() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_canary_with_lower_feedback_scores_is_rolled_back() {
+    let (stable, canary) = upstreams(healthy()).await;
+    let proxy = builder(&stable, &canary, "50")
+        .env("RAGSCOPE_CANARY_MIN_SAMPLES", "10")
+        .env("RAGSCOPE_CANARY_MIN_FEEDBACK", "10")
+        .run()
+        .await;
+    let admin = proxy.admin_addr().expect("admin");
+    let client = Client::http1();
+    let mut id = 0usize;
+    let rolled = wait_for(Duration::from_secs(30), || {
+        let (client, proxy) = (&client, &proxy);
+        let start = id;
+        id += 10;
+        async move {
+            for i in start..start + 10 {
+                let reply = client
+                    .get_with(proxy.url("/json"), &[("x-client", &i.to_string())])
+                    .await;
+                let trace = reply
+                    .header("traceresponse")
+                    .and_then(|t| t.split('-').nth(1))
+                    .expect("traceresponse")
+                    .to_owned();
+                // Users like stable's answers and not the canary's.
+                let score = if reply.header(SERVED_BY) == Some("canary") {
+                    0.2
+                } else {
+                    0.9
+                };
+                let fed = client
+                    .post_json(
+                        proxy.url("/ragscope/feedback"),
+                        &json!({"trace_id": trace, "score": score}),
+                    )
+                    .await;
+                assert_eq!(fed.status, 202);
+            }
+            let state = canary_state(admin).await;
+            (state["rolled_back"] == true).then_some(state)
+        }
+    })
+    .await
+    .expect("the canary is rolled back on feedback");
+    let findings = &rolled["last_rollback"]["findings"];
+    assert_eq!(findings[0]["measure"], "mean_feedback_score", "{rolled}");
+    assert_eq!(findings.as_array().map(Vec::len), Some(1), "{rolled}");
+    let figures = &rolled["last_rollback"]["figures"];
+    assert!(
+        (figures["canary"]["mean_feedback_score"]
+            .as_f64()
+            .expect("score")
+            - 0.2)
+            .abs()
+            < 1e-9
+    );
+    assert!(figures["stable"]["feedback"].as_u64() >= Some(10));
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_refused_canary_fails_over_to_stable_with_the_body_intact_and_on_the_span() {
     let stable = versioned("stable", healthy()).await;
     let otlp = OtlpReceiver::start().await;
@@ -441,10 +500,7 @@ async fn readiness_follows_stable_and_a_down_canary_gets_no_traffic() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_span_and_metric_carries_its_version() {
-    let (stable, canary) = (
-        versioned("stable", healthy()).await,
-        versioned("canary", healthy()).await,
-    );
+    let (stable, canary) = upstreams(healthy()).await;
     let otlp = OtlpReceiver::start().await;
     let proxy = builder(&stable, &canary, "50").otlp(&otlp).run().await;
     spread(proxy.addr(), 0..40).await;
@@ -489,10 +545,7 @@ async fn every_span_and_metric_carries_its_version() {
 async fn two_ragscope_processes_on_one_redis_reach_one_verdict() {
     let redis = RedisServer::start().await;
     let failing = Arc::new(AtomicBool::new(true));
-    let (stable, canary) = (
-        versioned("stable", healthy()).await,
-        versioned("canary", failing.clone()).await,
-    );
+    let (stable, canary) = upstreams(failing.clone()).await;
     let builder = builder(&stable, &canary, "50")
         .env("RAGSCOPE_CANARY_MIN_SAMPLES", "30")
         .env("RAGSCOPE_CANARY_HEADER", "x-ragscope-version")

@@ -196,9 +196,11 @@ impl Canary {
             .collect::<Vec<_>>()
             .join("; ");
         let at = humantime_now();
+        let replica = self.shared.as_ref().map_or("local", |s| s.replica());
         let details = json!({
             "at": at,
             "by": "automatic",
+            "replica": replica,
             "reason": reason,
             "weight_before": show_weight(control.weight),
             "findings": judgement.worse.iter().map(|f| f.json()).collect::<Vec<_>>(),
@@ -213,8 +215,12 @@ impl Canary {
         };
         let shared = match &self.shared {
             None => false,
+            // Which rollback won is told by the replica that wrote it (a float in the figures
+            // need not survive the JSON round trip bit for bit).
             Some(s) => match s.put_newer(&next).await {
-                Some(winner) if winner != next => {
+                Some(winner)
+                    if winner.rollback.as_ref().map(|r| &r["replica"]) != Some(&json!(replica)) =>
+                {
                     // Another replica decided first: its verdict is the fleet's.
                     self.adopt(winner);
                     return;

@@ -292,62 +292,53 @@ fn window_for(window: Duration) -> Window {
 }
 
 fn gauges(canary: &Arc<Canary>, meter: &Meter) -> Vec<ObservableGauge<f64>> {
-    let weak = Arc::downgrade(canary);
-    let weight = meter
-        .f64_observable_gauge("ragscope.canary.weight")
-        .with_description("Percent of clients the canary receives now (0 after a rollback).")
-        .with_callback(move |o| {
-            if let Some(c) = weak.upgrade() {
-                let attrs = [KeyValue::new(
-                    VERSION_ATTRIBUTE,
-                    c.version(Arm::Canary).to_string(),
-                )];
-                o.observe(settings::show_weight(c.weight()), &attrs);
-            }
-        })
-        .build();
-    let weak = Arc::downgrade(canary);
-    let rolled_back = meter
-        .f64_observable_gauge("ragscope.canary.rolled_back")
-        .with_description("1 while the canary is rolled back (until an operator acts), else 0.")
-        .with_callback(move |o| {
-            if let Some(c) = weak.upgrade() {
-                let attrs = [KeyValue::new(
-                    VERSION_ATTRIBUTE,
-                    c.version(Arm::Canary).to_string(),
-                )];
-                o.observe(f64::from(u8::from(c.rolled_back())), &attrs);
-            }
-        })
-        .build();
-    let weak = Arc::downgrade(canary);
-    let worse = meter
-        .f64_observable_gauge("ragscope.canary.worse")
-        .with_description(
+    // Observed from the last evaluation and the state: never a lock the data path takes.
+    let gauge = |name: &'static str,
+                 description: &'static str,
+                 observe: fn(&Canary, &mut dyn FnMut(f64, Arm))| {
+        let weak = Arc::downgrade(canary);
+        meter
+            .f64_observable_gauge(name)
+            .with_description(description)
+            .with_callback(move |o| {
+                if let Some(c) = weak.upgrade() {
+                    observe(&c, &mut |value, arm| {
+                        o.observe(
+                            value,
+                            &[KeyValue::new(VERSION_ATTRIBUTE, c.version(arm).to_string())],
+                        );
+                    });
+                }
+            })
+            .build()
+    };
+    vec![
+        gauge(
+            "ragscope.canary.weight",
+            "Percent of clients the canary receives now (0 after a rollback).",
+            |c, o| o(settings::show_weight(c.weight()), Arm::Canary),
+        ),
+        gauge(
+            "ragscope.canary.rolled_back",
+            "1 while the canary is rolled back (until an operator acts), else 0.",
+            |c, o| o(f64::from(u8::from(c.rolled_back())), Arm::Canary),
+        ),
+        gauge(
+            "ragscope.canary.worse",
             "Measures on which the canary is worse than stable beyond its threshold, with enough samples.",
-        )
-        .with_callback(move |o| {
-            if let Some(c) = weak.upgrade() {
-                let attrs = [KeyValue::new(VERSION_ATTRIBUTE, c.version(Arm::Canary).to_string())];
-                o.observe(lock(&c.last).1.worse.len() as f64, &attrs);
-            }
-        })
-        .build();
-    let weak = Arc::downgrade(canary);
-    let error_rate = meter
-        .f64_observable_gauge("ragscope.canary.window.error_rate")
-        .with_description("Error rate per version over the canary window (pooled with Redis).")
-        .with_callback(move |o| {
-            if let Some(c) = weak.upgrade() {
+            |c, o| o(lock(&c.last).1.worse.len() as f64, Arm::Canary),
+        ),
+        gauge(
+            "ragscope.canary.window.error_rate",
+            "Error rate per version over the canary window (pooled with Redis).",
+            |c, o| {
                 let figures = lock(&c.last).0;
                 for arm in [Arm::Stable, Arm::Canary] {
-                    let attrs = [KeyValue::new(VERSION_ATTRIBUTE, c.version(arm).to_string())];
-                    o.observe(figures[arm.index()].error_rate(), &attrs);
+                    o(figures[arm.index()].error_rate(), arm);
                 }
-            }
-        })
-        .build();
-    vec![weight, rolled_back, worse, error_rate]
+            },
+        ),
+    ]
 }
 
 fn unix_secs(t: SystemTime) -> u64 {

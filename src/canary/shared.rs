@@ -101,6 +101,11 @@ impl Shared {
         })
     }
 
+    /// This replica's id in the shared store (random per process).
+    pub(super) fn replica(&self) -> &str {
+        &self.replica
+    }
+
     /// Whether the last call reached Redis.
     pub(super) fn healthy(&self) -> bool {
         self.healthy.load(Ordering::Relaxed)
@@ -172,17 +177,17 @@ impl Shared {
 
     /// Offers `control`; returns the state kept (ours, or a newer one already stored).
     pub(super) async fn put_newer(&self, control: &Control) -> Option<Control> {
-        let mut invocation = self.put_newer.key(format!("{}state", self.prefix));
-        invocation.arg(wire(control));
-        let text: String = self
-            .call(invocation.invoke_async(&mut self.conn.clone()))
-            .await?;
-        from_wire(&text)
+        self.state_script(&self.put_newer, control).await
     }
 
     /// Stores `control` at the next epoch; returns it as stored.
     pub(super) async fn bump(&self, control: &Control) -> Option<Control> {
-        let mut invocation = self.bump.key(format!("{}state", self.prefix));
+        self.state_script(&self.bump, control).await
+    }
+
+    /// Runs one of the state scripts with `control`; the state it returns.
+    async fn state_script(&self, script: &redis::Script, control: &Control) -> Option<Control> {
+        let mut invocation = script.key(format!("{}state", self.prefix));
         invocation.arg(wire(control));
         let text: String = self
             .call(invocation.invoke_async(&mut self.conn.clone()))
