@@ -29,11 +29,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, Version, header};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
 
-use crate::workers::PerWorker;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::auth::{ApiKeys, Refusal};
 use crate::error::ProxyError;
@@ -467,28 +464,6 @@ impl Proxy {
         }
         Ok(response)
     }
-}
-
-/// One pooled client per worker thread: a request's upstream connection task then runs on the
-/// thread that serves the request ([`crate::workers`]), never waking another core.
-fn pooled_client<B>(
-    config: &Config,
-    connector: &Connector,
-) -> Result<PerWorker<Client<Connector, B>>, ClientError>
-where
-    B: http_body::Body + Send + 'static + Unpin,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    PerWorker::new(config.workers, |_| {
-        Ok::<_, ClientError>(
-            Client::builder(TokioExecutor::new())
-                .timer(TokioTimer::new())
-                .pool_timer(TokioTimer::new())
-                .pool_idle_timeout(std::time::Duration::from_secs(90))
-                .build(connector.clone()),
-        )
-    })
 }
 
 /// The connector to the upstream: TCP with the given connect timeout, then TLS for an https

@@ -15,6 +15,7 @@ use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::{ClientError, Connector, Exchange, Proxy, RequestBody};
 use crate::canary::{Arm, Canary, Route};
@@ -39,7 +40,7 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    /// The target for `upstream`, its clients built by [`super::pooled_client`].
+    /// The target for `upstream`, its clients built by [`pooled_client`].
     pub fn new(
         config: &Config,
         upstream: &Upstream,
@@ -51,9 +52,31 @@ where
                 host: Arc::from(upstream.host.as_str()),
                 port: upstream.port,
             },
-            client: super::pooled_client(config, connector)?,
+            client: pooled_client(config, connector)?,
         })
     }
+}
+
+/// One pooled client per worker thread: a request's upstream connection task then runs on the
+/// thread that serves the request ([`crate::workers`]), never waking another core.
+fn pooled_client<B>(
+    config: &Config,
+    connector: &Connector,
+) -> Result<PerWorker<Client<Connector, B>>, ClientError>
+where
+    B: http_body::Body + Send + 'static + Unpin,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    PerWorker::new(config.workers, |_| {
+        Ok::<_, ClientError>(
+            Client::builder(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .pool_timer(TokioTimer::new())
+                .pool_idle_timeout(std::time::Duration::from_secs(90))
+                .build(connector.clone()),
+        )
+    })
 }
 
 /// The canary's side of the proxy: the rollout's state and the canary upstream.
