@@ -62,6 +62,13 @@ impl CanarySettings {
     pub fn from_reader<S: Source + ?Sized>(
         r: &Reader<'_, S>,
     ) -> Result<Option<CanarySettings>, ConfigError> {
+        // The other canary variables are read (and checked) only with a canary.
+        let Some(upstream) = r.optional("RAGSCOPE_UPSTREAM_CANARY", "off", UPSTREAM_FORM, |v| {
+            parse_upstream(v)
+        })?
+        else {
+            return Ok(None);
+        };
         let stable_version = r.parse(
             "RAGSCOPE_UPSTREAM_VERSION",
             "stable",
@@ -74,12 +81,6 @@ impl CanarySettings {
             VERSION_FORM,
             parse_version,
         )?;
-        let Some(upstream) = r.optional("RAGSCOPE_UPSTREAM_CANARY", "off", UPSTREAM_FORM, |v| {
-            parse_upstream(v)
-        })?
-        else {
-            return Ok(None);
-        };
         if canary_version == stable_version {
             return Err(ConfigError::new(
                 "RAGSCOPE_CANARY_VERSION",
@@ -190,6 +191,52 @@ mod tests {
         assert_eq!(parse_weight(".5"), None);
         assert_eq!(parse_weight("5."), Some(500));
         assert_eq!(show_weight(1250), 12.5);
+    }
+
+    fn read(pairs: &[(&str, &str)]) -> Result<Option<CanarySettings>, ConfigError> {
+        CanarySettings::from_reader(&Reader::new(pairs))
+    }
+
+    #[test]
+    fn settings_parse_and_refuse_what_cannot_work() {
+        assert!(read(&[]).expect("no canary").is_none());
+        let c = read(&[
+            ("RAGSCOPE_UPSTREAM_CANARY", "http://10.0.0.2:8000"),
+            ("RAGSCOPE_CANARY_WEIGHT", "12.5"),
+            ("RAGSCOPE_CANARY_VERSION", "v2"),
+            ("RAGSCOPE_RATE_LIMIT_REDIS", "redis://r:6379/0"),
+        ])
+        .expect("parses")
+        .expect("a canary");
+        assert_eq!((c.weight, c.canary_version.as_str()), (1250, "v2"));
+        assert_eq!(c.stable_version, "stable");
+        assert_eq!(
+            c.redis.as_deref(),
+            Some("redis://r:6379/0"),
+            "the rate limit's Redis"
+        );
+        assert_eq!(c.rules.min_samples, 100);
+        assert_eq!(c.rules.window, Duration::from_secs(300));
+        let canary = ("RAGSCOPE_UPSTREAM_CANARY", "http://10.0.0.2:8000");
+        for (bad, var) in [
+            (
+                ("RAGSCOPE_CANARY_VERSION", "stable"),
+                "RAGSCOPE_CANARY_VERSION",
+            ),
+            (("RAGSCOPE_CANARY_WEIGHT", "101"), "RAGSCOPE_CANARY_WEIGHT"),
+            (("RAGSCOPE_CANARY_WINDOW", "1s"), "RAGSCOPE_CANARY_WINDOW"),
+            (
+                ("RAGSCOPE_CANARY_MAX_LATENCY_RATIO", "0.5"),
+                "RAGSCOPE_CANARY_MAX_LATENCY_RATIO",
+            ),
+            (
+                ("RAGSCOPE_UPSTREAM_CANARY", "ftp://x"),
+                "RAGSCOPE_UPSTREAM_CANARY",
+            ),
+        ] {
+            let e = read(&[canary, bad]).expect_err(var).to_string();
+            assert!(e.contains(var), "{e}");
+        }
     }
 
     #[test]

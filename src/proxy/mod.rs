@@ -6,7 +6,8 @@
 //!    control, which also names the client for later checks), draining, malformed framing, a
 //!    declared body over the limit; then the rate limit ([`crate::limit`]), keyed by what
 //!    access control learned, whose headers go on every response.
-//! 3. **forward** — strip hop-by-hop headers, then add ours (forwarded-for, trace context), and
+//! 3. **forward** — choose the upstream (stable, or the canary as [`crate::canary`] assigns
+//!    the client), strip hop-by-hop headers, then add ours (forwarded-for, trace context), and
 //!    send the request to the upstream over the pooled client, the body streaming behind it.
 //! 4. **respond** — strip the response's hop-by-hop headers and stream its body back frame by
 //!    frame (the feedback endpoint answers locally instead of forwarding).
