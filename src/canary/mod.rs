@@ -2,7 +2,7 @@
 //! share of clients ([`assign`]); each version's outcomes are counted over a sliding window, a
 //! timer compares the canary against stable ([`verdict`]) and rolls the canary back to weight 0
 //! when it is worse; an operator reads and sets the state on the admin listener ([`admin`]);
-//! with a shared Redis the figures are pooled and the state is one for the fleet ([`shared`]).
+//! with a shared Redis the figures are pooled and the state is one for the fleet (`shared.rs`).
 //!
 //! Cost on the data path: [`Canary::route`] reads one atomic weight and, while the weight is
 //! strictly between 0 and 100, hashes the client key; nothing else. Outcomes are fed from the

@@ -40,7 +40,7 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    /// The target for `upstream`, its clients built by [`pooled_client`].
+    /// The target for `upstream`, its clients built by `pooled_client`.
     pub fn new(
         config: &Config,
         upstream: &Upstream,
