@@ -65,6 +65,8 @@ pub struct Record {
     pub cancelled_by: Option<&'static str>,
     /// Feedback received on the feedback endpoint.
     pub feedback: Option<genai::feedback::FeedbackFact>,
+    /// Where the canary rollout sent the request, when there is one.
+    pub route: Option<crate::canary::Route>,
 }
 
 impl Record {
@@ -88,6 +90,7 @@ impl Record {
             observation: None,
             cancelled_by: None,
             feedback: None,
+            route: None,
         }
     }
 

@@ -8,7 +8,8 @@
 //!    access control learned, whose headers go on every response; then, for a recognised LLM
 //!    request under `RAGSCOPE_TOKEN_LIMIT`, the token budget ([`crate::limit::tokens`]), which
 //!    reads the body's head first ([`buffered`]) to estimate the request's cost.
-//! 3. **forward** — strip hop-by-hop headers, then add ours (forwarded-for, trace context), and
+//! 3. **forward** — choose the upstream (stable, or the canary as [`crate::canary`] assigns
+//!    the client), strip hop-by-hop headers, then add ours (forwarded-for, trace context), and
 //!    send the request to the upstream over the pooled client, the body streaming behind it.
 //! 4. **respond** — strip the response's hop-by-hop headers and stream its body back frame by
 //!    frame (the feedback endpoint answers locally instead of forwarding).
@@ -22,6 +23,7 @@ pub mod buffered;
 mod exchange;
 mod headers;
 mod respond;
+mod route;
 pub mod stream_usage;
 mod tokens;
 
@@ -33,24 +35,22 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, Version, header};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
 
-use crate::workers::PerWorker;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::auth::{ApiKeys, Refusal};
 use crate::error::ProxyError;
 use crate::genai::GenAi;
 use crate::limit::tokens::{TokenDecision, TokenLimiter};
 use crate::limit::{Decision, RateLimiter};
-use crate::observe::{HttpFacts, UpstreamAddress};
+use crate::observe::HttpFacts;
 use crate::settings::Config;
 use crate::telemetry::Telemetry;
 
 pub use body::{BodyError, RequestBody, ResponseBody, Upload};
 pub use exchange::Exchange;
 use respond::{Answer, error_response, finish_head};
+pub use route::{CanaryRoute, Reclaim, Target};
 
 /// TCP, then TLS for an https upstream.
 pub type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
@@ -59,11 +59,11 @@ pub type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
 #[derive(Debug)]
 pub struct Proxy {
     config: Arc<Config>,
-    /// One pooled client per worker thread: a request's upstream connection task then runs on
-    /// the thread that serves the request ([`crate::workers`]), never waking another core.
-    client: PerWorker<Client<Connector, RequestBody>>,
+    /// The stable upstream (`RAGSCOPE_UPSTREAM`).
+    stable: Target<RequestBody>,
+    /// The canary upstream and the rollout, when `RAGSCOPE_UPSTREAM_CANARY` is set.
+    canary: Option<CanaryRoute>,
     telemetry: Arc<Telemetry>,
-    upstream_address: UpstreamAddress,
     draining: AtomicBool,
     /// Access control, when `RAGSCOPE_API_KEYS_FILE` is set.
     api_keys: Option<Arc<ApiKeys>>,
@@ -100,25 +100,14 @@ impl Proxy {
     /// Builds the proxy and its pooled upstream client.
     pub fn new(config: Arc<Config>, telemetry: Arc<Telemetry>) -> Result<Proxy, ClientError> {
         let connector = upstream_connector(&config, config.connect_timeout)?;
-        let client = PerWorker::new(config.workers, |_| {
-            Ok::<_, ClientError>(
-                Client::builder(TokioExecutor::new())
-                    .timer(TokioTimer::new())
-                    .pool_timer(TokioTimer::new())
-                    .pool_idle_timeout(std::time::Duration::from_secs(90))
-                    .build(connector.clone()),
-            )
-        })?;
+        let stable = Target::new(&config, &config.upstream, &connector)?;
         let genai = Arc::new(GenAi::new(config.genai.clone()));
         genai.budget().register(&telemetry.meter());
         Ok(Proxy {
             genai,
-            upstream_address: UpstreamAddress {
-                host: Arc::from(config.upstream.host.as_str()),
-                port: config.upstream.port,
-            },
             config,
-            client,
+            stable,
+            canary: None,
             telemetry,
             draining: AtomicBool::new(false),
             api_keys: None,
@@ -131,6 +120,15 @@ impl Proxy {
     pub fn with_api_keys(mut self, keys: Arc<ApiKeys>) -> Proxy {
         self.api_keys = Some(keys);
         self
+    }
+
+    /// Splits traffic between stable and the canary upstream (`RAGSCOPE_UPSTREAM_CANARY`) as
+    /// `canary` decides.
+    pub fn with_canary(mut self, canary: Arc<crate::canary::Canary>) -> Result<Proxy, ClientError> {
+        let connector = upstream_connector(&self.config, self.config.connect_timeout)?;
+        let target = Target::new(&self.config, &canary.settings().upstream, &connector)?;
+        self.canary = Some(CanaryRoute { canary, target });
+        Ok(self)
     }
 
     /// Puts requests under `limiter` (`None`: no rate limit).
@@ -355,6 +353,7 @@ impl Proxy {
         scheme: &'static str,
         exchange: &mut Exchange,
     ) -> Result<Response<Incoming>, ProxyError> {
+        let route = self.route(&req, peer, exchange);
         let (mut parts, mut body) = req.into_parts();
         let (head, injected) = self.inject_usage(&mut parts, &mut body, head).await?;
         let host = parts
@@ -370,12 +369,11 @@ impl Proxy {
         parts.headers.remove(header::HOST);
         headers::add_forwarded(&mut parts.headers, peer.ip(), scheme, host.as_ref());
 
-        let uri = self
-            .config
-            .upstream
+        let (upstream, address) = self.target_of(route.as_ref());
+        let uri = upstream
             .uri_for(parts.uri.path_and_query())
             .map_err(|_| ProxyError::BadRequest("the request target cannot be forwarded"))?;
-        exchange.begin_upstream(&self.upstream_address, &uri, &mut parts.headers);
+        exchange.begin_upstream(address, &uri, &mut parts.headers);
         parts.uri = uri;
         parts.version = Version::HTTP_11;
 
@@ -396,7 +394,8 @@ impl Proxy {
             upload.clone(),
         )
         .with_tee(tee);
-        let upstream = self.client.get().request(Request::from_parts(parts, body));
+        let request = Request::from_parts(parts, body);
+        let upstream = self.send(request, route.as_ref(), exchange);
         match self.await_response(upstream, &upload).await {
             Err(e) => Err(e),
             Ok(Ok(mut response)) => {

@@ -44,6 +44,9 @@ pub(super) fn build(
                 KeyValue::new(semconv::URL_FULL, call.url.clone()),
             ]);
             attributes.extend(upstream_attributes(call));
+            if let Some(route) = &r.route {
+                attributes.extend(route.span_attributes());
+            }
             if method == "_OTHER" {
                 attributes.push(KeyValue::new(
                     semconv::HTTP_REQUEST_METHOD_ORIGINAL,
@@ -92,6 +95,9 @@ pub(super) fn build(
     ));
     if let Some(e) = &r.error {
         a.push(KeyValue::new(semconv::ERROR_TYPE, e.kind.clone()));
+    }
+    if let Some(route) = &r.route {
+        a.extend(route.span_attributes());
     }
     if cancelled {
         // A client going away is not a server error: status stays unset.

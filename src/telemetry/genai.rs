@@ -263,9 +263,11 @@ pub(super) fn record_metrics(
     facts: &Facts,
     times: &Times,
     error_type: Option<&str>,
+    upstream_version: Option<&KeyValue>,
 ) {
     let end: Instant = times.end.0;
-    let mut attrs = Vec::with_capacity(6);
+    let mut attrs = Vec::with_capacity(7);
+    attrs.extend(upstream_version.cloned());
     if let Some(op) = &facts.operation {
         attrs.push(KeyValue::new("gen_ai.operation.name", op.clone()));
         attrs.push(KeyValue::new(

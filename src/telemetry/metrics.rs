@@ -185,6 +185,8 @@ pub(super) struct ServerKey {
     pub(super) version: &'static str,
     pub(super) status: Option<u16>,
     pub(super) error: Option<Cow<'static, str>>,
+    /// `ragscope.upstream.version`, with a canary rollout (two values).
+    pub(super) upstream_version: Option<Arc<str>>,
 }
 
 /// The attribute set of `http.client.request.duration`, as plain values.
@@ -194,6 +196,8 @@ pub(super) struct ClientKey {
     pub(super) status: Option<u16>,
     pub(super) error: Option<Cow<'static, str>>,
     pub(super) upstream: Option<(Arc<str>, u16)>,
+    /// `ragscope.upstream.version`, with a canary rollout (two values).
+    pub(super) upstream_version: Option<Arc<str>>,
 }
 
 /// The three server histograms of one attribute set.
