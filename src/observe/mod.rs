@@ -61,6 +61,21 @@ pub struct Record {
     pub cancelled_by: Option<&'static str>,
     /// Feedback received on the feedback endpoint.
     pub feedback: Option<genai::feedback::FeedbackFact>,
+    /// The session that followed, when the upstream switched protocols (101).
+    pub upgrade: Option<UpgradeFacts>,
+}
+
+/// An upgraded session (WebSocket or another `Upgrade` protocol), from the 101 to the close.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpgradeFacts {
+    /// The protocol switched to (`websocket`), lower-cased and bounded.
+    pub protocol: String,
+    /// How it ended: `client_close`, `upstream_close`, `idle_timeout`, `drain` or `error`.
+    pub ending: &'static str,
+    /// Bytes copied from the client to the upstream.
+    pub to_upstream: u64,
+    /// Bytes copied from the upstream to the client.
+    pub to_client: u64,
 }
 
 impl Record {
@@ -83,6 +98,7 @@ impl Record {
             observation: None,
             cancelled_by: None,
             feedback: None,
+            upgrade: None,
         }
     }
 

@@ -19,6 +19,7 @@ mod body;
 mod exchange;
 mod headers;
 mod respond;
+mod upgrade;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -44,6 +45,7 @@ use crate::telemetry::Telemetry;
 
 pub use body::{BodyError, RequestBody, ResponseBody, Upload};
 pub use exchange::Exchange;
+pub use upgrade::SessionSlot;
 use respond::{Answer, error_response, finish_head};
 
 /// TCP, then TLS for an https upstream.
@@ -150,8 +152,10 @@ impl Proxy {
         let unread_body = version != Version::HTTP_2 && declares_body(&req);
         let admitted = self.admit(&mut req, peer, &mut exchange).await;
         let body_left_unread = unread_body && admitted.is_err();
+        let mut pending = None;
         if admitted.is_ok() {
             self.remember(&mut exchange);
+            pending = upgrade::Pending::take(&mut req);
         }
         let (rate, outcome) = match admitted {
             Ok(rate) if self.genai.is_feedback(req.method(), req.uri().path()) => (
@@ -159,13 +163,15 @@ impl Proxy {
                 self.feedback(req, &mut exchange).await.map(Answer::Local),
             ),
             Ok(rate) => {
-                let forwarded = self.forward(req, peer, scheme, &mut exchange).await;
+                let forwarded = self
+                    .forward(req, peer, scheme, &mut exchange, pending.as_ref())
+                    .await;
                 (rate, forwarded.map(Answer::Upstream))
             }
             Err(e) => (None, Err(e)),
         };
         let mut response = match outcome {
-            Ok(answer) => self.respond(answer, exchange, version),
+            Ok(answer) => self.respond(answer, exchange, version, pending),
             Err(error) => {
                 let mut response = error_response(&error, exchange, version);
                 if body_left_unread {
@@ -287,9 +293,10 @@ impl Proxy {
         if req.method() == http::Method::CONNECT {
             return Err(ProxyError::UnsupportedProtocol("CONNECT tunnels"));
         }
-        if asks_upgrade(req) {
+        if upgrade::asks_upgrade(req) && req.extensions().get::<Arc<SessionSlot>>().is_none() {
+            // A connection that cannot run a session (none was lent to the request).
             return Err(ProxyError::UnsupportedProtocol(
-                "protocol upgrades (Upgrade)",
+                "protocol upgrades (Upgrade) on this connection",
             ));
         }
         if req.version() == Version::HTTP_11 {
@@ -323,6 +330,7 @@ impl Proxy {
         peer: SocketAddr,
         scheme: &'static str,
         exchange: &mut Exchange,
+        upgrade: Option<&upgrade::Pending>,
     ) -> Result<Response<Incoming>, ProxyError> {
         let (mut parts, body) = req.into_parts();
         let host = parts
@@ -333,6 +341,9 @@ impl Proxy {
 
         // Hop-by-hop headers go first, before any header of ours is added.
         headers::strip_hop_by_hop(&mut parts.headers, true);
+        if let Some(upgrade) = upgrade {
+            upgrade.restore(&mut parts.headers);
+        }
         // The client sets Host from the upstream URL; the client's Host travels as
         // X-Forwarded-Host.
         parts.headers.remove(header::HOST);
@@ -429,8 +440,31 @@ impl Proxy {
         answer: Answer,
         mut exchange: Exchange,
         version: Version,
+        upgrade: Option<upgrade::Pending>,
     ) -> Response<ResponseBody> {
         match answer {
+            Answer::Upstream(mut response)
+                if response.status() == http::StatusCode::SWITCHING_PROTOCOLS
+                    && let Some(upgrade) = upgrade =>
+            {
+                // Taken before the head is rewritten: the upstream's side of the session and
+                // what it switched to.
+                let upstream = hyper::upgrade::on(&mut response);
+                let (mut parts, _) = response.into_parts();
+                let switched = parts.headers.get(header::UPGRADE).cloned();
+                headers::strip_hop_by_hop(&mut parts.headers, false);
+                finish_head(&mut parts, &mut exchange, None);
+                let session = exchange.detach();
+                let protocol = upgrade.join(
+                    upstream,
+                    switched,
+                    session,
+                    self.telemetry.instruments(),
+                    self.config.idle_timeout,
+                );
+                upgrade::keep_upgrade(&mut parts.headers, protocol);
+                Response::from_parts(parts, ResponseBody::local(Bytes::new(), exchange))
+            }
             Answer::Upstream(response) => {
                 let (mut parts, body) = response.into_parts();
                 // We answer in the client's HTTP version, not the upstream's.
@@ -505,20 +539,12 @@ pub fn upstream_connector(
         .wrap_connector(http))
 }
 
-/// The request's declared body length, if it has a valid one.
-/// An upgrade request (RFC 9110 7.8): `Upgrade` named in `Connection`. A bare `Upgrade`
-/// header asks for nothing and is stripped as hop-by-hop like the others.
-fn asks_upgrade(req: &Request<Incoming>) -> bool {
-    req.headers().contains_key(header::UPGRADE)
-        && headers::tokens(req.headers(), header::CONNECTION)
-            .any(|token| token.eq_ignore_ascii_case("upgrade"))
-}
-
 /// Whether the request has a body still to come (declared by length or chunked framing).
 fn declares_body(req: &Request<Incoming>) -> bool {
     !http_body::Body::is_end_stream(req.body())
 }
 
+/// The request's declared body length, if it has a valid one.
 fn declared_length(req: &Request<Incoming>) -> Result<Option<u64>, ProxyError> {
     match req.headers().get(header::CONTENT_LENGTH) {
         None => Ok(None),

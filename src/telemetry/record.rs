@@ -129,6 +129,15 @@ fn metrics(t: &Telemetry, r: &Record, error_type: Option<&str>, client_error: Op
         attrs
     };
     let duration = r.times.end.0.duration_since(r.times.start.0).as_secs_f64();
+    if let Some(u) = &r.upgrade {
+        i.upgrade_session_duration.record(
+            duration,
+            &[
+                KeyValue::new("ragscope.upgrade.protocol", metric_protocol(&u.protocol)),
+                KeyValue::new("ragscope.upgrade.ending", u.ending),
+            ],
+        );
+    }
     let bound = t.series.server.get(server.clone(), || {
         ServerSeries::bind(i, &attributes(&server))
     });
@@ -178,5 +187,15 @@ fn metrics(t: &Telemetry, r: &Record, error_type: Option<&str>, client_error: Op
             Some(h) => h.record(duration),
             None => i.client_duration.record(duration, &attributes()),
         }
+    }
+}
+
+/// An upgrade protocol as a metric attribute: the client names it, so only well-known ones
+/// are kept as they are.
+fn metric_protocol(protocol: &str) -> &'static str {
+    match protocol {
+        "websocket" => "websocket",
+        "h2c" => "h2c",
+        _ => "other",
     }
 }
