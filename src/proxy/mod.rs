@@ -20,6 +20,7 @@ mod exchange;
 mod headers;
 mod respond;
 mod upgrade;
+mod websocket;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

@@ -28,6 +28,7 @@ use tokio::time::Instant;
 
 use super::exchange::Exchange;
 use super::headers;
+use super::websocket::FrameScanner;
 use crate::error::Origin;
 use crate::observe::{Ending, UpgradeFacts};
 use crate::telemetry::Instruments;
@@ -172,11 +173,13 @@ impl Session {
                 return;
             }
         };
-        let mut client = Counted::new(TokioIo::new(client), &self.activity, CLIENT);
-        let mut upstream = Counted::new(TokioIo::new(upstream), &self.activity, UPSTREAM);
+        let websocket = self.facts.protocol == "websocket";
+        let mut client = Counted::new(TokioIo::new(client), &self.activity, CLIENT, websocket);
+        let mut upstream =
+            Counted::new(TokioIo::new(upstream), &self.activity, UPSTREAM, websocket);
         let ending = tokio::select! {
             copied = tokio::io::copy_bidirectional(&mut client, &mut upstream) => match copied {
-                Ok(_) => match self.activity.first_close.load(Ordering::Relaxed) {
+                Ok(_) => match self.activity.closed_by() {
                     CLIENT => ("client_close", Ending::Complete),
                     _ => ("upstream_close", Ending::Complete),
                 },
@@ -233,7 +236,10 @@ struct Activity {
     bytes: [AtomicU64; 3],
     /// Milliseconds since `start` of the last byte either way.
     last: AtomicU64,
+    /// The side whose stream ended first.
     first_close: AtomicU8,
+    /// The side that sent the first WebSocket Close frame.
+    close_frame: AtomicU8,
     failed: AtomicU8,
 }
 
@@ -244,7 +250,17 @@ impl Activity {
             bytes: Default::default(),
             last: AtomicU64::new(0),
             first_close: AtomicU8::new(0),
+            close_frame: AtomicU8::new(0),
             failed: AtomicU8::new(0),
+        }
+    }
+
+    /// Who ended the session: the side that began the WebSocket closing handshake, else the
+    /// side whose stream ended first.
+    fn closed_by(&self) -> u8 {
+        match self.close_frame.load(Ordering::Relaxed) {
+            0 => self.first_close.load(Ordering::Relaxed),
+            side => side,
         }
     }
 
@@ -265,16 +281,40 @@ impl Activity {
     }
 }
 
-/// One side of a session, counting what is read from it and noting when it closes or fails.
+/// One side of a session, counting what is read from it and noting when it closes or fails
+/// (and, for WebSocket, when it sends a Close frame).
 struct Counted<'a, T> {
     io: T,
     activity: &'a Activity,
     side: u8,
+    frames: Option<FrameScanner>,
 }
 
 impl<'a, T> Counted<'a, T> {
-    fn new(io: T, activity: &'a Activity, side: u8) -> Self {
-        Counted { io, activity, side }
+    fn new(io: T, activity: &'a Activity, side: u8, websocket: bool) -> Self {
+        Counted {
+            io,
+            activity,
+            side,
+            frames: websocket.then(FrameScanner::default),
+        }
+    }
+
+    /// Reads the frame headers of what was just read from this side.
+    fn scan(&mut self, read: &[u8]) {
+        if let Some(frames) = &mut self.frames
+            && !frames.saw_close()
+        {
+            frames.scan(read);
+            if frames.saw_close() {
+                let _ = self.activity.close_frame.compare_exchange(
+                    0,
+                    self.side,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                );
+            }
+        }
     }
 
     fn fail<V>(&self, polled: Poll<io::Result<V>>) -> Poll<io::Result<V>> {
@@ -302,6 +342,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Counted<'_, T> {
             if n > 0 {
                 this.activity.bytes[usize::from(this.side)].fetch_add(n, Ordering::Relaxed);
                 this.activity.touch();
+                this.scan(&buf.filled()[before..]);
             } else if buf.remaining() > 0 {
                 let _ = this.activity.first_close.compare_exchange(
                     0,
