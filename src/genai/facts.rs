@@ -11,6 +11,7 @@ use super::extract::{self, Document, Extracted, Side, Target};
 use super::inference::{Detail, Malformed, RequestInfo, ResponseInfo, push_bounded};
 use super::openai;
 use super::prices::{Cost, PriceTable, Usage};
+use super::decode::{self, DecodeError};
 use super::{GenAi, Observation, ResponseState};
 use crate::genai::CaptureMode;
 
@@ -76,6 +77,9 @@ pub struct Facts {
     pub budget_skipped: bool,
     /// What did not parse, when something did not.
     pub parse_error: Option<&'static str>,
+    /// Why a body was not read at all: `encoding` (a `Content-Encoding` ragscope does not
+    /// undo). Not a parse error: nothing was tried.
+    pub skipped: Option<&'static str>,
     /// Retrieved documents, when a rule or the built-in `/sources` reading found them.
     pub documents: Option<Vec<Document>>,
     /// Captured content, when the operator opted in.
@@ -120,7 +124,7 @@ impl Observation {
         let capture = genai.capture_limit();
         let mut parse_error = self.parse_error;
         let mut truncated = self.response_truncated;
-        let mut budget_skipped = false;
+        let mut budget_skipped = self.budget_skipped;
         let mut extracted: Vec<(&'static str, Extracted)> = Vec::new();
         let mut documents = None;
 
@@ -131,23 +135,35 @@ impl Observation {
         let mut request = RequestInfo::default();
         if let Ok(tee) = self.request.lock() {
             budget_skipped |= tee.skipped;
-            if tee.truncated {
-                truncated = true;
-            } else if !tee.buf.is_empty() {
-                let read = read_body(&genai, Side::Request, api, &tee.buf, |v| match v {
-                    Some(v) => Ok(openai::request_from_value(v, capture.is_some())),
-                    None => match &recognised {
-                        Some(r) => r.parse_request(&tee.buf, capture.is_some()),
-                        None => Ok(RequestInfo::default()),
-                    },
-                });
-                match read {
-                    Ok((info, found)) => {
-                        request = info;
-                        extracted.extend(found.attributes);
-                        documents = found.documents.or(documents);
+            let decoded = match decode::decoded(&self.request_encoding, &tee) {
+                _ if tee.truncated || tee.buf.is_empty() => Ok(None),
+                d => d,
+            };
+            match decoded {
+                _ if tee.truncated => truncated = true,
+                _ if tee.buf.is_empty() => {}
+                Err(e) => decode_failed(
+                    e,
+                    "malformed_request_encoding",
+                    (&mut truncated, &mut budget_skipped, &mut parse_error),
+                ),
+                Ok(decoded) => {
+                    let buf = decoded.as_ref().map_or(tee.bytes(), |d| d.bytes());
+                    let read = read_body(&genai, Side::Request, api, buf, |v| match v {
+                        Some(v) => Ok(openai::request_from_value(v, capture.is_some())),
+                        None => match &recognised {
+                            Some(r) => r.parse_request(buf, capture.is_some()),
+                            None => Ok(RequestInfo::default()),
+                        },
+                    });
+                    match read {
+                        Ok((info, found)) => {
+                            request = info;
+                            extracted.extend(found.attributes);
+                            documents = found.documents.or(documents);
+                        }
+                        Err(_) => parse_error = Some("malformed_request_json"),
                     }
-                    Err(_) => parse_error = Some("malformed_request_json"),
                 }
             }
         }
@@ -165,22 +181,34 @@ impl Observation {
             ResponseState::Json(tee) => {
                 let mut info = ResponseInfo::default();
                 budget_skipped |= tee.skipped;
-                if tee.truncated {
-                    truncated = true;
-                } else if !tee.buf.is_empty() {
-                    let read =
-                        read_body(&genai, Side::Response, api, &tee.buf, |v| match (v, api) {
-                            (Some(v), Some(_)) => Ok(openai::from_value(v, capture)),
-                            (None, Some(api)) => api.parse_body(&tee.buf, capture),
-                            (_, None) => Ok(ResponseInfo::default()),
-                        });
-                    match read {
-                        Ok((read, found)) => {
-                            info = read;
-                            extracted.extend(found.attributes);
-                            documents = found.documents.or(documents);
+                let decoded = match decode::decoded(&self.response_encoding, &tee) {
+                    _ if tee.truncated || tee.buf.is_empty() => Ok(None),
+                    d => d,
+                };
+                match decoded {
+                    _ if tee.truncated => truncated = true,
+                    _ if tee.buf.is_empty() => {}
+                    Err(e) => decode_failed(
+                        e,
+                        "malformed_response_encoding",
+                        (&mut truncated, &mut budget_skipped, &mut parse_error),
+                    ),
+                    Ok(decoded) => {
+                        let buf = decoded.as_ref().map_or(tee.bytes(), |d| d.bytes());
+                        let read =
+                            read_body(&genai, Side::Response, api, buf, |v| match (v, api) {
+                                (Some(v), Some(_)) => Ok(openai::from_value(v, capture)),
+                                (None, Some(api)) => api.parse_body(buf, capture),
+                                (_, None) => Ok(ResponseInfo::default()),
+                            });
+                        match read {
+                            Ok((read, found)) => {
+                                info = read;
+                                extracted.extend(found.attributes);
+                                documents = found.documents.or(documents);
+                            }
+                            Err(_) => parse_error = Some("malformed_response_json"),
                         }
-                        Err(_) => parse_error = Some("malformed_response_json"),
                     }
                 }
                 (info, false)
@@ -189,7 +217,13 @@ impl Observation {
         };
 
         let mut facts = Facts::from_parts(api, &request, &response, extracted);
-        if facts.operation.is_none() && documents.is_none() && facts.is_empty() && !budget_skipped {
+        let skipped = self.skipped;
+        if facts.operation.is_none()
+            && documents.is_none()
+            && facts.is_empty()
+            && !budget_skipped
+            && skipped.is_none()
+        {
             // Not GenAI or RAG traffic; only a parse problem of a recognised API is worth noting
             // (or a body left unread for want of budget: that the span must say).
             return None;
@@ -223,12 +257,27 @@ impl Observation {
         facts.truncated = truncated;
         facts.budget_skipped = budget_skipped;
         facts.parse_error = parse_error;
+        facts.skipped = skipped;
         facts.documents = documents;
         if let Some(limit) = capture {
             facts.content =
                 capture_content(&genai, &request, &response, limit, &mut facts.redactions);
         }
         Some(facts)
+    }
+}
+
+/// Notes why a copy could not be decoded: past the bound (truncated), no room in the budget,
+/// or not what its `Content-Encoding` says (`malformed`).
+fn decode_failed(
+    error: DecodeError,
+    malformed: &'static str,
+    (truncated, budget_skipped, parse_error): (&mut bool, &mut bool, &mut Option<&'static str>),
+) {
+    match error {
+        DecodeError::TooLarge => *truncated = true,
+        DecodeError::NoBudget => *budget_skipped = true,
+        DecodeError::Corrupt => *parse_error = Some(malformed),
     }
 }
 

@@ -13,6 +13,7 @@
 pub mod anthropic;
 pub mod api;
 pub mod budget;
+pub mod decode;
 pub mod extract;
 mod facts;
 pub mod feedback;
@@ -33,6 +34,7 @@ use http::{HeaderMap, Method, header};
 use opentelemetry::trace::{SpanId, TraceId};
 
 use api::{Api, Recognised};
+use decode::{DecodeError, Decoder, Encoding};
 use inference::ResponseInfo;
 use redact::Redactor;
 
@@ -137,6 +139,10 @@ impl GenAi {
             conversation: None,
             parse_error: None,
             response_truncated: false,
+            request_encoding: Encoding::Identity,
+            response_encoding: Encoding::Identity,
+            skipped: None,
+            budget_skipped: false,
         })
     }
 
@@ -244,6 +250,16 @@ pub struct Tee {
 }
 
 impl Tee {
+    /// A copy that holds nothing (a placeholder).
+    pub fn empty() -> Tee {
+        Tee::new(0, Arc::new(ParseBudget::new(0)))
+    }
+
+    /// The bytes copied so far.
+    pub fn bytes(&self) -> &[u8] {
+        &self.buf
+    }
+
     /// A copy of at most `limit` bytes, reserving from `budget`.
     pub fn new(limit: usize, budget: Arc<ParseBudget>) -> Tee {
         Tee {
@@ -315,16 +331,27 @@ pub type RequestTee = Arc<Mutex<Tee>>;
 enum ResponseState {
     /// No response head yet.
     Pending,
-    /// A recognised API's event stream, parsed as it passes.
+    /// A recognised API's event stream, parsed as it passes (decoded first, when compressed).
     Sse {
         api: Api,
         parser: Box<sse::SseParser>,
         info: Box<ResponseInfo>,
+        decoding: Decoding,
     },
     /// A JSON body, copied for parsing at the end.
     Json(Tee),
     /// Nothing we read.
     Skip,
+}
+
+/// How a stream's copy is decoded before it is parsed.
+enum Decoding {
+    /// Not compressed: parsed as it comes.
+    Plain,
+    /// Decoded chunk by chunk.
+    Coded(Box<Decoder>),
+    /// Decoding stopped (past the bound, or corrupt): the rest is not read.
+    Stopped,
 }
 
 /// One request's GenAI observation: a pure observer the proxy feeds with the request's copy,
@@ -340,6 +367,14 @@ pub struct Observation {
     conversation: Option<String>,
     parse_error: Option<&'static str>,
     response_truncated: bool,
+    /// The request body's `Content-Encoding`, undone on its copy when the exchange ends.
+    request_encoding: Encoding,
+    /// The JSON response's `Content-Encoding`, undone on its copy when the exchange ends.
+    response_encoding: Encoding,
+    /// Why a body was not read at all (`encoding`: a coding ragscope does not undo).
+    skipped: Option<&'static str>,
+    /// A stream's decoded bytes found no room in the parse budget.
+    budget_skipped: bool,
 }
 
 impl std::fmt::Debug for Observation {
@@ -363,7 +398,15 @@ impl Observation {
                 .filter(|v| !v.is_empty())
                 .map(cap);
         }
-        is_json_or_unlabelled(headers).then(|| self.request.clone())
+        if !is_json_or_unlabelled(headers) {
+            return None;
+        }
+        self.request_encoding = Encoding::of(headers);
+        if self.request_encoding == Encoding::Unknown {
+            self.skipped = Some("encoding");
+            return None;
+        }
+        Some(self.request.clone())
     }
 
     /// The response head arrived: decide how to read the body, note the model version.
@@ -379,22 +422,39 @@ impl Observation {
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default()
             .to_ascii_lowercase();
-        self.response = if content_type.starts_with("text/event-stream") {
-            match &self.recognised {
-                Some(r) => ResponseState::Sse {
+        let sse = content_type.starts_with("text/event-stream");
+        let json = !sse && content_type.contains("json");
+        let encoding = Encoding::of(headers);
+        if (sse || json) && encoding == Encoding::Unknown {
+            self.skipped = Some("encoding");
+            self.response = ResponseState::Skip;
+            return;
+        }
+        let limit = self.genai.config.parse_max_bytes;
+        self.response = match &self.recognised {
+            Some(r) if sse => {
+                let decoding = match &encoding {
+                    Encoding::Coded(codings) => {
+                        match Decoder::new(codings, Tee::new(limit, self.genai.budget.clone())) {
+                            Ok(d) => Decoding::Coded(Box::new(d)),
+                            Err(_) => Decoding::Stopped,
+                        }
+                    }
+                    _ => Decoding::Plain,
+                };
+                ResponseState::Sse {
                     api: r.api,
-                    parser: Box::new(sse::SseParser::new(self.genai.config.parse_max_bytes)),
+                    parser: Box::new(sse::SseParser::new(limit)),
                     info: Box::default(),
-                },
-                None => ResponseState::Skip,
+                    decoding,
+                }
             }
-        } else if content_type.contains("json") {
-            ResponseState::Json(Tee::new(
-                self.genai.config.parse_max_bytes,
-                self.genai.budget.clone(),
-            ))
-        } else {
-            ResponseState::Skip
+            None if sse => ResponseState::Skip,
+            _ if json => {
+                self.response_encoding = encoding;
+                ResponseState::Json(Tee::new(limit, self.genai.budget.clone()))
+            }
+            _ => ResponseState::Skip,
         };
     }
 
@@ -405,11 +465,40 @@ impl Observation {
         }
         let capture = self.genai.capture_limit();
         match &mut self.response {
-            ResponseState::Sse { api, parser, info } => {
+            ResponseState::Sse {
+                api,
+                parser,
+                info,
+                decoding,
+            } => {
+                // A compressed stream is decoded chunk by chunk: each chunk's decoded bytes
+                // count against the bound, and the buffer is kept for the next chunk.
+                let mut decoded = Vec::new();
+                let bytes = match decoding {
+                    Decoding::Plain => data,
+                    Decoding::Stopped => return,
+                    Decoding::Coded(decoder) => match decoder.feed(data) {
+                        Ok(()) => {
+                            decoded = std::mem::take(&mut decoder.out().buf);
+                            &decoded[..]
+                        }
+                        Err(e) => {
+                            match e {
+                                DecodeError::TooLarge => self.response_truncated = true,
+                                DecodeError::NoBudget => self.budget_skipped = true,
+                                DecodeError::Corrupt => {
+                                    self.parse_error = Some("malformed_response_encoding")
+                                }
+                            }
+                            *decoding = Decoding::Stopped;
+                            return;
+                        }
+                    },
+                };
                 let first_token = &mut self.first_token;
                 let parse_error = &mut self.parse_error;
                 let api = *api;
-                let report = parser.feed(data, |event| {
+                let report = parser.feed(bytes, |event| {
                     match api.on_event(info, &event.data, capture) {
                         Ok(kind) => {
                             if kind.content && first_token.is_none() {
@@ -420,6 +509,16 @@ impl Observation {
                     }
                 });
                 self.response_truncated |= report.truncated;
+                if let Decoding::Coded(decoder) = decoding {
+                    if report.truncated {
+                        // An event past the bound in a compressed stream (a bomb of one endless
+                        // line, say): the rest is not decoded at all.
+                        *decoding = Decoding::Stopped;
+                    } else {
+                        decoded.clear();
+                        decoder.out().buf = decoded;
+                    }
+                }
             }
             ResponseState::Json(tee) => tee.push(data),
             ResponseState::Pending | ResponseState::Skip => {}
