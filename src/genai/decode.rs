@@ -155,15 +155,67 @@ impl Decoder {
     }
 }
 
-/// The body `copy` holds with `encoding` undone, into a tee of its own (the same bound and
-/// budget); `None` when there is nothing to undo and the copy is the body.
-pub(super) fn decoded(encoding: &Encoding, copy: &Tee) -> Result<Option<Tee>, DecodeError> {
+/// What a copy holds to parse: its own bytes, or what they decode to.
+pub(super) enum Body<'a> {
+    /// Not compressed: the copy is the body.
+    Plain(&'a Tee),
+    /// Its codings undone, into a tee of its own (the same bound and budget).
+    Decoded(Tee),
+}
+
+impl Body<'_> {
+    /// The bytes to parse.
+    pub(super) fn bytes(&self) -> &[u8] {
+        match self {
+            Body::Plain(tee) => tee.bytes(),
+            Body::Decoded(tee) => tee.bytes(),
+        }
+    }
+}
+
+/// Where a copy that could not be parsed says why: (truncated, budget skipped, parse error).
+pub(super) type Notes<'a> = (&'a mut bool, &'a mut bool, &'a mut Option<&'static str>);
+
+/// The body `copy` holds with `encoding` undone, or `None` when there is nothing to parse: an
+/// empty copy, one past the bound (or decoding to more), no room in the budget, or bytes that
+/// are not what the coding says (`malformed`); each noted in `notes`.
+pub(super) fn body<'a>(
+    encoding: &Encoding,
+    copy: &'a Tee,
+    malformed: &'static str,
+    notes: Notes<'_>,
+) -> Option<Body<'a>> {
+    if copy.truncated {
+        *notes.0 = true;
+        return None;
+    }
+    if copy.buf.is_empty() {
+        return None;
+    }
     let Encoding::Coded(codings) = encoding else {
-        return Ok(None);
+        return Some(Body::Plain(copy));
     };
-    let mut decoder = Decoder::new(codings, Tee::new(copy.limit, copy.budget.clone()))?;
-    decoder.feed(&copy.buf)?;
-    Ok(Some(decoder.into_out()))
+    let decoded = Decoder::new(codings, Tee::new(copy.limit, copy.budget.clone()))
+        .and_then(|mut d| d.feed(&copy.buf).map(|()| d.into_out()));
+    match decoded {
+        Ok(tee) => Some(Body::Decoded(tee)),
+        Err(e) => {
+            e.note(notes, malformed);
+            None
+        }
+    }
+}
+
+impl DecodeError {
+    /// Notes this error where a copy says why it was not parsed (`malformed`: the parse error
+    /// of a body that does not decode).
+    pub(super) fn note(self, (truncated, budget_skipped, parse_error): Notes<'_>, malformed: &'static str) {
+        match self {
+            DecodeError::TooLarge => *truncated = true,
+            DecodeError::NoBudget => *budget_skipped = true,
+            DecodeError::Corrupt => *parse_error = Some(malformed),
+        }
+    }
 }
 
 /// One decoding step, writing what it decodes into the next (the innermost is the tee).

@@ -11,7 +11,7 @@ use super::extract::{self, Document, Extracted, Side, Target};
 use super::inference::{Detail, Malformed, RequestInfo, ResponseInfo, push_bounded};
 use super::openai;
 use super::prices::{Cost, PriceTable, Usage};
-use super::decode::{self, DecodeError};
+use super::decode;
 use super::{GenAi, Observation, ResponseState};
 use crate::genai::CaptureMode;
 
@@ -135,35 +135,24 @@ impl Observation {
         let mut request = RequestInfo::default();
         if let Ok(tee) = self.request.lock() {
             budget_skipped |= tee.skipped;
-            let decoded = match decode::decoded(&self.request_encoding, &tee) {
-                _ if tee.truncated || tee.buf.is_empty() => Ok(None),
-                d => d,
-            };
-            match decoded {
-                _ if tee.truncated => truncated = true,
-                _ if tee.buf.is_empty() => {}
-                Err(e) => decode_failed(
-                    e,
-                    "malformed_request_encoding",
-                    (&mut truncated, &mut budget_skipped, &mut parse_error),
-                ),
-                Ok(decoded) => {
-                    let buf = decoded.as_ref().map_or(tee.bytes(), |d| d.bytes());
-                    let read = read_body(&genai, Side::Request, api, buf, |v| match v {
-                        Some(v) => Ok(openai::request_from_value(v, capture.is_some())),
-                        None => match &recognised {
-                            Some(r) => r.parse_request(buf, capture.is_some()),
-                            None => Ok(RequestInfo::default()),
-                        },
-                    });
-                    match read {
-                        Ok((info, found)) => {
-                            request = info;
-                            extracted.extend(found.attributes);
-                            documents = found.documents.or(documents);
-                        }
-                        Err(_) => parse_error = Some("malformed_request_json"),
+            let notes = (&mut truncated, &mut budget_skipped, &mut parse_error);
+            let malformed = "malformed_request_encoding";
+            if let Some(body) = decode::body(&self.request_encoding, &tee, malformed, notes) {
+                let buf = body.bytes();
+                let read = read_body(&genai, Side::Request, api, buf, |v| match v {
+                    Some(v) => Ok(openai::request_from_value(v, capture.is_some())),
+                    None => match &recognised {
+                        Some(r) => r.parse_request(buf, capture.is_some()),
+                        None => Ok(RequestInfo::default()),
+                    },
+                });
+                match read {
+                    Ok((info, found)) => {
+                        request = info;
+                        extracted.extend(found.attributes);
+                        documents = found.documents.or(documents);
                     }
+                    Err(_) => parse_error = Some("malformed_request_json"),
                 }
             }
         }
@@ -181,34 +170,22 @@ impl Observation {
             ResponseState::Json(tee) => {
                 let mut info = ResponseInfo::default();
                 budget_skipped |= tee.skipped;
-                let decoded = match decode::decoded(&self.response_encoding, &tee) {
-                    _ if tee.truncated || tee.buf.is_empty() => Ok(None),
-                    d => d,
-                };
-                match decoded {
-                    _ if tee.truncated => truncated = true,
-                    _ if tee.buf.is_empty() => {}
-                    Err(e) => decode_failed(
-                        e,
-                        "malformed_response_encoding",
-                        (&mut truncated, &mut budget_skipped, &mut parse_error),
-                    ),
-                    Ok(decoded) => {
-                        let buf = decoded.as_ref().map_or(tee.bytes(), |d| d.bytes());
-                        let read =
-                            read_body(&genai, Side::Response, api, buf, |v| match (v, api) {
-                                (Some(v), Some(_)) => Ok(openai::from_value(v, capture)),
-                                (None, Some(api)) => api.parse_body(buf, capture),
-                                (_, None) => Ok(ResponseInfo::default()),
-                            });
-                        match read {
-                            Ok((read, found)) => {
-                                info = read;
-                                extracted.extend(found.attributes);
-                                documents = found.documents.or(documents);
-                            }
-                            Err(_) => parse_error = Some("malformed_response_json"),
+                let notes = (&mut truncated, &mut budget_skipped, &mut parse_error);
+                let malformed = "malformed_response_encoding";
+                if let Some(body) = decode::body(&self.response_encoding, &tee, malformed, notes) {
+                    let buf = body.bytes();
+                    let read = read_body(&genai, Side::Response, api, buf, |v| match (v, api) {
+                        (Some(v), Some(_)) => Ok(openai::from_value(v, capture)),
+                        (None, Some(api)) => api.parse_body(buf, capture),
+                        (_, None) => Ok(ResponseInfo::default()),
+                    });
+                    match read {
+                        Ok((read, found)) => {
+                            info = read;
+                            extracted.extend(found.attributes);
+                            documents = found.documents.or(documents);
                         }
+                        Err(_) => parse_error = Some("malformed_response_json"),
                     }
                 }
                 (info, false)
@@ -264,20 +241,6 @@ impl Observation {
                 capture_content(&genai, &request, &response, limit, &mut facts.redactions);
         }
         Some(facts)
-    }
-}
-
-/// Notes why a copy could not be decoded: past the bound (truncated), no room in the budget,
-/// or not what its `Content-Encoding` says (`malformed`).
-fn decode_failed(
-    error: DecodeError,
-    malformed: &'static str,
-    (truncated, budget_skipped, parse_error): (&mut bool, &mut bool, &mut Option<&'static str>),
-) {
-    match error {
-        DecodeError::TooLarge => *truncated = true,
-        DecodeError::NoBudget => *budget_skipped = true,
-        DecodeError::Corrupt => *parse_error = Some(malformed),
     }
 }
 

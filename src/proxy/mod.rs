@@ -444,27 +444,12 @@ impl Proxy {
         upgrade: Option<upgrade::Pending>,
     ) -> Response<ResponseBody> {
         match answer {
-            Answer::Upstream(mut response)
+            Answer::Upstream(response)
                 if response.status() == http::StatusCode::SWITCHING_PROTOCOLS
                     && let Some(upgrade) = upgrade =>
             {
-                // Taken before the head is rewritten: the upstream's side of the session and
-                // what it switched to.
-                let upstream = hyper::upgrade::on(&mut response);
-                let (mut parts, _) = response.into_parts();
-                let switched = parts.headers.get(header::UPGRADE).cloned();
-                headers::strip_hop_by_hop(&mut parts.headers, false);
-                finish_head(&mut parts, &mut exchange, None);
-                let session = exchange.detach();
-                let protocol = upgrade.join(
-                    upstream,
-                    switched,
-                    session,
-                    self.telemetry.instruments(),
-                    self.config.idle_timeout,
-                );
-                upgrade::keep_upgrade(&mut parts.headers, protocol);
-                Response::from_parts(parts, ResponseBody::local(Bytes::new(), exchange))
+                let idle = self.config.idle_timeout;
+                upgrade.switch(response, exchange, self.telemetry.instruments(), idle)
             }
             Answer::Upstream(response) => {
                 let (mut parts, body) = response.into_parts();

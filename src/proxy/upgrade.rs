@@ -20,13 +20,17 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::{HeaderMap, HeaderValue, Request, header};
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Request, Response, header};
+use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
 use super::exchange::Exchange;
+use super::respond::finish_head;
+use super::ResponseBody;
 use super::headers;
 use super::websocket::FrameScanner;
 use crate::error::Origin;
@@ -110,18 +114,25 @@ impl Pending {
         keep_upgrade(headers, self.upgrade.clone());
     }
 
-    /// The upstream switched protocols (to `switched`, its `Upgrade`): the session (the
-    /// exchange carried to the close) is left for the connection's task. Returns the `Upgrade`
-    /// value the client's 101 carries.
-    pub(super) fn join(
+    /// The upstream switched protocols: the client gets the 101 (with the upstream's
+    /// `Upgrade`), and the session (the exchange, carried to the close) is left for the
+    /// connection's task.
+    pub(super) fn switch(
         self,
-        upstream: OnUpgrade,
-        switched: Option<HeaderValue>,
-        exchange: Exchange,
+        mut response: Response<Incoming>,
+        mut exchange: Exchange,
         instruments: &Instruments,
         idle: Duration,
-    ) -> HeaderValue {
+    ) -> Response<ResponseBody> {
+        // Taken before the head is rewritten: the upstream's side of the session and what it
+        // switched to.
+        let upstream = hyper::upgrade::on(&mut response);
+        let (mut parts, _) = response.into_parts();
+        let switched = parts.headers.get(header::UPGRADE).cloned();
+        headers::strip_hop_by_hop(&mut parts.headers, false);
         let switched = switched.unwrap_or(self.upgrade);
+        keep_upgrade(&mut parts.headers, switched.clone());
+        finish_head(&mut parts, &mut exchange, None);
         let protocol = switched
             .to_str()
             .unwrap_or("")
@@ -131,7 +142,7 @@ impl Pending {
             .trim()
             .to_ascii_lowercase();
         let session = Session {
-            exchange,
+            exchange: exchange.detach(),
             facts: UpgradeFacts {
                 protocol: crate::genai::inference::cut(&protocol, MAX_PROTOCOL).to_owned(),
                 ending: "drain",
@@ -144,12 +155,13 @@ impl Pending {
         instruments.upgrade_sessions_active.add(1, &[]);
         self.slot
             .put(Box::pin(session.run(self.client, upstream, idle)));
-        switched
+        // The exchange left here has nothing to record: the session records it.
+        Response::from_parts(parts, ResponseBody::local(Bytes::new(), exchange))
     }
 }
 
 /// Sets `Upgrade: value` and `Connection: upgrade` (request or 101 response).
-pub(super) fn keep_upgrade(headers: &mut HeaderMap, value: HeaderValue) {
+fn keep_upgrade(headers: &mut HeaderMap, value: HeaderValue) {
     headers.insert(header::UPGRADE, value);
     headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
 }
