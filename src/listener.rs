@@ -187,12 +187,9 @@ impl Accepted {
         match wait_first_byte(&stream, first_byte, &mut self.shutdown).await {
             Ok(true) => self.serve(stream, "http", None).await,
             Ok(false) => {}
-            Err(e) => record_connection_error(
-                e.error_type(),
-                &e,
-                self.peer,
-                &self.open.instruments,
-            ),
+            Err(e) => {
+                record_connection_error(e.error_type(), &e, self.peer, &self.open.instruments)
+            }
         }
     }
 

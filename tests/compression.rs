@@ -37,7 +37,12 @@ impl Layer {
         match name {
             "gzip" => Layer::Gzip(flate2::write::GzEncoder::new(Vec::new(), level)),
             "deflate" => Layer::Deflate(flate2::write::ZlibEncoder::new(Vec::new(), level)),
-            "br" => Layer::Br(Box::new(brotli::CompressorWriter::new(Vec::new(), 4096, 5, 22))),
+            "br" => Layer::Br(Box::new(brotli::CompressorWriter::new(
+                Vec::new(),
+                4096,
+                5,
+                22,
+            ))),
             "zstd" => Layer::Zstd(zstd::stream::write::Encoder::new(Vec::new(), 3).expect("zstd")),
             other => panic!("no encoder for {other}"),
         }
@@ -206,13 +211,27 @@ async fn each_encoding_on_json_and_sse_records_usage_and_passes_the_bytes_unchan
             assert_eq!(reply.status, StatusCode::OK, "{model}");
             assert_eq!(reply.header("content-encoding"), Some(encoding), "{model}");
             let sent = answer(&model, encoding, stream).concat();
-            assert!(reply.body == sent, "{model}: the client gets the upstream's bytes exactly");
+            assert!(
+                reply.body == sent,
+                "{model}: the client gets the upstream's bytes exactly"
+            );
 
             let span = inference_span(&otlp, &model).await;
-            assert_eq!(span.int_attr("gen_ai.usage.input_tokens"), Some(11), "{model}");
-            assert_eq!(span.int_attr("gen_ai.usage.output_tokens"), Some(7), "{model}");
+            assert_eq!(
+                span.int_attr("gen_ai.usage.input_tokens"),
+                Some(11),
+                "{model}"
+            );
+            assert_eq!(
+                span.int_attr("gen_ai.usage.output_tokens"),
+                Some(7),
+                "{model}"
+            );
             assert_eq!(span.str_attr("gen_ai.response.model"), Some(model.as_str()));
-            assert!(!span.has_attr("ragscope.genai.parse_error"), "{model}: {span:?}");
+            assert!(
+                !span.has_attr("ragscope.genai.parse_error"),
+                "{model}: {span:?}"
+            );
             assert!(!span.has_attr("ragscope.genai.skipped"), "{model}");
             if stream {
                 // Read as it passed: the first token when the content event went by, well
@@ -248,7 +267,10 @@ async fn a_compressed_request_body_is_read_and_forwarded_as_it_came() {
     assert_eq!(reply.status, StatusCode::OK);
     let seen = up.last_request();
     assert_eq!(seen.header("content-encoding"), Some("gzip"));
-    assert!(seen.body == packed, "the upstream gets the client's bytes exactly");
+    assert!(
+        seen.body == packed,
+        "the upstream gets the client's bytes exactly"
+    );
 
     let span = inference_span(&otlp, "m-gzipped-request").await;
     assert_eq!(span.int_attr("gen_ai.request.max_tokens"), Some(42));
@@ -259,7 +281,10 @@ async fn a_compressed_request_body_is_read_and_forwarded_as_it_came() {
 async fn an_unknown_encoding_is_skipped_and_said_so_never_malformed() {
     let up = Upstream::scripted(|seen| {
         (seen.path() == "/v1/chat/completions").then(|| {
-            let headers = [("content-type", "application/json"), ("content-encoding", "compress")];
+            let headers = [
+                ("content-type", "application/json"),
+                ("content-encoding", "compress"),
+            ];
             canned(200, &headers, &b"\x1f\x9d\x90not really lzw"[..])
         })
     })
@@ -271,7 +296,11 @@ async fn an_unknown_encoding_is_skipped_and_said_so_never_malformed() {
     assert_eq!(reply.status, StatusCode::OK);
     assert!(reply.body == b"\x1f\x9d\x90not really lzw"[..]);
     let span = inference_span(&otlp, "m-lzw").await;
-    assert_eq!(span.str_attr("ragscope.genai.skipped"), Some("encoding"), "{span:?}");
+    assert_eq!(
+        span.str_attr("ragscope.genai.skipped"),
+        Some("encoding"),
+        "{span:?}"
+    );
     assert!(!span.has_attr("ragscope.genai.parse_error"), "{span:?}");
 }
 
@@ -292,7 +321,11 @@ async fn a_decompression_bomb_is_cut_off_at_the_bound_and_still_reaches_the_clie
     let served = bomb.clone();
     let up = Upstream::scripted(move |seen| {
         let stream = seen.header("x-stream") == Some("1");
-        let content_type = if stream { "text/event-stream" } else { "application/json" };
+        let content_type = if stream {
+            "text/event-stream"
+        } else {
+            "application/json"
+        };
         let headers = [("content-type", content_type), ("content-encoding", "gzip")];
         Some(canned(200, &headers, served.clone()))
     })
@@ -305,7 +338,11 @@ async fn a_decompression_bomb_is_cut_off_at_the_bound_and_still_reaches_the_clie
         assert_eq!(reply.status, StatusCode::OK);
         assert!(reply.body == bomb, "{model}: the bytes pass as they came");
         let span = inference_span(&otlp, model).await;
-        assert_eq!(span.bool_attr("ragscope.genai.parse_truncated"), Some(true), "{span:?}");
+        assert_eq!(
+            span.bool_attr("ragscope.genai.parse_truncated"),
+            Some(true),
+            "{span:?}"
+        );
         assert!(!span.has_attr("ragscope.genai.parse_error"), "{span:?}");
     }
     // Nothing of the copies is held once the exchanges are over.

@@ -118,13 +118,19 @@ async fn text_and_binary_frames_echo_through_and_the_session_is_one_span_with_it
     let out = run_client(&ws_url(&proxy, "/echo"), "echo", &[]).await;
     assert_eq!(out["text"], "hello", "{out}");
     assert_eq!(out["binary_ok"], true, "every byte value comes back: {out}");
-    assert_eq!(out["code"], 1000, "the closing handshake went through: {out}");
+    assert_eq!(
+        out["code"], 1000,
+        "the closing handshake went through: {out}"
+    );
 
     // The client started the closing handshake (though the server closed TCP first).
     let span = session_spans(&otlp, "client_close", 1).await.remove(0);
     assert_eq!(span.name, "GET");
     assert_eq!(span.int_attr("http.response.status_code"), Some(101));
-    assert_eq!(span.str_attr("ragscope.upgrade.protocol"), Some("websocket"));
+    assert_eq!(
+        span.str_attr("ragscope.upgrade.protocol"),
+        Some("websocket")
+    );
     assert_eq!(span.str_attr("url.path"), Some("/echo"));
     assert_eq!(span.status_code, SpanStatusCode::Unset);
     let payload = 5 + 128 * 1024;
@@ -161,7 +167,9 @@ async fn text_and_binary_frames_echo_through_and_the_session_is_one_span_with_it
         .await;
     let point = &duration.histogram_points()[0];
     assert_eq!(
-        point.attr("ragscope.upgrade.protocol").and_then(|v| v.as_str()),
+        point
+            .attr("ragscope.upgrade.protocol")
+            .and_then(|v| v.as_str()),
         Some("websocket")
     );
     otlp.wait_for_metric_where(
@@ -182,7 +190,10 @@ async fn either_side_can_end_the_session_and_the_span_says_which() {
     let out = run_client(&ws_url(&proxy, "/server-close"), "server-close", &[]).await;
     assert_eq!(out["first"], "x");
     assert_eq!(out["ended"], "closed", "{out}");
-    assert_eq!((out["code"].as_i64(), out["reason"].as_str()), (Some(1000), Some("bye")));
+    assert_eq!(
+        (out["code"].as_i64(), out["reason"].as_str()),
+        (Some(1000), Some("bye"))
+    );
     session_spans(&otlp, "upstream_close", 1).await;
 
     // The client's TCP connection goes away without a closing handshake.
@@ -198,7 +209,11 @@ async fn many_sessions_at_once_each_get_their_own_echo_and_span() {
     let proxy = proxy(&ws, &otlp, &[("RAGSCOPE_WORKERS", "2")]).await;
 
     let out = run_client(&ws_url(&proxy, "/echo"), "concurrent", &["64"]).await;
-    assert_eq!((out["ok"].as_i64(), out["n"].as_i64()), (Some(64), Some(64)), "{out}");
+    assert_eq!(
+        (out["ok"].as_i64(), out["n"].as_i64()),
+        (Some(64), Some(64)),
+        "{out}"
+    );
     let spans = session_spans(&otlp, "client_close", 64).await;
     let mut traces: Vec<_> = spans.iter().map(|s| s.trace_id.clone()).collect();
     traces.sort();
@@ -234,7 +249,12 @@ async fn access_control_refuses_before_the_upgrade() {
         .await;
     assert!(!refused[0].has_attr("ragscope.upgrade.ending"));
 
-    let out = run_client(&ws_url(&proxy, "/echo"), "echo", &["X-Api-Key=rsk_ws_0123456789"]).await;
+    let out = run_client(
+        &ws_url(&proxy, "/echo"),
+        "echo",
+        &["X-Api-Key=rsk_ws_0123456789"],
+    )
+    .await;
     assert_eq!(out["binary_ok"], true, "{out}");
     let span = session_spans(&otlp, "client_close", 1).await.remove(0);
     assert_eq!(span.str_attr("ragscope.api_key.name"), Some("ui"));
@@ -251,7 +271,11 @@ async fn a_silent_session_is_closed_at_the_idle_timeout() {
     let seconds = out["seconds"].as_f64().expect("seconds");
     assert!((0.9..10.0).contains(&seconds), "{seconds}");
     let span = session_spans(&otlp, "idle_timeout", 1).await.remove(0);
-    assert_eq!(span.status_code, SpanStatusCode::Unset, "a policy close, not an error");
+    assert_eq!(
+        span.status_code,
+        SpanStatusCode::Unset,
+        "a policy close, not an error"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -267,7 +291,9 @@ async fn the_drain_lets_sessions_run_until_the_drain_timeout_then_closes_them() 
 
     let mut client = ws_client(&format!("ws://{addr}/hold"), "hold", &[], None);
     let mut lines = BufReader::new(client.stdout.take().expect("stdout")).lines();
-    let open = tokio::time::timeout(WAIT, lines.next_line()).await.expect("opens in time");
+    let open = tokio::time::timeout(WAIT, lines.next_line())
+        .await
+        .expect("opens in time");
     assert_eq!(open.expect("reads").as_deref(), Some(r#"{"open": true}"#));
 
     let signalled = Instant::now();
@@ -280,7 +306,10 @@ async fn the_drain_lets_sessions_run_until_the_drain_timeout_then_closes_them() 
     let took = signalled.elapsed();
     let out: Json = serde_json::from_str(&last).expect("json");
     assert_eq!(out["ended"], "closed", "{out}");
-    assert!(took >= Duration::from_millis(1900), "ran on until the drain timeout: {took:?}");
+    assert!(
+        took >= Duration::from_millis(1900),
+        "ran on until the drain timeout: {took:?}"
+    );
     let status = ragscope.wait_exit(WAIT).await.expect("exits");
     assert!(status.success(), "{status}");
     let span = session_spans(&otlp, "drain", 1).await.remove(0);
@@ -294,7 +323,10 @@ async fn sessions_run_over_the_tls_listener_too() {
     let ca = Ca::new("ragscope websocket CA");
     let files = CertFiles::new(&ca.server_cert(&["localhost"]));
     let ca_file = files.write("ca.pem", &ca.pem);
-    let (cert, key) = (files.cert().display().to_string(), files.key().display().to_string());
+    let (cert, key) = (
+        files.cert().display().to_string(),
+        files.key().display().to_string(),
+    );
     let proxy = proxy(
         &ws,
         &otlp,
@@ -319,12 +351,16 @@ async fn an_upgrade_answered_without_101_is_an_ordinary_response_with_the_header
         Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
     // The connection stays an HTTP connection: a second request on it is answered too.
-    let two = format!("{request}GET /json HTTP/1.1\r\nHost: rag.example\r\nConnection: close\r\n\r\n");
+    let two =
+        format!("{request}GET /json HTTP/1.1\r\nHost: rag.example\r\nConnection: close\r\n\r\n");
     let answer = raw_exchange(proxy.addr(), two.as_bytes(), WAIT).await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     let seen = up.requests().remove(0);
     assert_eq!(seen.header("upgrade"), Some("websocket"));
     assert_eq!(seen.header("connection"), Some("upgrade"));
-    assert_eq!(seen.header("sec-websocket-key"), Some("dGhlIHNhbXBsZSBub25jZQ=="));
+    assert_eq!(
+        seen.header("sec-websocket-key"),
+        Some("dGhlIHNhbXBsZSBub25jZQ==")
+    );
     assert_eq!(answer.matches("HTTP/1.1 200").count(), 2, "{answer}");
 }

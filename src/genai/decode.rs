@@ -129,7 +129,10 @@ impl Decoder {
     /// Decodes the next compressed bytes; what they decode to is appended to the tee. Every
     /// decoded byte is handed on before this returns (nothing is held in a decoder's buffer).
     pub fn feed(&mut self, input: &[u8]) -> Result<(), DecodeError> {
-        let written = self.stage.write_all(input).and_then(|()| self.stage.flush());
+        let written = self
+            .stage
+            .write_all(input)
+            .and_then(|()| self.stage.flush());
         written.map_err(|e| self.why(&e))
     }
 
@@ -209,7 +212,11 @@ pub(super) fn body<'a>(
 impl DecodeError {
     /// Notes this error where a copy says why it was not parsed (`malformed`: the parse error
     /// of a body that does not decode).
-    pub(super) fn note(self, (truncated, budget_skipped, parse_error): Notes<'_>, malformed: &'static str) {
+    pub(super) fn note(
+        self,
+        (truncated, budget_skipped, parse_error): Notes<'_>,
+        malformed: &'static str,
+    ) {
         match self {
             DecodeError::TooLarge => *truncated = true,
             DecodeError::NoBudget => *budget_skipped = true,
@@ -368,7 +375,10 @@ mod tests {
             Encoding::Coded(vec![Deflate, Brotli, Zstd])
         );
         assert_eq!(Encoding::of(&headers("compress")), Encoding::Unknown);
-        assert_eq!(Encoding::of(&headers("gzip, gzip, gzip, gzip")), Encoding::Unknown);
+        assert_eq!(
+            Encoding::of(&headers("gzip, gzip, gzip, gzip")),
+            Encoding::Unknown
+        );
     }
 
     #[test]

@@ -7,11 +7,11 @@ use std::time::{Instant, SystemTime};
 use serde_json::json;
 
 use super::api::Api;
+use super::decode;
 use super::extract::{self, Document, Extracted, Side, Target};
 use super::inference::{Detail, Malformed, RequestInfo, ResponseInfo, push_bounded};
 use super::openai;
 use super::prices::{Cost, PriceTable, Usage};
-use super::decode;
 use super::{GenAi, Observation, ResponseState};
 use crate::genai::CaptureMode;
 

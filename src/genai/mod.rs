@@ -40,9 +40,9 @@ use inference::ResponseInfo;
 use redact::Redactor;
 
 pub use budget::ParseBudget;
-pub use tee::Tee;
 pub use facts::{Content, Facts};
 pub use settings::{CaptureMode, Settings};
+pub use tee::Tee;
 
 pub use inference::{MAX_FIELD_BYTES, cap};
 

@@ -46,8 +46,8 @@ use crate::telemetry::Telemetry;
 
 pub use body::{BodyError, RequestBody, ResponseBody, Upload};
 pub use exchange::Exchange;
-pub use upgrade::SessionSlot;
 use respond::{Answer, error_response, finish_head};
+pub use upgrade::SessionSlot;
 
 /// TCP, then TLS for an https upstream.
 pub type Connector = hyper_rustls::HttpsConnector<HttpConnector>;

@@ -28,10 +28,10 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
-use super::exchange::Exchange;
-use super::respond::finish_head;
 use super::ResponseBody;
+use super::exchange::Exchange;
 use super::headers;
+use super::respond::finish_head;
 use super::websocket::FrameScanner;
 use crate::error::Origin;
 use crate::observe::{Ending, UpgradeFacts};
@@ -331,10 +331,12 @@ impl<'a, T> Counted<'a, T> {
 
     fn fail<V>(&self, polled: Poll<io::Result<V>>) -> Poll<io::Result<V>> {
         if let Poll::Ready(Err(_)) = &polled {
-            let _ = self
-                .activity
-                .failed
-                .compare_exchange(0, self.side, Ordering::Relaxed, Ordering::Relaxed);
+            let _ = self.activity.failed.compare_exchange(
+                0,
+                self.side,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
         }
         polled
     }

@@ -115,7 +115,11 @@ mod tests {
             for (i, chunk) in stream.chunks(split).enumerate() {
                 scanner.scan(chunk);
                 let seen = ((i + 1) * split).min(stream.len());
-                assert_eq!(scanner.saw_close(), seen >= header_end, "split {split} at {seen}");
+                assert_eq!(
+                    scanner.saw_close(),
+                    seen >= header_end,
+                    "split {split} at {seen}"
+                );
             }
             assert!(scanner.saw_close());
         }
