@@ -50,25 +50,20 @@ impl Layer {
 
     /// Compresses `data`, flushed; returns the bytes produced so far.
     fn push(&mut self, data: &[u8]) -> Vec<u8> {
-        let out = match self {
-            Layer::Gzip(e) => {
-                e.write_all(data).and_then(|()| e.flush()).expect("gzip");
-                e.get_mut()
-            }
-            Layer::Deflate(e) => {
-                e.write_all(data).and_then(|()| e.flush()).expect("deflate");
-                e.get_mut()
-            }
-            Layer::Br(e) => {
-                e.write_all(data).and_then(|()| e.flush()).expect("br");
-                e.get_mut()
-            }
-            Layer::Zstd(e) => {
-                e.write_all(data).and_then(|()| e.flush()).expect("zstd");
-                e.get_mut()
-            }
+        let writer: &mut dyn Write = match self {
+            Layer::Gzip(e) => e,
+            Layer::Deflate(e) => e,
+            Layer::Br(e) => e.as_mut(),
+            Layer::Zstd(e) => e,
         };
-        std::mem::take(out)
+        writer.write_all(data).expect("compresses");
+        writer.flush().expect("flushes");
+        std::mem::take(match self {
+            Layer::Gzip(e) => e.get_mut(),
+            Layer::Deflate(e) => e.get_mut(),
+            Layer::Br(e) => e.get_mut(),
+            Layer::Zstd(e) => e.get_mut(),
+        })
     }
 
     fn finish(self) -> Vec<u8> {

@@ -86,6 +86,15 @@ async fn run_client_with(url: &str, scenario: &str, args: &[&str], ca: Option<&s
     serde_json::from_str(last).unwrap_or_else(|e| panic!("{scenario}: {e}: {stdout}"))
 }
 
+/// A `websockets` server, a collector, and ragscope (in process, with `extra` variables) in
+/// front of the one, exporting to the other.
+async fn setup(extra: &[(&str, &str)]) -> (WsServer, OtlpReceiver, Proxy) {
+    let ws = WsServer::start().await;
+    let otlp = OtlpReceiver::start().await;
+    let proxy = proxy(&ws, &otlp, extra).await;
+    (ws, otlp, proxy)
+}
+
 /// ragscope (in process) in front of `ws`, exporting to `otlp`.
 async fn proxy(ws: &WsServer, otlp: &OtlpReceiver, extra: &[(&str, &str)]) -> Proxy {
     let mut builder = Proxy::builder().upstream(&ws.addr).otlp(otlp);
@@ -97,6 +106,19 @@ async fn proxy(ws: &WsServer, otlp: &OtlpReceiver, extra: &[(&str, &str)]) -> Pr
 
 fn ws_url(proxy: &Proxy, path: &str) -> String {
     format!("ws://{}{path}", proxy.addr())
+}
+
+/// Echoes through `url` (with `args`, verified against `ca` for wss) and returns the session's
+/// span.
+async fn echo_session(
+    otlp: &OtlpReceiver,
+    url: &str,
+    args: &[&str],
+    ca: Option<&str>,
+) -> CollectedSpan {
+    let out = run_client_with(url, "echo", args, ca).await;
+    assert_eq!(out["binary_ok"], true, "{out}");
+    session_spans(otlp, "client_close", 1).await.remove(0)
 }
 
 /// The session spans that ended as `ending`.
@@ -111,9 +133,7 @@ async fn session_spans(otlp: &OtlpReceiver, ending: &str, n: usize) -> Vec<Colle
 
 #[tokio::test(flavor = "multi_thread")]
 async fn text_and_binary_frames_echo_through_and_the_session_is_one_span_with_its_bytes() {
-    let ws = WsServer::start().await;
-    let otlp = OtlpReceiver::start().await;
-    let proxy = proxy(&ws, &otlp, &[]).await;
+    let (_ws, otlp, proxy) = setup(&[]).await;
 
     let out = run_client(&ws_url(&proxy, "/echo"), "echo", &[]).await;
     assert_eq!(out["text"], "hello", "{out}");
@@ -134,15 +154,16 @@ async fn text_and_binary_frames_echo_through_and_the_session_is_one_span_with_it
     assert_eq!(span.str_attr("url.path"), Some("/echo"));
     assert_eq!(span.status_code, SpanStatusCode::Unset);
     let payload = 5 + 128 * 1024;
-    let up = span
-        .int_attr("ragscope.upgrade.bytes.client_to_upstream")
-        .expect("bytes to the upstream");
-    let down = span
-        .int_attr("ragscope.upgrade.bytes.upstream_to_client")
-        .expect("bytes to the client");
     // Frames carry headers (and the client's a mask): a little more than the payloads.
-    assert!(up > payload && up < payload + 200, "{up}");
-    assert!(down > payload && down < payload + 200, "{down}");
+    for key in [
+        "ragscope.upgrade.bytes.client_to_upstream",
+        "ragscope.upgrade.bytes.upstream_to_client",
+    ] {
+        let bytes = span
+            .int_attr(key)
+            .unwrap_or_else(|| panic!("{key} on {span:?}"));
+        assert!(bytes > payload && bytes < payload + 200, "{key}: {bytes}");
+    }
     // The CLIENT span of the upgrade request is there too, under the session.
     otlp.wait_for_spans(
         |s| s.kind == SpanKind::Client && s.trace_id == span.trace_id,
@@ -182,9 +203,7 @@ async fn text_and_binary_frames_echo_through_and_the_session_is_one_span_with_it
 
 #[tokio::test(flavor = "multi_thread")]
 async fn either_side_can_end_the_session_and_the_span_says_which() {
-    let ws = WsServer::start().await;
-    let otlp = OtlpReceiver::start().await;
-    let proxy = proxy(&ws, &otlp, &[]).await;
+    let (_ws, otlp, proxy) = setup(&[]).await;
 
     // The server closes (1000 "bye"): the client sees the close, the span says upstream.
     let out = run_client(&ws_url(&proxy, "/server-close"), "server-close", &[]).await;
@@ -204,9 +223,7 @@ async fn either_side_can_end_the_session_and_the_span_says_which() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn many_sessions_at_once_each_get_their_own_echo_and_span() {
-    let ws = WsServer::start().await;
-    let otlp = OtlpReceiver::start().await;
-    let proxy = proxy(&ws, &otlp, &[("RAGSCOPE_WORKERS", "2")]).await;
+    let (_ws, otlp, proxy) = setup(&[("RAGSCOPE_WORKERS", "2")]).await;
 
     let out = run_client(&ws_url(&proxy, "/echo"), "concurrent", &["64"]).await;
     assert_eq!(
@@ -249,22 +266,14 @@ async fn access_control_refuses_before_the_upgrade() {
         .await;
     assert!(!refused[0].has_attr("ragscope.upgrade.ending"));
 
-    let out = run_client(
-        &ws_url(&proxy, "/echo"),
-        "echo",
-        &["X-Api-Key=rsk_ws_0123456789"],
-    )
-    .await;
-    assert_eq!(out["binary_ok"], true, "{out}");
-    let span = session_spans(&otlp, "client_close", 1).await.remove(0);
+    let url = ws_url(&proxy, "/echo");
+    let span = echo_session(&otlp, &url, &["X-Api-Key=rsk_ws_0123456789"], None).await;
     assert_eq!(span.str_attr("ragscope.api_key.name"), Some("ui"));
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_silent_session_is_closed_at_the_idle_timeout() {
-    let ws = WsServer::start().await;
-    let otlp = OtlpReceiver::start().await;
-    let proxy = proxy(&ws, &otlp, &[("RAGSCOPE_IDLE_TIMEOUT", "1s")]).await;
+    let (_ws, otlp, proxy) = setup(&[("RAGSCOPE_IDLE_TIMEOUT", "1s")]).await;
 
     let out = run_client(&ws_url(&proxy, "/hold"), "hold", &[]).await;
     assert_eq!(out["ended"], "closed", "{out}");
@@ -336,9 +345,7 @@ async fn sessions_run_over_the_tls_listener_too() {
 
     let url = format!("wss://localhost:{}/echo", proxy.addr().port());
     let ca_path = ca_file.display().to_string();
-    let out = run_client_with(&url, "echo", &[], Some(&ca_path)).await;
-    assert_eq!(out["binary_ok"], true, "{out}");
-    let span = session_spans(&otlp, "client_close", 1).await.remove(0);
+    let span = echo_session(&otlp, &url, &[], Some(&ca_path)).await;
     assert_eq!(span.str_attr("url.scheme"), Some("https"));
 }
 
