@@ -394,6 +394,48 @@ mod tests {
         }
     }
 
+    /// `data` compressed with `coding` by the encoders the tests use.
+    fn pack(coding: Coding, data: &[u8]) -> Vec<u8> {
+        match coding {
+            Coding::Gzip => gzip(data),
+            Coding::Deflate => {
+                let mut e =
+                    flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
+                e.write_all(data).expect("zlib");
+                e.finish().expect("zlib")
+            }
+            Coding::Brotli => {
+                let mut e = brotli::CompressorWriter::new(Vec::new(), 4096, 5, 22);
+                e.write_all(data).expect("br");
+                e.into_inner()
+            }
+            Coding::Zstd => zstd::encode_all(data, 3).expect("zstd"),
+        }
+    }
+
+    #[test]
+    fn every_coding_and_a_stack_decode_the_same_however_the_input_is_split() {
+        use Coding::*;
+        let body = br#"data: {"choices":[{"delta":{"content":"hi"}}]}"#.repeat(40);
+        for codings in [
+            vec![Gzip],
+            vec![Deflate],
+            vec![Brotli],
+            vec![Zstd],
+            vec![Brotli, Gzip],
+            vec![Zstd, Deflate, Brotli],
+        ] {
+            let packed = codings.iter().fold(body.clone(), |data, c| pack(*c, &data));
+            for split in [1, 5, 100, packed.len()] {
+                let mut d = Decoder::new(&codings, tee(1 << 20)).expect("decoder");
+                for chunk in packed.chunks(split) {
+                    d.feed(chunk).expect("decodes");
+                }
+                assert_eq!(d.into_out().buf, body, "{codings:?} split {split}");
+            }
+        }
+    }
+
     #[test]
     fn raw_and_zlib_deflate_both_decode() {
         let body = b"data: {\"x\":1}\n\n".repeat(20);
