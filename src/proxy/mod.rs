@@ -26,6 +26,8 @@ mod respond;
 mod route;
 pub mod stream_usage;
 mod tokens;
+mod upgrade;
+mod websocket;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -51,6 +53,7 @@ pub use body::{BodyError, RequestBody, ResponseBody, Upload};
 pub use exchange::Exchange;
 use respond::{Answer, error_response, finish_head};
 pub use route::{CanaryRoute, Reclaim, Target};
+pub use upgrade::SessionSlot;
 
 /// TCP, then TLS for an https upstream.
 pub type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
@@ -172,8 +175,10 @@ impl Proxy {
         let unread_body = version != Version::HTTP_2 && declares_body(&req);
         let admitted = self.admit(&mut req, peer, &mut exchange).await;
         let body_left_unread = unread_body && admitted.is_err();
+        let mut pending = None;
         if admitted.is_ok() {
             self.remember(&mut exchange);
+            pending = upgrade::Pending::take(&mut req);
         }
         let (decisions, outcome) = match admitted {
             Ok(admitted) if self.genai.is_feedback(req.method(), req.uri().path()) => (
@@ -182,13 +187,15 @@ impl Proxy {
             ),
             Ok(mut admitted) => {
                 let head = admitted.head.take();
-                let forwarded = self.forward(req, head, peer, scheme, &mut exchange).await;
+                let forwarded = self
+                    .forward(req, head, peer, scheme, &mut exchange, pending.as_ref())
+                    .await;
                 (admitted, forwarded.map(Answer::Upstream))
             }
             Err(e) => (Admitted::default(), Err(e)),
         };
         let mut response = match outcome {
-            Ok(answer) => self.respond(answer, exchange, version),
+            Ok(answer) => self.respond(answer, exchange, version, pending),
             Err(error) => {
                 let mut response = error_response(&error, exchange, version);
                 if body_left_unread {
@@ -315,9 +322,10 @@ impl Proxy {
         if req.method() == http::Method::CONNECT {
             return Err(ProxyError::UnsupportedProtocol("CONNECT tunnels"));
         }
-        if asks_upgrade(req) {
+        if upgrade::asks_upgrade(req) && req.extensions().get::<Arc<SessionSlot>>().is_none() {
+            // A connection that cannot run a session (none was lent to the request).
             return Err(ProxyError::UnsupportedProtocol(
-                "protocol upgrades (Upgrade)",
+                "protocol upgrades (Upgrade) on this connection",
             ));
         }
         if req.version() == Version::HTTP_11 {
@@ -352,6 +360,7 @@ impl Proxy {
         peer: SocketAddr,
         scheme: &'static str,
         exchange: &mut Exchange,
+        upgrade: Option<&upgrade::Pending>,
     ) -> Result<Response<Incoming>, ProxyError> {
         let route = self.route(&req, peer, exchange);
         let (mut parts, mut body) = req.into_parts();
@@ -364,6 +373,9 @@ impl Proxy {
 
         // Hop-by-hop headers go first, before any header of ours is added.
         headers::strip_hop_by_hop(&mut parts.headers, true);
+        if let Some(upgrade) = upgrade {
+            upgrade.restore(&mut parts.headers);
+        }
         // The client sets Host from the upstream URL; the client's Host travels as
         // X-Forwarded-Host.
         parts.headers.remove(header::HOST);
@@ -468,8 +480,16 @@ impl Proxy {
         answer: Answer,
         mut exchange: Exchange,
         version: Version,
+        upgrade: Option<upgrade::Pending>,
     ) -> Response<ResponseBody> {
         match answer {
+            Answer::Upstream(response)
+                if response.status() == http::StatusCode::SWITCHING_PROTOCOLS
+                    && let Some(upgrade) = upgrade =>
+            {
+                let idle = self.config.idle_timeout;
+                upgrade.switch(response, exchange, self.telemetry.instruments(), idle)
+            }
             Answer::Upstream(response) => {
                 let (mut parts, body) = response.into_parts();
                 // We answer in the client's HTTP version, not the upstream's.
@@ -549,20 +569,12 @@ pub fn upstream_connector(
         .wrap_connector(http))
 }
 
-/// The request's declared body length, if it has a valid one.
-/// An upgrade request (RFC 9110 7.8): `Upgrade` named in `Connection`. A bare `Upgrade`
-/// header asks for nothing and is stripped as hop-by-hop like the others.
-fn asks_upgrade(req: &Request<Incoming>) -> bool {
-    req.headers().contains_key(header::UPGRADE)
-        && headers::tokens(req.headers(), header::CONNECTION)
-            .any(|token| token.eq_ignore_ascii_case("upgrade"))
-}
-
 /// Whether the request has a body still to come (declared by length or chunked framing).
 fn declares_body(req: &Request<Incoming>) -> bool {
     !http_body::Body::is_end_stream(req.body())
 }
 
+/// The request's declared body length, if it has a valid one.
 fn declared_length(req: &Request<Incoming>) -> Result<Option<u64>, ProxyError> {
     match req.headers().get(header::CONTENT_LENGTH) {
         None => Ok(None),

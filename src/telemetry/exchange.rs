@@ -99,6 +99,20 @@ pub(super) fn build(
     if let Some(route) = &r.route {
         a.extend(route.span_attributes());
     }
+    if let Some(u) = &r.upgrade {
+        a.extend([
+            KeyValue::new("ragscope.upgrade.protocol", u.protocol.clone()),
+            KeyValue::new("ragscope.upgrade.ending", u.ending),
+            KeyValue::new(
+                "ragscope.upgrade.bytes.client_to_upstream",
+                u.to_upstream as i64,
+            ),
+            KeyValue::new(
+                "ragscope.upgrade.bytes.upstream_to_client",
+                u.to_client as i64,
+            ),
+        ]);
+    }
     if cancelled {
         // A client going away is not a server error: status stays unset.
         a.push(KeyValue::new("ragscope.cancelled", true));

@@ -217,6 +217,10 @@ fn attributes(facts: &Facts, times: &Times) -> (Vec<KeyValue>, Vec<KeyValue>) {
     if let Some(e) = facts.parse_error {
         attrs.push(KeyValue::new("ragscope.genai.parse_error", e));
     }
+    if let Some(why) = facts.skipped {
+        attrs.push(KeyValue::new("ragscope.genai.skipped", why));
+        copied.push(KeyValue::new("ragscope.genai.skipped", why));
+    }
     if let Some(docs) = &facts.documents {
         let listed: Vec<serde_json::Value> = docs
             .iter()

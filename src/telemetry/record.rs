@@ -136,6 +136,15 @@ fn metrics(t: &Telemetry, r: &Record, error_type: Option<&str>, client_error: Op
         attrs
     };
     let duration = r.times.end.0.duration_since(r.times.start.0).as_secs_f64();
+    if let Some(u) = &r.upgrade {
+        i.upgrade_session_duration.record(
+            duration,
+            &[
+                KeyValue::new("ragscope.upgrade.protocol", metric_protocol(&u.protocol)),
+                KeyValue::new("ragscope.upgrade.ending", u.ending),
+            ],
+        );
+    }
     let bound = t.series.server.get(server.clone(), || {
         ServerSeries::bind(i, &attributes(&server))
     });
@@ -197,4 +206,14 @@ fn version_attribute(r: &Record) -> Option<KeyValue> {
         crate::canary::VERSION_ATTRIBUTE,
         opentelemetry::StringValue::from(route.version.clone()),
     ))
+}
+
+/// An upgrade protocol as a metric attribute: the client names it, so only well-known ones
+/// are kept as they are.
+fn metric_protocol(protocol: &str) -> &'static str {
+    match protocol {
+        "websocket" => "websocket",
+        "h2c" => "h2c",
+        _ => "other",
+    }
 }
