@@ -2,7 +2,7 @@
 //! we are not draining), `/metrics` (Prometheus), `/traces` and `/traces.json` (recent requests),
 //! `/debug/config` (the effective configuration, secrets masked), and the operator's view:
 //! `/` and `/overview` (charts of the last 15 minutes, per-model table), `/feedback`, each with a
-//! `.json` twin.
+//! `.json` twin; `/canary` (GET and POST: the canary rollout, [`crate::canary::admin`]).
 //!
 //! It listens on loopback by default: the recent-requests view shows paths and client addresses,
 //! as spans do, so exposing it is an operator's decision; off loopback, the pages with request
@@ -36,6 +36,8 @@ pub struct AdminContext {
     pub health: Option<Arc<UpstreamHealth>>,
     /// Limit of the TCP probe `/readyz` makes when there are no active checks.
     pub probe_timeout: Duration,
+    /// The canary, when `RAGSCOPE_UPSTREAM_CANARY` is set (`/canary`).
+    pub canary: Option<Arc<crate::canary::Canary>>,
 }
 
 /// Serves the admin endpoints until the task is aborted.
@@ -81,6 +83,12 @@ pub async fn serve(listener: TcpListener, context: AdminContext) {
 }
 
 async fn route(req: Request<Incoming>, cx: &AdminContext) -> Response<Full<Bytes>> {
+    if req.uri().path() == "/canary" {
+        let method = req.method().clone();
+        let canary = cx.canary.as_deref();
+        let (status, body) = crate::canary::admin::handle(&method, req.into_body(), canary).await;
+        return respond(status, "application/json", body.to_string().into());
+    }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return json(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -176,7 +184,7 @@ async fn route(req: Request<Incoming>, cx: &AdminContext) -> Response<Full<Bytes
             error(
                 StatusCode::NOT_FOUND,
                 "not_found",
-                "try /healthz, /readyz, /metrics, /overview, /traces, /feedback (each page also as .json) or /debug/config",
+                "try /healthz, /readyz, /metrics, /overview, /traces, /feedback (each page also as .json), /canary or /debug/config",
             )
         }
     }

@@ -17,7 +17,7 @@ pub const MASK: &str = "***";
 /// The effective configuration, secrets masked.
 pub fn render(config: &Config) -> Value {
     let mut all = core(config);
-    for part in [guard(config), genai(config)] {
+    for part in [guard(config), genai(config), canary(config)] {
         if let (Some(all), Value::Object(part)) = (all.as_object_mut(), part) {
             all.extend(part);
         }
@@ -162,6 +162,31 @@ fn genai(config: &Config) -> Value {
         "RAGSCOPE_CONVERSATION_HEADER": config.genai.conversation_header.as_ref().map(|h| h.to_string()),
         "RAGSCOPE_PRICES": config.genai.prices.as_ref().map(|p| p.path().display().to_string()),
         "RAGSCOPE_STREAM_USAGE": if config.genai.inject_stream_usage { "inject" } else { "off" },
+    })
+}
+
+/// The canary rollout; only `RAGSCOPE_UPSTREAM_CANARY` (`off`) when there is none.
+fn canary(config: &Config) -> Value {
+    let Some(c) = &config.canary else {
+        return json!({"RAGSCOPE_UPSTREAM_CANARY": "off"});
+    };
+    let r = &c.rules;
+    json!({
+        "RAGSCOPE_UPSTREAM_CANARY": format!("{}://{}", c.upstream.scheme, c.upstream.authority),
+        "RAGSCOPE_CANARY_WEIGHT": crate::canary::settings::show_weight(c.weight),
+        "RAGSCOPE_UPSTREAM_VERSION": c.stable_version,
+        "RAGSCOPE_CANARY_VERSION": c.canary_version,
+        "RAGSCOPE_CANARY_HEADER": c.header.as_ref().map_or("off".to_owned(), |h| h.to_string()),
+        "RAGSCOPE_CANARY_AUTO_ROLLBACK": r.auto_rollback,
+        "RAGSCOPE_CANARY_WINDOW": duration(r.window),
+        "RAGSCOPE_CANARY_MIN_SAMPLES": r.min_samples,
+        "RAGSCOPE_CANARY_MAX_ERROR_RATE_INCREASE": r.error_rate_increase,
+        "RAGSCOPE_CANARY_MAX_LATENCY_RATIO": r.latency_ratio,
+        "RAGSCOPE_CANARY_LATENCY_SLACK": duration(r.latency_slack),
+        "RAGSCOPE_CANARY_MIN_FEEDBACK": r.min_feedback,
+        "RAGSCOPE_CANARY_MAX_SCORE_DROP": r.score_drop,
+        // The Redis URL in use (its own, or the rate limit's), password masked.
+        "RAGSCOPE_SHARED_REDIS": c.redis.as_deref().map(mask_userinfo),
     })
 }
 

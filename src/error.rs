@@ -107,8 +107,9 @@ pub enum ProxyError {
     /// A feedback body that does not say what it must (trace id, numeric score).
     #[error("invalid feedback: {0}")]
     InvalidFeedback(String),
-    /// A protocol ragscope does not proxy (CONNECT tunnels, `Upgrade`): refused rather than
-    /// forwarded as a plain request with the upgrade silently stripped.
+    /// A protocol ragscope does not proxy (CONNECT tunnels; an `Upgrade` on a connection that
+    /// cannot run the session): refused rather than forwarded as a plain request with the
+    /// upgrade silently stripped.
     #[error("ragscope does not proxy {0}")]
     UnsupportedProtocol(&'static str),
     /// A gRPC request while the upstream is spoken to in HTTP/1.1, which cannot carry it

@@ -90,13 +90,20 @@ pub struct HealthChecker {
 impl HealthChecker {
     /// Starts checking the upstream of `settings` (the proxy's, so checks reach it the same
     /// way, over the same protocol, trusting the same certificates; connecting within the
-    /// check's timeout) per `config`; the first check runs at once.
+    /// check's timeout) per `config`; the first check runs at once. With a canary rollout each
+    /// upstream has a checker, and `version` tells their gauges apart
+    /// (`ragscope.upstream.version`).
     pub fn start(
         config: &HealthCheckConfig,
         settings: &Settings,
         meter: &Meter,
+        version: Option<Arc<str>>,
     ) -> Result<HealthChecker, HealthError> {
         let health = UpstreamHealth::new();
+        let attributes: Vec<KeyValue> = version
+            .into_iter()
+            .map(|v| KeyValue::new(crate::canary::VERSION_ATTRIBUTE, v.to_string()))
+            .collect();
         let gauge = {
             let health = health.clone();
             meter
@@ -106,8 +113,8 @@ impl HealthChecker {
                     "1 when the upstream passes its active health checks, 0 when it is down.",
                 )
                 .with_callback(move |observer| match health.state() {
-                    UpstreamState::Up => observer.observe(1, &[]),
-                    UpstreamState::Down => observer.observe(0, &[]),
+                    UpstreamState::Up => observer.observe(1, &attributes),
+                    UpstreamState::Down => observer.observe(0, &attributes),
                     // Nothing is claimed before the first check has an answer.
                     UpstreamState::Unknown => {}
                 })

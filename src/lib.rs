@@ -3,7 +3,7 @@
 //! A request's path through the crate, in order:
 //! [`settings`] (parsed once, per concern, with the readers in [`config`]) → [`listener`] (accept,
 //! [`tls`], HTTP/1.1 + HTTP/2, limits) → [`proxy`] (admit with [`auth`] and [`limit`], forward,
-//! respond) → [`observe`] (one plain record of facts per exchange, with what [`genai`] read of
+//! respond, with [`canary`] choosing stable or the canary upstream) → [`observe`] (one plain record of facts per exchange, with what [`genai`] read of
 //! GenAI/RAG traffic) → [`telemetry`] (spans, metrics, access log, built from the record when the
 //! response ends). [`admin`] serves health, metrics and the recent-requests view
 //! ([`trace_view`], [`debug_config`]), [`health`] checks the upstream actively; [`server`] wires
@@ -17,6 +17,7 @@
 pub mod admin;
 pub mod admin_auth;
 pub mod auth;
+pub mod canary;
 pub mod config;
 pub mod debug_config;
 pub mod demo;

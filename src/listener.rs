@@ -1,6 +1,8 @@
 //! The client-facing listener: accepts TCP connections (capped), optionally terminates TLS
 //! ([`crate::tls`]: HTTP/2 when ALPN says `h2`), serves HTTP/1.1 and HTTP/2 (prior knowledge
-//! in cleartext) on one port with production limits, and drains on shutdown.
+//! in cleartext) on one port with production limits, and drains on shutdown. HTTP/1.1
+//! connections may be upgraded (WebSocket): the session then runs on in the connection's task
+//! ([`crate::proxy::SessionSlot`]), so it is drained and counted like the connection it is.
 //!
 //! Failures that happen before a request exists (malformed or oversized headers that hyper
 //! answers itself, header read timeouts, resets, failed TLS handshakes) have no request span:
@@ -14,13 +16,12 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use opentelemetry::KeyValue;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 
-use crate::proxy::Proxy;
+use crate::proxy::{Proxy, SessionSlot};
 use crate::settings::Config;
 use crate::tls::ListenerTls;
 
@@ -69,7 +70,6 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let builder = Arc::new(connection_builder(&config));
-    let graceful = GracefulShutdown::new();
     let instruments = proxy.telemetry().instruments().clone();
     // Every connection task of this worker, so the drain timeout can close them (issue 11).
     let mut connections = JoinSet::new();
@@ -105,29 +105,29 @@ pub async fn serve(
             peer,
             proxy: proxy.clone(),
             builder: builder.clone(),
-            watcher: graceful.watcher(),
+            shutdown: shutdown.clone(),
             // Also released when the drain timeout aborts the task.
             open: OpenConnection::new(instruments.clone(), permit),
         };
         // Two task types rather than one holding both paths: a task is allocated at the size
         // of its largest state, and a cleartext connection must not pay for a TLS session.
         match &tls {
-            None => {
-                let first_byte = FirstByte {
-                    timeout: config.header_read_timeout,
-                    shutdown: shutdown.clone(),
-                };
-                connections.spawn(conn.serve_plain(stream, first_byte))
-            }
+            None => connections.spawn(conn.serve_plain(stream, config.header_read_timeout)),
             Some(tls) => connections.spawn(conn.serve_tls(stream, tls.clone())),
         };
     }
     // Dropping the listener closes the socket: new connections are refused from here on.
     drop(listener);
     tracing::info!(timeout = ?config.drain_timeout, "draining open connections");
-    tokio::select! {
-        _ = graceful.shutdown() => tracing::info!("all connections drained"),
-        _ = tokio::time::sleep(config.drain_timeout) => {
+    // Each connection saw the signal and closes once its requests are answered (an upgraded
+    // session runs on until it closes or the drain timeout).
+    let drained = tokio::time::timeout(config.drain_timeout, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    match drained {
+        Ok(()) => tracing::info!("all connections drained"),
+        Err(_) => {
             tracing::warn!(
                 open = connections.len(),
                 "drain timeout reached; closing the remaining connections, their requests are recorded as cancelled by shutdown"
@@ -171,58 +171,70 @@ struct Accepted {
     peer: SocketAddr,
     proxy: Arc<Proxy>,
     builder: Arc<auto::Builder<TokioExecutor>>,
-    watcher: Watcher,
+    /// Turns true when the server drains: the connection then closes once idle.
+    shutdown: watch::Receiver<bool>,
     /// Counted as open and holding its place under `RAGSCOPE_MAX_CONNECTIONS` until it closes.
     open: OpenConnection,
 }
 
-/// How long a new cleartext connection may stay silent before its first byte, and the drain
-/// signal that ends that wait early.
-struct FirstByte {
-    timeout: Duration,
-    shutdown: watch::Receiver<bool>,
-}
-
 impl Accepted {
     /// Serves a cleartext connection (HTTP/1.1, or HTTP/2 with prior knowledge).
-    async fn serve_plain(self, stream: TcpStream, first_byte: FirstByte) {
-        let instruments = &self.open.instruments;
+    async fn serve_plain(mut self, stream: TcpStream, first_byte: Duration) {
         // hyper allocates its read and write buffers (8 KiB each) and its header timer as soon
         // as it starts on a connection; a client that connects ahead of need (a pre-warmed
         // pool) holds none of that until it sends something. The wait is bounded by the
         // header read timeout, so a silent connection is closed as hyper would close it.
-        match first_byte.wait(&stream).await {
-            Ok(true) => {
-                let (peer, proxy) = (self.peer, self.proxy);
-                let service = service_fn(move |req| proxy.clone().handle(req, peer, "http"));
-                let served = self.builder.serve_connection(TokioIo::new(stream), service);
-                if let Err(e) = self.watcher.watch(served).await {
-                    record_connection_error(connection_error_type(&*e), &*e, peer, instruments);
-                }
-            }
+        match wait_first_byte(&stream, first_byte, &mut self.shutdown).await {
+            Ok(true) => self.serve(stream, "http", None).await,
             Ok(false) => {}
-            Err(e) => record_connection_error(e.error_type(), &e, self.peer, instruments),
+            Err(e) => {
+                record_connection_error(e.error_type(), &e, self.peer, &self.open.instruments)
+            }
         }
     }
 
     /// Serves a TLS connection: the handshake runs here, in the connection's own task, so a
     /// slow or hostile client never holds up the accept loop.
     async fn serve_tls(self, stream: TcpStream, tls: Arc<ListenerTls>) {
-        let instruments = &self.open.instruments;
         match tls.accept(stream).await {
-            Ok((stream, info)) => {
-                let (peer, proxy) = (self.peer, self.proxy);
-                let info = Arc::new(info);
-                let service = service_fn(move |mut req: hyper::Request<_>| {
-                    req.extensions_mut().insert(info.clone());
-                    proxy.clone().handle(req, peer, "https")
-                });
-                let served = self.builder.serve_connection(TokioIo::new(stream), service);
-                if let Err(e) = self.watcher.watch(served).await {
-                    record_connection_error(connection_error_type(&*e), &*e, peer, instruments);
-                }
+            Ok((stream, info)) => self.serve(stream, "https", Some(Arc::new(info))).await,
+            Err(e) => record_handshake_error(&e, self.peer, &self.open.instruments),
+        }
+    }
+
+    /// Serves HTTP on `io` until the connection closes (or, draining, once it is idle), then
+    /// runs the session a request of it was upgraded to, if any.
+    async fn serve<I>(mut self, io: I, scheme: &'static str, tls: Option<Arc<crate::tls::TlsInfo>>)
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let (peer, proxy) = (self.peer, self.proxy.clone());
+        let slot = Arc::new(SessionSlot::default());
+        let lent = slot.clone();
+        let service = service_fn(move |mut req: hyper::Request<_>| {
+            if let Some(info) = &tls {
+                req.extensions_mut().insert(info.clone());
             }
-            Err(e) => record_handshake_error(&e, self.peer, instruments),
+            SessionSlot::lend(&lent, &mut req);
+            proxy.clone().handle(req, peer, scheme)
+        });
+        let served = self
+            .builder
+            .serve_connection_with_upgrades(TokioIo::new(io), service);
+        let mut served = std::pin::pin!(served);
+        let result = tokio::select! {
+            result = served.as_mut() => result,
+            () = stopped(&mut self.shutdown) => {
+                served.as_mut().graceful_shutdown();
+                served.await
+            }
+        };
+        if let Err(e) = result {
+            let instruments = &self.open.instruments;
+            record_connection_error(connection_error_type(&*e), &*e, peer, instruments);
+        }
+        if let Some(session) = slot.take() {
+            session.await;
         }
     }
 }
@@ -239,21 +251,23 @@ impl SilentConnection {
     }
 }
 
-impl FirstByte {
-    /// Waits until `stream` is readable (data, or the peer closing). `Ok(false)`: the proxy is
-    /// draining, close without serving; `Err`: the client stayed silent too long.
-    async fn wait(mut self, stream: &TcpStream) -> Result<bool, SilentConnection> {
-        let mut byte = [0u8; 1];
-        tokio::select! {
-            // A peek, not `readable()`: readiness can be reported without data, and the peek
-            // retries until a byte (or the end of the stream) is really there.
-            ready = tokio::time::timeout(self.timeout, stream.peek(&mut byte)) => match ready {
-                // An error here (a reset) is for hyper's first read to report.
-                Ok(_) => Ok(true),
-                Err(_) => Err(SilentConnection(self.timeout)),
-            },
-            _ = stopped(&mut self.shutdown) => Ok(false),
-        }
+/// Waits until `stream` is readable (data, or the peer closing). `Ok(false)`: the proxy is
+/// draining, close without serving; `Err`: the client stayed silent for `timeout`.
+async fn wait_first_byte(
+    stream: &TcpStream,
+    timeout: Duration,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<bool, SilentConnection> {
+    let mut byte = [0u8; 1];
+    tokio::select! {
+        // A peek, not `readable()`: readiness can be reported without data, and the peek
+        // retries until a byte (or the end of the stream) is really there.
+        ready = tokio::time::timeout(timeout, stream.peek(&mut byte)) => match ready {
+            // An error here (a reset) is for hyper's first read to report.
+            Ok(_) => Ok(true),
+            Err(_) => Err(SilentConnection(timeout)),
+        },
+        _ = stopped(shutdown) => Ok(false),
     }
 }
 

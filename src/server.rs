@@ -51,6 +51,9 @@ pub enum StartError {
     /// The rate limiter could not be built.
     #[error(transparent)]
     RateLimit(#[from] crate::limit::LimitError),
+    /// The canary rollout could not be set up.
+    #[error(transparent)]
+    Canary(#[from] crate::canary::CanaryError),
 }
 
 /// A running ragscope: the proxy and admin listeners, bound and serving.
@@ -106,6 +109,17 @@ impl Server {
         let mut proxy = Proxy::new(config.clone(), telemetry.clone())?
             .with_rate_limiter(limiter)
             .with_token_limiter(token_limiter);
+        let canary = match &config.canary {
+            Some(settings) => {
+                let keys = crate::limit::ClientKeys::new(&config.rate_limit);
+                let canary =
+                    crate::canary::Canary::start(settings.clone(), keys, &telemetry.meter())?;
+                proxy = proxy.with_canary(canary.clone())?;
+                telemetry.watch_canary(canary.clone());
+                Some(canary)
+            }
+            None => None,
+        };
         let mut watchers = Vec::new();
         if let Some(keys) = api_keys {
             watchers.push(keys.watch(crate::reload::POLL_INTERVAL));
@@ -122,13 +136,33 @@ impl Server {
         let api_keys_on = config.api_keys_file.is_some();
         let (shutdown, shutdown_rx) = watch::channel(false);
 
+        let version = |arm| canary.as_ref().map(|c| c.version(arm).clone());
         let health_checker = match &config.ops.health {
             Some(health) => Some(crate::health::HealthChecker::start(
                 health,
                 &crate::upstream::Settings::from_config(&config),
                 &telemetry.meter(),
+                version(crate::canary::Arm::Stable),
             )?),
             None => None,
+        };
+        // Per version: a canary its checks find down gets no traffic (readiness follows stable).
+        let canary_checker = match (&config.ops.health, &canary) {
+            (Some(health), Some(canary)) => {
+                let checker = crate::health::HealthChecker::start(
+                    health,
+                    &crate::upstream::Settings {
+                        target: canary.settings().upstream.clone(),
+                        ..crate::upstream::Settings::from_config(&config)
+                    },
+                    &telemetry.meter(),
+                    version(crate::canary::Arm::Canary),
+                )?;
+                let state = checker.health().clone();
+                canary.watch_health(move || state.state() == crate::health::UpstreamState::Down);
+                Some(checker)
+            }
+            _ => None,
         };
         let admin_task = admin.map(|listener| {
             tokio::spawn(crate::admin::serve(
@@ -138,6 +172,7 @@ impl Server {
                     config: config.clone(),
                     health: health_checker.as_ref().map(|h| h.health().clone()),
                     probe_timeout: config.connect_timeout.min(Duration::from_secs(2)),
+                    canary: canary.clone(),
                 },
             ))
         });
@@ -174,6 +209,7 @@ impl Server {
             }
             drain_flag.abort();
             drop(health_checker);
+            drop(canary_checker);
             for watcher in watchers {
                 watcher.abort();
             }

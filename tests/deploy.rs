@@ -1,6 +1,7 @@
 //! What can be checked of deploy/ without Docker or Kubernetes: the alert rules load and pass
 //! their promtool unit tests, every alert has a severity and a summary and is tested, the
-//! Prometheus configuration is valid, and every YAML and JSON file is well-formed.
+//! Prometheus configuration is valid, every YAML and JSON file is well-formed, and the Grafana
+//! dashboard has the canary's panels per version.
 //! (`prometheus` scraping a running ragscope is in tests/operations.rs.)
 
 use std::path::{Path, PathBuf};
@@ -69,6 +70,8 @@ print(" ".join(sorted(names)))
         "RagscopeRateLimitedSurge",
         "RagscopeFeedbackScoreFalling",
         "RagscopeTelemetryDropped",
+        "RagscopeCanaryRolledBack",
+        "RagscopeCanaryWorseThanStable",
     ] {
         assert!(out.contains(alert), "{alert} missing: {out}");
     }
@@ -113,6 +116,40 @@ fn yaml_and_json_files_are_well_formed() {
             path.display()
         );
     }
+}
+
+#[test]
+fn the_dashboard_shows_the_canary_per_version() {
+    let path = deploy().join("grafana/dashboards/ragscope.json");
+    let text = std::fs::read_to_string(&path).expect("dashboard");
+    let v: serde_json::Value = serde_json::from_str(&text).expect("dashboard JSON");
+    let panels = v["panels"].as_array().expect("panels");
+    let per_version = |metric: &str| {
+        panels.iter().any(|p| {
+            p["targets"].as_array().into_iter().flatten().any(|t| {
+                let expr = t["expr"].as_str().unwrap_or_default();
+                expr.contains(metric)
+                    && expr.contains("by (ragscope_upstream_version")
+                    && t["legendFormat"]
+                        .as_str()
+                        .is_some_and(|l| l.contains("{{ragscope_upstream_version}}"))
+            })
+        })
+    };
+    for metric in [
+        "http_server_request_duration_seconds_count",
+        "http_server_request_duration_seconds_bucket",
+        "gen_ai_server_time_to_first_token_seconds_bucket",
+        "ragscope_canary_weight",
+        "ragscope_canary_rolled_back",
+        "ragscope_canary_rollbacks_total",
+    ] {
+        assert!(per_version(metric), "no per-version panel of {metric}");
+    }
+    let mut ids: Vec<i64> = panels.iter().filter_map(|p| p["id"].as_i64()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), panels.len(), "panel ids are unique");
 }
 
 #[test]

@@ -544,7 +544,7 @@ async fn a_stalled_redis_is_waited_for_no_longer_than_the_timeout() {
     let c = Client::http1();
     assert_eq!(status_with(&c, &proxy.url("/json"), &[]).await, 200);
     // Stop Redis without closing its socket: it accepts but never answers.
-    let pid = redis.pid().to_string();
+    let pid = redis.pid().expect("running").to_string();
     let signal = |sig: &str| {
         Command::new("kill")
             .args([sig, &pid])

@@ -524,6 +524,8 @@ async fn tls_configuration_mistakes_stop_start_up_with_one_line() {
         .spawn();
     let status = only_cert.wait_exit(WAIT).await.expect("exits");
     assert_eq!(status.code(), Some(2));
+    // The exit can be seen before the reader has taken the last line (a loaded machine).
+    only_cert.wait_output_closed(WAIT).await;
     let stderr = only_cert.stderr_lines().join("\n");
     assert!(
         stderr.contains("RAGSCOPE_TLS_KEY") && stderr.contains("RAGSCOPE_TLS_CERT"),

@@ -7,6 +7,7 @@ use std::time::{Instant, SystemTime};
 use serde_json::json;
 
 use super::api::Api;
+use super::decode;
 use super::extract::{self, Document, Extracted, Side, Target};
 use super::inference::{
     Detail, Malformed, RequestInfo, ResponseInfo, parse_or_default, push_bounded,
@@ -81,6 +82,9 @@ pub struct Facts {
     pub budget_skipped: bool,
     /// What did not parse, when something did not.
     pub parse_error: Option<&'static str>,
+    /// Why a body was not read at all: `encoding` (a `Content-Encoding` ragscope does not
+    /// undo). Not a parse error: nothing was tried.
+    pub skipped: Option<&'static str>,
     /// Retrieved documents, when a rule or the built-in `/sources` reading found them.
     pub documents: Option<Vec<Document>>,
     /// Captured content, when the operator opted in.
@@ -125,7 +129,7 @@ impl Observation {
         let capture = genai.capture_limit();
         let mut parse_error = self.parse_error;
         let mut truncated = self.response_truncated;
-        let mut budget_skipped = false;
+        let mut budget_skipped = self.budget_skipped;
         let mut extracted: Vec<(&'static str, Extracted)> = Vec::new();
         let mut documents = None;
 
@@ -136,14 +140,15 @@ impl Observation {
         let mut request = RequestInfo::default();
         if let Ok(tee) = self.request.lock() {
             budget_skipped |= tee.skipped;
-            if tee.truncated {
-                truncated = true;
-            } else if !tee.buf.is_empty() {
+            let notes = (&mut truncated, &mut budget_skipped, &mut parse_error);
+            let malformed = "malformed_request_encoding";
+            if let Some(body) = decode::body(&self.request_encoding, &tee, malformed, notes) {
+                let buf = body.bytes();
                 // An unrecognised POST is read the OpenAI way: RAG servers often take a
                 // `model` in their own request shape.
-                let read = read_body(&genai, Side::Request, api, &tee.buf, || match &recognised {
-                    Some(r) => r.parse_request(&tee.buf, capture.is_some()),
-                    None => openai::parse_request(&tee.buf, capture.is_some()),
+                let read = read_body(&genai, Side::Request, api, buf, || match &recognised {
+                    Some(r) => r.parse_request(buf, capture.is_some()),
+                    None => openai::parse_request(buf, capture.is_some()),
                 });
                 match read {
                     Ok((info, found)) => {
@@ -169,11 +174,12 @@ impl Observation {
             ResponseState::Json(tee) => {
                 let mut info = ResponseInfo::default();
                 budget_skipped |= tee.skipped;
-                if tee.truncated {
-                    truncated = true;
-                } else if !tee.buf.is_empty() {
-                    let read = read_body(&genai, Side::Response, api, &tee.buf, || match api {
-                        Some(api) => api.parse_body(&tee.buf, capture),
+                let notes = (&mut truncated, &mut budget_skipped, &mut parse_error);
+                let malformed = "malformed_response_encoding";
+                if let Some(body) = decode::body(&self.response_encoding, &tee, malformed, notes) {
+                    let buf = body.bytes();
+                    let read = read_body(&genai, Side::Response, api, buf, || match api {
+                        Some(api) => api.parse_body(buf, capture),
                         None => Ok(ResponseInfo::default()),
                     });
                     match read {
@@ -191,7 +197,13 @@ impl Observation {
         };
 
         let mut facts = Facts::from_parts(api, &request, &response, extracted);
-        if facts.operation.is_none() && documents.is_none() && facts.is_empty() && !budget_skipped {
+        let skipped = self.skipped;
+        if facts.operation.is_none()
+            && documents.is_none()
+            && facts.is_empty()
+            && !budget_skipped
+            && skipped.is_none()
+        {
             // Not GenAI or RAG traffic; only a parse problem of a recognised API is worth noting
             // (or a body left unread for want of budget: that the span must say).
             return None;
@@ -225,6 +237,7 @@ impl Observation {
         facts.truncated = truncated;
         facts.budget_skipped = budget_skipped;
         facts.parse_error = parse_error;
+        facts.skipped = skipped;
         facts.documents = documents;
         if let Some(limit) = capture {
             facts.content =

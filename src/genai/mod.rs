@@ -13,6 +13,7 @@
 pub mod anthropic;
 pub mod api;
 pub mod budget;
+pub mod decode;
 pub mod extract;
 mod facts;
 pub mod feedback;
@@ -24,6 +25,7 @@ pub mod redact;
 pub mod responses;
 mod settings;
 pub mod sse;
+mod tee;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -33,12 +35,14 @@ use http::{HeaderMap, Method, header};
 use opentelemetry::trace::{SpanId, TraceId};
 
 use api::{Api, Recognised};
+use decode::{Decoder, Encoding};
 use inference::ResponseInfo;
 use redact::Redactor;
 
 pub use budget::ParseBudget;
 pub use facts::{Content, Facts};
 pub use settings::{CaptureMode, Settings};
+pub use tee::Tee;
 
 pub use inference::{MAX_FIELD_BYTES, cap};
 
@@ -137,6 +141,10 @@ impl GenAi {
             conversation: None,
             parse_error: None,
             response_truncated: false,
+            request_encoding: Encoding::Identity,
+            response_encoding: Encoding::Identity,
+            skipped: None,
+            budget_skipped: false,
         })
     }
 
@@ -228,103 +236,33 @@ impl RecentTraces {
     }
 }
 
-/// A bounded copy of a body. Past the bound it lets go of what it holds and only remembers
-/// that the body was too big. Its bytes are reserved from the process-wide [`ParseBudget`]
-/// as it grows; when the budget has no room it lets go the same way and remembers that.
-#[derive(Debug)]
-pub struct Tee {
-    buf: Vec<u8>,
-    limit: usize,
-    truncated: bool,
-    /// The budget had no room: nothing is copied.
-    skipped: bool,
-    budget: Arc<ParseBudget>,
-    /// Bytes reserved from the budget (the buffer's capacity), given back on drop.
-    reserved: usize,
-}
-
-impl Tee {
-    /// A copy of at most `limit` bytes, reserving from `budget`.
-    pub fn new(limit: usize, budget: Arc<ParseBudget>) -> Tee {
-        Tee {
-            buf: Vec::new(),
-            limit,
-            truncated: false,
-            skipped: false,
-            budget,
-            reserved: 0,
-        }
-    }
-
-    /// Copies `data`, unless the body went past the bound or the budget has no room.
-    pub fn push(&mut self, data: &[u8]) {
-        if self.truncated || self.skipped {
-            return;
-        }
-        let needed = self.buf.len() + data.len();
-        if needed > self.limit {
-            self.truncated = true;
-            self.let_go();
-            return;
-        }
-        if needed > self.reserved && !self.grow(needed) {
-            self.skipped = true;
-            self.budget.note_skipped();
-            self.let_go();
-            return;
-        }
-        self.buf.extend_from_slice(data);
-    }
-
-    /// Whether the copy was skipped for want of budget.
-    pub fn skipped(&self) -> bool {
-        self.skipped
-    }
-
-    /// Reserves room for at least `needed` bytes: a doubling step if the budget has it, else
-    /// just what is needed. The first reservation is exactly the first frame (as a plain
-    /// `Vec` would allocate: a one-frame chat body costs no more than before); later ones
-    /// double, so a body touches the shared counter a handful of times, not once per frame.
-    fn grow(&mut self, needed: usize) -> bool {
-        let step = (self.reserved * 2).max(needed);
-        for want in [step.min(self.limit), needed] {
-            if self.budget.try_reserve(want - self.reserved) {
-                self.reserved = want;
-                self.buf.reserve_exact(want - self.buf.len());
-                return true;
-            }
-        }
-        false
-    }
-
-    fn let_go(&mut self) {
-        self.buf = Vec::new();
-        self.budget.release(std::mem::take(&mut self.reserved));
-    }
-}
-
-impl Drop for Tee {
-    fn drop(&mut self) {
-        self.budget.release(self.reserved);
-    }
-}
-
 /// The request body's copy, shared between the request body wrapper and the observation.
 pub type RequestTee = Arc<Mutex<Tee>>;
 
 enum ResponseState {
     /// No response head yet.
     Pending,
-    /// A recognised API's event stream, parsed as it passes.
+    /// A recognised API's event stream, parsed as it passes (decoded first, when compressed).
     Sse {
         api: Api,
         parser: Box<sse::SseParser>,
         info: Box<ResponseInfo>,
+        decoding: Decoding,
     },
     /// A JSON body, copied for parsing at the end.
     Json(Tee),
     /// Nothing we read.
     Skip,
+}
+
+/// How a stream's copy is decoded before it is parsed.
+enum Decoding {
+    /// Not compressed: parsed as it comes.
+    Plain,
+    /// Decoded chunk by chunk.
+    Coded(Box<Decoder>),
+    /// Decoding stopped (past the bound, or corrupt): the rest is not read.
+    Stopped,
 }
 
 /// One request's GenAI observation: a pure observer the proxy feeds with the request's copy,
@@ -340,6 +278,14 @@ pub struct Observation {
     conversation: Option<String>,
     parse_error: Option<&'static str>,
     response_truncated: bool,
+    /// The request body's `Content-Encoding`, undone on its copy when the exchange ends.
+    request_encoding: Encoding,
+    /// The JSON response's `Content-Encoding`, undone on its copy when the exchange ends.
+    response_encoding: Encoding,
+    /// Why a body was not read at all (`encoding`: a coding ragscope does not undo).
+    skipped: Option<&'static str>,
+    /// A stream's decoded bytes found no room in the parse budget.
+    budget_skipped: bool,
 }
 
 impl std::fmt::Debug for Observation {
@@ -363,7 +309,15 @@ impl Observation {
                 .filter(|v| !v.is_empty())
                 .map(cap);
         }
-        is_json_or_unlabelled(headers).then(|| self.request.clone())
+        if !is_json_or_unlabelled(headers) {
+            return None;
+        }
+        self.request_encoding = Encoding::of(headers);
+        if self.request_encoding == Encoding::Unknown {
+            self.skipped = Some("encoding");
+            return None;
+        }
+        Some(self.request.clone())
     }
 
     /// The response head arrived: decide how to read the body, note the model version.
@@ -379,22 +333,39 @@ impl Observation {
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default()
             .to_ascii_lowercase();
-        self.response = if content_type.starts_with("text/event-stream") {
-            match &self.recognised {
-                Some(r) => ResponseState::Sse {
+        let sse = content_type.starts_with("text/event-stream");
+        let json = !sse && content_type.contains("json");
+        let encoding = Encoding::of(headers);
+        if (sse || json) && encoding == Encoding::Unknown {
+            self.skipped = Some("encoding");
+            self.response = ResponseState::Skip;
+            return;
+        }
+        let limit = self.genai.config.parse_max_bytes;
+        self.response = match &self.recognised {
+            Some(r) if sse => {
+                let decoding = match &encoding {
+                    Encoding::Coded(codings) => {
+                        match Decoder::new(codings, Tee::new(limit, self.genai.budget.clone())) {
+                            Ok(d) => Decoding::Coded(Box::new(d)),
+                            Err(_) => Decoding::Stopped,
+                        }
+                    }
+                    _ => Decoding::Plain,
+                };
+                ResponseState::Sse {
                     api: r.api,
-                    parser: Box::new(sse::SseParser::new(self.genai.config.parse_max_bytes)),
+                    parser: Box::new(sse::SseParser::new(limit)),
                     info: Box::default(),
-                },
-                None => ResponseState::Skip,
+                    decoding,
+                }
             }
-        } else if content_type.contains("json") {
-            ResponseState::Json(Tee::new(
-                self.genai.config.parse_max_bytes,
-                self.genai.budget.clone(),
-            ))
-        } else {
-            ResponseState::Skip
+            None if sse => ResponseState::Skip,
+            _ if json => {
+                self.response_encoding = encoding;
+                ResponseState::Json(Tee::new(limit, self.genai.budget.clone()))
+            }
+            _ => ResponseState::Skip,
         };
     }
 
@@ -405,11 +376,39 @@ impl Observation {
         }
         let capture = self.genai.capture_limit();
         match &mut self.response {
-            ResponseState::Sse { api, parser, info } => {
+            ResponseState::Sse {
+                api,
+                parser,
+                info,
+                decoding,
+            } => {
+                // A compressed stream is decoded chunk by chunk: each chunk's decoded bytes
+                // count against the bound, and the buffer is kept for the next chunk.
+                let mut decoded = Vec::new();
+                let bytes = match decoding {
+                    Decoding::Plain => data,
+                    Decoding::Stopped => return,
+                    Decoding::Coded(decoder) => match decoder.feed(data) {
+                        Ok(()) => {
+                            decoded = std::mem::take(&mut decoder.out().buf);
+                            &decoded[..]
+                        }
+                        Err(e) => {
+                            let notes = (
+                                &mut self.response_truncated,
+                                &mut self.budget_skipped,
+                                &mut self.parse_error,
+                            );
+                            e.note(notes, "malformed_response_encoding");
+                            *decoding = Decoding::Stopped;
+                            return;
+                        }
+                    },
+                };
                 let first_token = &mut self.first_token;
                 let parse_error = &mut self.parse_error;
                 let api = *api;
-                let report = parser.feed(data, |event| {
+                let report = parser.feed(bytes, |event| {
                     match api.on_event(info, &event.data, capture) {
                         Ok(kind) => {
                             if kind.content && first_token.is_none() {
@@ -420,6 +419,16 @@ impl Observation {
                     }
                 });
                 self.response_truncated |= report.truncated;
+                if let Decoding::Coded(decoder) = decoding {
+                    if report.truncated {
+                        // An event past the bound in a compressed stream (a bomb of one endless
+                        // line, say): the rest is not decoded at all.
+                        *decoding = Decoding::Stopped;
+                    } else {
+                        decoded.clear();
+                        decoder.out().buf = decoded;
+                    }
+                }
             }
             ResponseState::Json(tee) => tee.push(data),
             ResponseState::Pending | ResponseState::Skip => {}
@@ -440,49 +449,6 @@ fn is_json_or_unlabelled(headers: &HeaderMap) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn tee_is_bounded() {
-        let budget = Arc::new(ParseBudget::new(1 << 20));
-        let mut t = Tee::new(4, budget.clone());
-        t.push(b"ab");
-        t.push(b"cd");
-        assert_eq!(t.buf, b"abcd");
-        assert!(!t.truncated);
-        t.push(b"e");
-        assert!(t.truncated);
-        assert!(t.buf.is_empty());
-        t.push(b"f");
-        assert!(t.buf.is_empty());
-        assert_eq!(budget.in_use(), 0, "a truncated copy holds nothing");
-    }
-
-    #[test]
-    fn tee_reserves_from_the_budget_and_gives_it_back() {
-        let budget = Arc::new(ParseBudget::new(40 << 10));
-        let mut a = Tee::new(1 << 20, budget.clone());
-        a.push(&[1; 30 << 10]);
-        assert!(!a.skipped && a.buf.len() == 30 << 10);
-        assert!(budget.in_use() >= 30 << 10 && budget.in_use() <= 40 << 10);
-        assert!(
-            a.buf.capacity() <= a.reserved,
-            "RSS follows the reservation"
-        );
-        // No room left for a second copy of that size: skipped, counted, nothing held.
-        let mut b = Tee::new(1 << 20, budget.clone());
-        b.push(&[2; 20 << 10]);
-        assert!(b.skipped() && b.buf.is_empty());
-        b.push(b"later frames are not copied either");
-        assert!(b.buf.is_empty());
-        assert_eq!(budget.skipped(), 1);
-        drop(b);
-        drop(a);
-        assert_eq!(
-            budget.in_use(),
-            0,
-            "every reservation is given back on drop"
-        );
-    }
 
     #[test]
     fn recent_traces_forget_the_oldest() {

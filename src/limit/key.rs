@@ -47,6 +47,31 @@ impl Keyer {
         }
     }
 
+    /// What the key is made from: the header's value or the API key's name when the request
+    /// has one, else the client's address (behind trusted proxies, IPv6 by /64).
+    pub(super) fn stable_for<'a>(
+        &self,
+        headers: &'a HeaderMap,
+        extensions: &'a Extensions,
+        peer: IpAddr,
+    ) -> Stable<'a> {
+        match &self.kind {
+            RateKeyKind::Header(name) => {
+                if let Some(value) = headers.get(name).filter(|v| !v.is_empty()) {
+                    return Stable::Header(value.as_bytes());
+                }
+            }
+            RateKeyKind::ApiKey => {
+                if let Some(name) = extensions.get::<ApiKeyName>() {
+                    return Stable::ApiKey(name.as_str());
+                }
+            }
+            RateKeyKind::Ip => {}
+        }
+        // The key is missing (or the key is the address): the client's address decides.
+        Stable::Ip(client_ip::group(self.client_ip.resolve(peer, headers)))
+    }
+
     /// The local key, its type, and what the Redis key is made from.
     pub(super) fn key_for<'a>(
         &self,
@@ -54,31 +79,19 @@ impl Keyer {
         extensions: &'a Extensions,
         peer: IpAddr,
     ) -> (LocalKey, KeyType, Stable<'a>) {
-        match &self.kind {
-            RateKeyKind::Header(name) => {
-                if let Some(value) = headers.get(name).filter(|v| !v.is_empty()) {
-                    let bytes = value.as_bytes();
-                    return (
-                        LocalKey::Header(self.hasher.hash_one(bytes)),
-                        KeyType::Header,
-                        Stable::Header(bytes),
-                    );
-                }
-            }
-            RateKeyKind::ApiKey => {
-                if let Some(name) = extensions.get::<ApiKeyName>() {
-                    return (
-                        LocalKey::ApiKey(self.hasher.hash_one(name.as_str())),
-                        KeyType::ApiKey,
-                        Stable::ApiKey(name.as_str()),
-                    );
-                }
-            }
-            RateKeyKind::Ip => {}
-        }
-        // The key is missing (or the key is the address): the client's address decides.
-        let ip = client_ip::group(self.client_ip.resolve(peer, headers));
-        (LocalKey::Ip(ip), KeyType::Ip, Stable::Ip(ip))
+        let stable = self.stable_for(headers, extensions, peer);
+        let (local, key_type) = match stable {
+            Stable::Header(bytes) => (
+                LocalKey::Header(self.hasher.hash_one(bytes)),
+                KeyType::Header,
+            ),
+            Stable::ApiKey(name) => (
+                LocalKey::ApiKey(self.hasher.hash_one(name)),
+                KeyType::ApiKey,
+            ),
+            Stable::Ip(ip) => (LocalKey::Ip(ip), KeyType::Ip),
+        };
+        (local, key_type, stable)
     }
 
     /// The Redis key under `prefix`: a digest of the key's kind and value, never the value.

@@ -353,6 +353,32 @@ impl RateLimiter {
     }
 }
 
+/// Names clients the way the rate limit does (`RAGSCOPE_RATE_KEY`), the same in every process,
+/// whether or not rate limiting is on: for parts that must treat one client alike everywhere
+/// (the canary's sticky assignment).
+#[derive(Debug, Clone)]
+pub struct ClientKeys {
+    keyer: Arc<Keyer>,
+}
+
+impl ClientKeys {
+    /// Keys per the rate-limit settings.
+    pub fn new(config: &RateLimitConfig) -> ClientKeys {
+        ClientKeys {
+            keyer: Arc::new(Keyer::new(
+                config.key.clone(),
+                ClientIp::new(config.trusted_proxies.clone(), config.forwarded_header),
+            )),
+        }
+    }
+
+    /// The client's key as the fleet-wide limiter names it: a digest, never the value.
+    pub fn fleet_key(&self, headers: &HeaderMap, extensions: &Extensions, peer: IpAddr) -> String {
+        let stable = self.keyer.stable_for(headers, extensions, peer);
+        self.keyer.redis_key(redis::RATE_PREFIX, &stable)
+    }
+}
+
 /// Forgets idle keys every [`SWEEP_EVERY`], and soon after the store overflows; ends with the
 /// limiter.
 async fn sweeper(limiter: Weak<RateLimiter>) {

@@ -67,6 +67,23 @@ pub struct Record {
     pub feedback: Option<genai::feedback::FeedbackFact>,
     /// The gRPC call, when the request was one.
     pub rpc: Option<crate::grpc::RpcFacts>,
+    /// Where the canary rollout sent the request, when there is one.
+    pub route: Option<crate::canary::Route>,
+    /// The session that followed, when the upstream switched protocols (101).
+    pub upgrade: Option<UpgradeFacts>,
+}
+
+/// An upgraded session (WebSocket or another `Upgrade` protocol), from the 101 to the close.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpgradeFacts {
+    /// The protocol switched to (`websocket`), lower-cased and bounded.
+    pub protocol: String,
+    /// How it ended: `client_close`, `upstream_close`, `idle_timeout`, `drain` or `error`.
+    pub ending: &'static str,
+    /// Bytes copied from the client to the upstream.
+    pub to_upstream: u64,
+    /// Bytes copied from the upstream to the client.
+    pub to_client: u64,
 }
 
 impl Record {
@@ -91,6 +108,8 @@ impl Record {
             cancelled_by: None,
             feedback: None,
             rpc: None,
+            route: None,
+            upgrade: None,
         }
     }
 

@@ -81,6 +81,25 @@ impl LogHistogram {
         Some(Self::upper(HISTOGRAM_BUCKETS - 1))
     }
 
+    /// The non-empty buckets as (index, count): the histogram in a form another process can
+    /// read back with [`LogHistogram::add_bucket`] (the canary pools replicas' figures).
+    pub fn nonzero(&self) -> Vec<(u16, u32)> {
+        (0u16..)
+            .zip(self.counts.iter())
+            .filter(|(_, c)| **c > 0)
+            .map(|(i, c)| (i, *c))
+            .collect()
+    }
+
+    /// Adds `count` values to bucket `index` (an index from [`LogHistogram::nonzero`]);
+    /// an index out of range is ignored.
+    pub fn add_bucket(&mut self, index: u16, count: u32) {
+        if let Some(c) = self.counts.get_mut(usize::from(index)) {
+            *c = c.saturating_add(count);
+            self.total = self.total.saturating_add(count);
+        }
+    }
+
     fn clear(&mut self) {
         self.counts.fill(0);
         self.total = 0;

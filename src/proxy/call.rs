@@ -4,24 +4,28 @@
 use http::{Request, Response};
 use hyper::body::Incoming;
 
-use super::{Proxy, RequestBody, Upload};
+use super::{Exchange, Proxy, RequestBody, Upload};
+use crate::canary::Route;
 use crate::error::ProxyError;
 use crate::upstream::Wire;
 
 impl Proxy {
-    /// Sends `req` to the upstream and waits for its response head; a failure becomes the
-    /// error it stands for.
+    /// Sends `req` to the upstream `route` chose (speaking `wire`) and waits for its response
+    /// head; a failure becomes the error it stands for.
     pub(super) async fn call(
         &self,
         mut req: Request<RequestBody>,
         upload: &Upload,
         grpc: bool,
+        wire: Wire,
+        route: Option<&Route>,
+        exchange: &mut Exchange,
     ) -> Result<Response<Incoming>, ProxyError> {
         // Only where ALPN decides can a gRPC call meet an HTTP/1.1 connection: then which one
         // it met is kept, to say so if the client refuses it.
-        let connection = (grpc && self.upstream.wire() == Wire::Negotiated)
+        let connection = (grpc && wire == Wire::Negotiated)
             .then(|| hyper_util::client::legacy::connect::capture_connection(&mut req));
-        let upstream = self.upstream.send(req);
+        let upstream = self.send(req, route, exchange);
         match self.await_response(upstream, upload).await {
             Err(e) => Err(e),
             Ok(Ok(response)) => Ok(response),

@@ -111,6 +111,19 @@ impl Exchange {
         }
     }
 
+    /// Moves the record and observers into a new exchange (an upgraded session, which ends
+    /// at its close), leaving this one with nothing to record.
+    pub(super) fn detach(&mut self) -> Exchange {
+        Exchange {
+            telemetry: self.telemetry.clone(),
+            record: self.record.take(),
+            parent: Context::new(),
+            request_bytes: self.request_bytes.clone(),
+            genai: self.genai.take(),
+            ended: self.ended,
+        }
+    }
+
     /// The response status is known (see [`Record::respond`]).
     pub fn respond(&mut self, status: StatusCode, error: Option<(&'static str, Origin)>) {
         if let Some(record) = &mut self.record {

@@ -8,7 +8,8 @@
 //!    access control learned, whose headers go on every response; then, for a recognised LLM
 //!    request under `RAGSCOPE_TOKEN_LIMIT`, the token budget ([`crate::limit::tokens`]), which
 //!    reads the body's head first ([`buffered`]) to estimate the request's cost.
-//! 3. **forward** — strip hop-by-hop headers, then add ours (forwarded-for, trace context), and
+//! 3. **forward** — choose the upstream (stable, or the canary as [`crate::canary`] assigns
+//!    the client), strip hop-by-hop headers, then add ours (forwarded-for, trace context), and
 //!    send the request to the [`crate::upstream`] (call.rs: the send, the response timeout, what a
 //!    failure was), the body streaming behind it. A gRPC call needs HTTP/2 to the upstream.
 //! 4. **respond** — strip the response's hop-by-hop headers and stream its body back frame by
@@ -24,8 +25,11 @@ mod call;
 mod exchange;
 mod headers;
 mod respond;
-mod stream_usage;
+mod route;
+pub mod stream_usage;
 mod tokens;
+mod upgrade;
+mod websocket;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -49,6 +53,8 @@ use crate::upstream::{ClientError, Wire};
 pub use body::{BodyError, RequestBody, ResponseBody, Upload};
 pub use exchange::Exchange;
 use respond::{Answer, error_response, finish_head};
+pub use route::{CanaryRoute, Reclaim};
+pub use upgrade::SessionSlot;
 
 /// The upstream requests are forwarded to, sending the client's body as it streams.
 pub type Upstream = crate::upstream::Upstream<RequestBody>;
@@ -57,7 +63,10 @@ pub type Upstream = crate::upstream::Upstream<RequestBody>;
 #[derive(Debug)]
 pub struct Proxy {
     config: Arc<Config>,
+    /// The stable upstream (`RAGSCOPE_UPSTREAM`).
     upstream: Upstream,
+    /// The canary upstream and the rollout, when `RAGSCOPE_UPSTREAM_CANARY` is set.
+    canary: Option<CanaryRoute>,
     telemetry: Arc<Telemetry>,
     draining: AtomicBool,
     /// Access control, when `RAGSCOPE_API_KEYS_FILE` is set.
@@ -88,6 +97,7 @@ impl Proxy {
             genai,
             config,
             upstream,
+            canary: None,
             telemetry,
             draining: AtomicBool::new(false),
             api_keys: None,
@@ -100,6 +110,18 @@ impl Proxy {
     pub fn with_api_keys(mut self, keys: Arc<ApiKeys>) -> Proxy {
         self.api_keys = Some(keys);
         self
+    }
+
+    /// Splits traffic between stable and the canary upstream (`RAGSCOPE_UPSTREAM_CANARY`) as
+    /// `canary` decides.
+    pub fn with_canary(mut self, canary: Arc<crate::canary::Canary>) -> Result<Proxy, ClientError> {
+        let settings = crate::upstream::Settings {
+            target: canary.settings().upstream.clone(),
+            ..crate::upstream::Settings::from_config(&self.config)
+        };
+        let target = crate::upstream::Upstream::new(&settings, self.config.workers)?;
+        self.canary = Some(CanaryRoute { canary, target });
+        Ok(self)
     }
 
     /// Puts requests under `limiter` (`None`: no rate limit).
@@ -143,8 +165,10 @@ impl Proxy {
         let unread_body = version != Version::HTTP_2 && declares_body(&req);
         let admitted = self.admit(&mut req, peer, &mut exchange).await;
         let body_left_unread = unread_body && admitted.is_err();
+        let mut pending = None;
         if admitted.is_ok() {
             self.remember(&mut exchange);
+            pending = upgrade::Pending::take(&mut req);
         }
         let (decisions, outcome) = match admitted {
             Ok(admitted) if self.genai.is_feedback(req.method(), req.uri().path()) => (
@@ -153,13 +177,15 @@ impl Proxy {
             ),
             Ok(mut admitted) => {
                 let head = admitted.head.take();
-                let forwarded = self.forward(req, head, peer, scheme, &mut exchange).await;
+                let forwarded = self
+                    .forward(req, head, peer, scheme, &mut exchange, pending.as_ref())
+                    .await;
                 (admitted, forwarded.map(Answer::Upstream))
             }
             Err(e) => (Admitted::default(), Err(e)),
         };
         let mut response = match outcome {
-            Ok(answer) => self.respond(answer, exchange, version),
+            Ok(answer) => self.respond(answer, exchange, version, pending),
             Err(error) => {
                 let mut response = error_response(&error, exchange, version);
                 if body_left_unread {
@@ -287,9 +313,10 @@ impl Proxy {
         if req.method() == http::Method::CONNECT {
             return Err(ProxyError::UnsupportedProtocol("CONNECT tunnels"));
         }
-        if asks_upgrade(req) {
+        if upgrade::asks_upgrade(req) && req.extensions().get::<Arc<SessionSlot>>().is_none() {
+            // A connection that cannot run a session (none was lent to the request).
             return Err(ProxyError::UnsupportedProtocol(
-                "protocol upgrades (Upgrade)",
+                "protocol upgrades (Upgrade) on this connection",
             ));
         }
         if req.version() == Version::HTTP_11 {
@@ -324,7 +351,9 @@ impl Proxy {
         peer: SocketAddr,
         scheme: &'static str,
         exchange: &mut Exchange,
+        upgrade: Option<&upgrade::Pending>,
     ) -> Result<Response<Incoming>, ProxyError> {
+        let route = self.route(&req, peer, exchange);
         let (mut parts, mut body) = req.into_parts();
         let (head, injected) = self.inject_usage(&mut parts, &mut body, head).await?;
         let host = parts
@@ -335,20 +364,30 @@ impl Proxy {
 
         // Hop-by-hop headers go first, before any header of ours is added.
         headers::strip_hop_by_hop(&mut parts.headers, true);
+        if let Some(upgrade) = upgrade {
+            upgrade.restore(&mut parts.headers);
+        }
         // The client sets Host from the upstream URL; the client's Host travels as
         // X-Forwarded-Host.
         parts.headers.remove(header::HOST);
         headers::add_forwarded(&mut parts.headers, peer.ip(), scheme, host.as_ref());
 
-        let uri = self
-            .upstream
+        let (target, address, wire) = self.target_of(route.as_ref());
+        let uri = target
             .uri_for(parts.uri.path_and_query())
             .map_err(|_| ProxyError::BadRequest("the request target cannot be forwarded"))?;
         let grpc = exchange.is_grpc();
-        if grpc && self.upstream.wire() == Wire::Http1 {
+        if grpc && wire == Wire::Http1 {
             return Err(ProxyError::GrpcNeedsHttp2);
         }
-        exchange.begin_upstream(self.upstream.address(), &uri, &mut parts.headers);
+        // `Upgrade` is an HTTP/1.1 mechanism: an upstream spoken to in HTTP/2 cannot take it
+        // (extended CONNECT is off), so it is refused rather than sent as a plain request.
+        if upgrade.is_some() && wire == Wire::Http2 {
+            return Err(ProxyError::UnsupportedProtocol(
+                "upgrades to an upstream spoken to in HTTP/2 (RAGSCOPE_UPSTREAM_PROTOCOL)",
+            ));
+        }
+        exchange.begin_upstream(address, &uri, &mut parts.headers);
         parts.uri = uri;
         // A gRPC call must not go out over an HTTP/1.1 connection that ALPN chose: asking for
         // HTTP/2 makes the client refuse such a connection instead of mangling the call.
@@ -380,8 +419,9 @@ impl Proxy {
             upload.clone(),
         )
         .with_tee(tee);
+        let request = Request::from_parts(parts, body);
         let mut response = self
-            .call(Request::from_parts(parts, body), &upload, grpc)
+            .call(request, &upload, grpc, wire, route.as_ref(), exchange)
             .await?;
         if injected {
             response
@@ -397,8 +437,16 @@ impl Proxy {
         answer: Answer,
         mut exchange: Exchange,
         version: Version,
+        upgrade: Option<upgrade::Pending>,
     ) -> Response<ResponseBody> {
         match answer {
+            Answer::Upstream(response)
+                if response.status() == http::StatusCode::SWITCHING_PROTOCOLS
+                    && let Some(upgrade) = upgrade =>
+            {
+                let idle = self.config.idle_timeout;
+                upgrade.switch(response, exchange, self.telemetry.instruments(), idle)
+            }
             Answer::Upstream(response) => {
                 let (mut parts, body) = response.into_parts();
                 headers::strip_hop_by_hop(&mut parts.headers, false);
@@ -443,20 +491,12 @@ impl Proxy {
     }
 }
 
-/// The request's declared body length, if it has a valid one.
-/// An upgrade request (RFC 9110 7.8): `Upgrade` named in `Connection`. A bare `Upgrade`
-/// header asks for nothing and is stripped as hop-by-hop like the others.
-fn asks_upgrade(req: &Request<Incoming>) -> bool {
-    req.headers().contains_key(header::UPGRADE)
-        && headers::tokens(req.headers(), header::CONNECTION)
-            .any(|token| token.eq_ignore_ascii_case("upgrade"))
-}
-
 /// Whether the request has a body still to come (declared by length or chunked framing).
 fn declares_body(req: &Request<Incoming>) -> bool {
     !http_body::Body::is_end_stream(req.body())
 }
 
+/// The request's declared body length, if it has a valid one.
 fn declared_length(req: &Request<Incoming>) -> Result<Option<u64>, ProxyError> {
     match req.headers().get(header::CONTENT_LENGTH) {
         None => Ok(None),

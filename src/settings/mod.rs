@@ -85,6 +85,8 @@ pub struct Config {
     pub genai: genai::Settings,
     /// Admin listener access (`RAGSCOPE_ADMIN_TOKEN`).
     pub admin: AdminConfig,
+    /// The canary rollout (`RAGSCOPE_UPSTREAM_CANARY`, `RAGSCOPE_CANARY_*`); `None` when off.
+    pub canary: Option<crate::canary::CanarySettings>,
 }
 
 impl Config {
@@ -145,6 +147,7 @@ impl Config {
             telemetry,
             ops: OpsConfig::from_reader(&r)?,
             admin: AdminConfig::from_reader(&r)?,
+            canary: crate::canary::CanarySettings::from_reader(&r)?,
             warnings: Vec::new(),
             genai,
         };

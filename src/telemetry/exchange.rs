@@ -56,6 +56,9 @@ pub(super) fn build(
                     protocol_version(version),
                 ));
             }
+            if let Some(route) = &r.route {
+                attributes.extend(route.span_attributes());
+            }
             if method == "_OTHER" {
                 attributes.push(KeyValue::new(
                     semconv::HTTP_REQUEST_METHOD_ORIGINAL,
@@ -104,6 +107,23 @@ pub(super) fn build(
     ));
     if let Some(e) = &r.error {
         a.push(KeyValue::new(semconv::ERROR_TYPE, e.kind.clone()));
+    }
+    if let Some(route) = &r.route {
+        a.extend(route.span_attributes());
+    }
+    if let Some(u) = &r.upgrade {
+        a.extend([
+            KeyValue::new("ragscope.upgrade.protocol", u.protocol.clone()),
+            KeyValue::new("ragscope.upgrade.ending", u.ending),
+            KeyValue::new(
+                "ragscope.upgrade.bytes.client_to_upstream",
+                u.to_upstream as i64,
+            ),
+            KeyValue::new(
+                "ragscope.upgrade.bytes.upstream_to_client",
+                u.to_client as i64,
+            ),
+        ]);
     }
     if cancelled {
         // A client going away is not a server error: status stays unset.

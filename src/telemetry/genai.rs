@@ -217,6 +217,10 @@ fn attributes(facts: &Facts, times: &Times) -> (Vec<KeyValue>, Vec<KeyValue>) {
     if let Some(e) = facts.parse_error {
         attrs.push(KeyValue::new("ragscope.genai.parse_error", e));
     }
+    if let Some(why) = facts.skipped {
+        attrs.push(KeyValue::new("ragscope.genai.skipped", why));
+        copied.push(KeyValue::new("ragscope.genai.skipped", why));
+    }
     if let Some(docs) = &facts.documents {
         let listed: Vec<serde_json::Value> = docs
             .iter()
@@ -263,9 +267,11 @@ pub(super) fn record_metrics(
     facts: &Facts,
     times: &Times,
     error_type: Option<&str>,
+    upstream_version: Option<&KeyValue>,
 ) {
     let end: Instant = times.end.0;
-    let mut attrs = Vec::with_capacity(6);
+    let mut attrs = Vec::with_capacity(7);
+    attrs.extend(upstream_version.cloned());
     if let Some(op) = &facts.operation {
         attrs.push(KeyValue::new("gen_ai.operation.name", op.clone()));
         attrs.push(KeyValue::new(

@@ -18,6 +18,12 @@ pub(super) const DURATION_BUCKETS: [f64; 14] = [
     0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
 ];
 
+/// Upgraded-session durations, seconds: from a probe that closes at once to a UI tab left
+/// open for hours.
+const SESSION_BUCKETS: [f64; 12] = [
+    0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 14400.0, 86400.0,
+];
+
 /// Body-size buckets, bytes: from a short JSON answer to a large document upload.
 const SIZE_BUCKETS: [f64; 12] = [
     0.0,
@@ -56,6 +62,11 @@ pub struct Instruments {
     pub connection_errors: Counter<u64>,
     /// `ragscope.connections.active` ({connection}): open client connections.
     pub connections_active: UpDownCounter<i64>,
+    /// `ragscope.upgrade.sessions.active` ({session}): upgraded sessions (WebSocket) open.
+    pub upgrade_sessions_active: UpDownCounter<i64>,
+    /// `ragscope.upgrade.session.duration` (s): upgraded sessions from the request to the
+    /// close, by protocol and how they ended; its count is the number of sessions.
+    pub upgrade_session_duration: Histogram<f64>,
 }
 
 impl Instruments {
@@ -118,6 +129,19 @@ impl Instruments {
                 .i64_up_down_counter("ragscope.connections.active")
                 .with_unit("{connection}")
                 .with_description("Open client connections.")
+                .build(),
+            upgrade_sessions_active: meter
+                .i64_up_down_counter("ragscope.upgrade.sessions.active")
+                .with_unit("{session}")
+                .with_description("Open upgraded sessions (WebSocket and other Upgrade protocols).")
+                .build(),
+            upgrade_session_duration: meter
+                .f64_histogram("ragscope.upgrade.session.duration")
+                .with_unit("s")
+                .with_description(
+                    "Duration of upgraded sessions, from the upgrade request to the close.",
+                )
+                .with_boundaries(SESSION_BUCKETS.to_vec())
                 .build(),
         }
     }
@@ -185,6 +209,8 @@ pub(super) struct ServerKey {
     pub(super) version: &'static str,
     pub(super) status: Option<u16>,
     pub(super) error: Option<Cow<'static, str>>,
+    /// `ragscope.upstream.version`, with a canary rollout (two values).
+    pub(super) upstream_version: Option<Arc<str>>,
 }
 
 /// The attribute set of `http.client.request.duration`, as plain values.
@@ -194,6 +220,8 @@ pub(super) struct ClientKey {
     pub(super) status: Option<u16>,
     pub(super) error: Option<Cow<'static, str>>,
     pub(super) upstream: Option<(Arc<str>, Option<u16>)>,
+    /// `ragscope.upstream.version`, with a canary rollout (two values).
+    pub(super) upstream_version: Option<Arc<str>>,
 }
 
 /// The three server histograms of one attribute set.

@@ -8,6 +8,7 @@
 //! by a periodic reader thread. Shutdown is bounded by a timeout whatever the collector does.
 
 pub mod access_log;
+mod canary;
 mod exchange;
 mod export;
 mod genai;
@@ -146,6 +147,8 @@ pub struct Telemetry {
     log_buffer: std::sync::Mutex<String>,
     /// `OTEL_LOGS_EXPORTER`; `None` when off (the default).
     logs: Option<logs::Logs>,
+    /// The canary rollout, fed each routed exchange's outcome and each feedback.
+    canary: std::sync::OnceLock<Arc<crate::canary::Canary>>,
 }
 
 impl Telemetry {
@@ -279,6 +282,7 @@ impl Telemetry {
             queue: queue::Queue::new(),
             log_buffer: std::sync::Mutex::new(String::new()),
             logs,
+            canary: std::sync::OnceLock::new(),
         });
         if let Err(e) = queue::Queue::start(&telemetry) {
             tracing::warn!(error = %e, "no telemetry thread: records are handled on the data path");
@@ -306,6 +310,12 @@ impl Telemetry {
     /// instruments (the active health check).
     pub fn meter(&self) -> opentelemetry::metrics::Meter {
         self.meter_provider.meter("ragscope")
+    }
+
+    /// From now on, each finished exchange's outcome and each feedback also reaches `canary`
+    /// (on the telemetry thread, like the metrics). Set once; later calls do nothing.
+    pub fn watch_canary(&self, canary: Arc<crate::canary::Canary>) {
+        let _ = self.canary.set(canary);
     }
 
     /// The instruments requests record into.

@@ -13,7 +13,7 @@ use super::exchange::{
 };
 use super::metrics::{ClientKey, ServerKey, ServerSeries};
 use super::sampling::Verdict;
-use super::{Telemetry, exchange, genai, overview, spans};
+use super::{Telemetry, canary, exchange, genai, overview, spans};
 use crate::observe::{Ending, Record};
 
 /// Records everything the exchange says.
@@ -21,6 +21,7 @@ pub(super) fn record(t: &Telemetry, mut record: Record, log: &mut access_log::Ba
     let cancelled = record.ending == Ending::Cancelled;
     let error_type = record.error.as_ref().map(|e| e.kind.clone());
     let client_error = client_error_type(&record);
+    let version = version_attribute(&record);
     metrics(t, &record, error_type.as_deref(), client_error.as_deref());
     if let Some(rpc) = &record.rpc {
         t.rpc.record(rpc, &record);
@@ -31,6 +32,7 @@ pub(super) fn record(t: &Telemetry, mut record: Record, log: &mut access_log::Ba
             facts,
             &record.times,
             client_error.as_deref(),
+            version.as_ref(),
         );
     }
     let sink = t.spans.as_deref().filter(|s| s.exports());
@@ -95,6 +97,9 @@ pub(super) fn record(t: &Telemetry, mut record: Record, log: &mut access_log::Ba
         client: record.http.peer.ip(),
     });
     overview::feed(&t.overview, &record);
+    if let Some(c) = t.canary.get() {
+        canary::feed(c, &record);
+    }
     // Last: the ring keeps the record itself; its spans are built when the view is read.
     if let Some(ring) = &t.recent
         && sampled
@@ -116,6 +121,7 @@ fn metrics(t: &Telemetry, r: &Record, error_type: Option<&str>, client_error: Op
         version: protocol_version(r.http.version),
         status: r.status.map(|s| s.as_u16()),
         error: r.error.as_ref().map(|e| e.kind.clone()),
+        upstream_version: r.route.as_ref().map(|route| route.version.clone()),
     };
     let attributes = |key: &ServerKey| {
         let mut attrs = vec![
@@ -129,9 +135,19 @@ fn metrics(t: &Telemetry, r: &Record, error_type: Option<&str>, client_error: Op
         if let Some(e) = error_type {
             attrs.push(KeyValue::new(semconv::ERROR_TYPE, e.to_owned()));
         }
+        attrs.extend(version_attribute(r));
         attrs
     };
     let duration = r.times.end.0.duration_since(r.times.start.0).as_secs_f64();
+    if let Some(u) = &r.upgrade {
+        i.upgrade_session_duration.record(
+            duration,
+            &[
+                KeyValue::new("ragscope.upgrade.protocol", metric_protocol(&u.protocol)),
+                KeyValue::new("ragscope.upgrade.ending", u.ending),
+            ],
+        );
+    }
     let bound = t.series.server.get(server.clone(), || {
         ServerSeries::bind(i, &attributes(&server))
     });
@@ -158,6 +174,7 @@ fn metrics(t: &Telemetry, r: &Record, error_type: Option<&str>, client_error: Op
                 .upstream
                 .as_ref()
                 .map(|c| (c.address.host.clone(), c.address.port)),
+            upstream_version: r.route.as_ref().map(|route| route.version.clone()),
         };
         let attributes = || {
             let mut attrs = vec![KeyValue::new(semconv::HTTP_REQUEST_METHOD, method)];
@@ -170,6 +187,7 @@ fn metrics(t: &Telemetry, r: &Record, error_type: Option<&str>, client_error: Op
             if let Some(call) = &r.upstream {
                 attrs.extend(upstream_attributes(call));
             }
+            attrs.extend(version_attribute(r));
             attrs
         };
         let duration = r.times.end.0.duration_since(upstream_start).as_secs_f64();
@@ -181,5 +199,24 @@ fn metrics(t: &Telemetry, r: &Record, error_type: Option<&str>, client_error: Op
             Some(h) => h.record(duration),
             None => i.client_duration.record(duration, &attributes()),
         }
+    }
+}
+
+/// `ragscope.upstream.version` of a routed exchange, for its metrics.
+fn version_attribute(r: &Record) -> Option<KeyValue> {
+    let route = r.route.as_ref()?;
+    Some(KeyValue::new(
+        crate::canary::VERSION_ATTRIBUTE,
+        opentelemetry::StringValue::from(route.version.clone()),
+    ))
+}
+
+/// An upgrade protocol as a metric attribute: the client names it, so only well-known ones
+/// are kept as they are.
+fn metric_protocol(protocol: &str) -> &'static str {
+    match protocol {
+        "websocket" => "websocket",
+        "h2c" => "h2c",
+        _ => "other",
     }
 }

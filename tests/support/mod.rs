@@ -13,6 +13,8 @@
 //!   and OTLP/HTTP protobuf, flattening what it receives into
 //!   [`CollectedSpan`]s and [`CollectedMetric`]s.
 //!
+//! * [`RedisServer`]: a real `redis-server` on a free port.
+//! * [`canary`]: stand-ins for the canary tests (self-naming upstreams, `/canary` reads).
 //! * [`browser`]: the DOM of an admin page as headless Chromium renders it.
 //! * [`tls`]: a private CA (rcgen), certificate files, TLS clients and an https upstream.
 //!
@@ -21,6 +23,7 @@
 #![allow(dead_code)]
 
 pub mod browser;
+pub mod canary;
 pub mod otlp;
 pub mod ragscope;
 pub mod redis;
@@ -31,6 +34,8 @@ pub mod upstream;
 // A test binary that uses only part of the library would otherwise warn.
 #[allow(unused_imports)]
 pub use browser::*;
+#[allow(unused_imports)]
+pub use canary::*;
 #[allow(unused_imports)]
 pub use otlp::*;
 #[allow(unused_imports)]

@@ -25,6 +25,11 @@ impl RedisServer {
         server
     }
 
+    /// The server's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Its URL, database 0.
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/0", self.port)
@@ -44,11 +49,6 @@ impl RedisServer {
             wait_until(Duration::from_secs(10), || self.cli(&["PING"]) == "PONG").await,
             "redis-server did not come up"
         );
-    }
-
-    /// The server's process id.
-    pub fn pid(&self) -> u32 {
-        self.child.as_ref().map_or(0, Child::id)
     }
 
     /// Kills it (it can be restarted on the same port).
