@@ -208,11 +208,9 @@ async fn readiness(cx: &AdminContext) -> Response<Full<Bytes>> {
             ),
         };
     }
-    let upstream = &cx.config.upstream;
-    let connect = tokio::net::TcpStream::connect((upstream.host.as_str(), upstream.port));
-    match tokio::time::timeout(cx.probe_timeout, connect).await {
-        Ok(Ok(_)) => json(StatusCode::OK, r#"{"status":"ready"}"#),
-        _ => json(
+    match crate::upstream::probe(&cx.config.upstream, cx.probe_timeout).await {
+        true => json(StatusCode::OK, r#"{"status":"ready"}"#),
+        false => json(
             StatusCode::SERVICE_UNAVAILABLE,
             r#"{"status":"upstream_unreachable"}"#,
         ),

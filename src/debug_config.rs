@@ -30,7 +30,8 @@ fn core(config: &Config) -> Value {
     let t = &config.telemetry;
     json!({
         "RAGSCOPE_LISTEN": config.listen.to_string(),
-        "RAGSCOPE_UPSTREAM": format!("{}://{}", config.upstream.scheme, config.upstream.authority),
+        "RAGSCOPE_UPSTREAM": config.upstream.display(),
+        "RAGSCOPE_UPSTREAM_PROTOCOL": config.upstream_protocol.as_str(),
         "RAGSCOPE_ADMIN_LISTEN": config.admin_listen.map_or("off".to_owned(), |a| a.to_string()),
         // The token is a secret; only whether it is set is shown.
         "RAGSCOPE_ADMIN_TOKEN": config.admin.token.as_ref().map(|_| MASK),

@@ -112,15 +112,21 @@ pub enum ProxyError {
     /// upgrade silently stripped.
     #[error("ragscope does not proxy {0}")]
     UnsupportedProtocol(&'static str),
+    /// A gRPC request while the upstream is spoken to in HTTP/1.1, which cannot carry it
+    /// (no trailers, no full-duplex streams): a configuration to fix, said plainly.
+    #[error(
+        "gRPC needs HTTP/2 to the upstream, which is spoken to in HTTP/1.1: set RAGSCOPE_UPSTREAM_PROTOCOL=h2c (cleartext), h2 or auto (TLS)"
+    )]
+    GrpcNeedsHttp2,
 }
 
 impl ProxyError {
     /// The status the client receives.
     pub fn status(&self) -> StatusCode {
         match self {
-            ProxyError::UpstreamUnreachable { .. } | ProxyError::UpstreamReset { .. } => {
-                StatusCode::BAD_GATEWAY
-            }
+            ProxyError::UpstreamUnreachable { .. }
+            | ProxyError::UpstreamReset { .. }
+            | ProxyError::GrpcNeedsHttp2 => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamConnectTimeout(_) | ProxyError::UpstreamTimeout(_) => {
                 StatusCode::GATEWAY_TIMEOUT
             }
@@ -156,6 +162,7 @@ impl ProxyError {
             ProxyError::TokenLimited { .. } => "token_limit_exceeded",
             ProxyError::InvalidFeedback(_) => "invalid_feedback",
             ProxyError::UnsupportedProtocol(_) => "unsupported_protocol",
+            ProxyError::GrpcNeedsHttp2 => "grpc_needs_http2",
         }
     }
 
@@ -176,7 +183,7 @@ impl ProxyError {
             | ProxyError::TokenLimited { .. }
             | ProxyError::InvalidFeedback(_)
             | ProxyError::UnsupportedProtocol(_) => Origin::Downstream,
-            ProxyError::Draining => Origin::Proxy,
+            ProxyError::Draining | ProxyError::GrpcNeedsHttp2 => Origin::Proxy,
         }
     }
 

@@ -8,18 +8,16 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::{Request, StatusCode, header};
 use http_body_util::Empty;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Histogram, Meter, ObservableGauge};
 
-use crate::proxy::Connector;
-use crate::settings::{HealthCheckConfig, Upstream};
+use crate::settings::HealthCheckConfig;
+use crate::upstream::{ClientError, Settings, Upstream};
 
 /// The health checker could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +25,9 @@ pub enum HealthError {
     /// The upstream URL and the health path do not make a URL.
     #[error("RAGSCOPE_HEALTH_PATH does not make a valid URL with RAGSCOPE_UPSTREAM: {0}")]
     Url(#[from] http::Error),
+    /// The checks' client could not be built.
+    #[error(transparent)]
+    Client(#[from] ClientError),
 }
 
 /// Buckets for the check latency, seconds: health endpoints answer in milliseconds, a struggling
@@ -87,14 +88,14 @@ pub struct HealthChecker {
 }
 
 impl HealthChecker {
-    /// Starts checking `upstream` per `config` through `connector` (the proxy's, so checks
-    /// trust the same certificates); the first check runs at once. With a canary rollout each
+    /// Starts checking the upstream of `settings` (the proxy's, so checks reach it the same
+    /// way, over the same protocol, trusting the same certificates; connecting within the
+    /// check's timeout) per `config`; the first check runs at once. With a canary rollout each
     /// upstream has a checker, and `version` tells their gauges apart
     /// (`ragscope.upstream.version`).
     pub fn start(
         config: &HealthCheckConfig,
-        upstream: &Upstream,
-        connector: Connector,
+        settings: &Settings,
         meter: &Meter,
         version: Option<Arc<str>>,
     ) -> Result<HealthChecker, HealthError> {
@@ -125,14 +126,16 @@ impl HealthChecker {
             .with_description("Latency of the active health checks of the upstream, by result.")
             .with_boundaries(CHECK_BUCKETS.to_vec())
             .build();
+        let settings = Settings {
+            connect_timeout: config.timeout,
+            ..settings.clone()
+        };
+        // The checks run on the control runtime: one client, no workers.
+        let upstream = Upstream::new(&settings, 0)?;
         let uri = upstream.uri_for(Some(&config.path))?;
         let checker = Checker {
-            client: Client::builder(TokioExecutor::new())
-                .pool_timer(TokioTimer::new())
-                .pool_idle_timeout(Duration::from_secs(90))
-                .build(connector),
+            client: upstream,
             uri,
-            host: upstream.authority.to_string(),
             config: config.clone(),
             health: health.clone(),
             duration,
@@ -156,12 +159,9 @@ impl Drop for HealthChecker {
     }
 }
 
-type HealthClient = Client<Connector, Empty<Bytes>>;
-
 struct Checker {
-    client: HealthClient,
+    client: Upstream<Empty<Bytes>>,
     uri: http::Uri,
-    host: String,
     config: HealthCheckConfig,
     health: Arc<UpstreamHealth>,
     duration: Histogram<f64>,
@@ -233,8 +233,8 @@ impl Checker {
     }
 
     async fn check(&self) -> Result<(), String> {
+        // The client writes Host (HTTP/1.1) or `:authority` (HTTP/2) from the URI.
         let req = Request::get(self.uri.clone())
-            .header(header::HOST, self.host.as_str())
             .header(
                 header::USER_AGENT,
                 concat!("ragscope-health-check/", env!("CARGO_PKG_VERSION")),
@@ -242,7 +242,7 @@ impl Checker {
             .body(Empty::new())
             .map_err(|e| e.to_string())?;
         let response = tokio::time::timeout(self.config.timeout, async {
-            let res = self.client.request(req).await.map_err(|e| {
+            let res = self.client.send(req).await.map_err(|e| {
                 let mut msg = e.to_string();
                 let mut source = std::error::Error::source(&e);
                 while let Some(s) = source {

@@ -23,6 +23,7 @@ pub mod debug_config;
 pub mod demo;
 pub mod error;
 pub mod genai;
+pub mod grpc;
 pub mod health;
 pub mod identity;
 pub mod limit;
@@ -36,6 +37,7 @@ pub mod settings;
 pub mod telemetry;
 pub mod tls;
 pub mod trace_view;
+pub mod upstream;
 pub mod workers;
 
 pub use config::{ConfigError, Env, Source};

@@ -9,9 +9,10 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::proxy::{ClientError, Proxy};
+use crate::proxy::Proxy;
 use crate::settings::Config;
 use crate::telemetry::{Telemetry, TelemetryError};
+use crate::upstream::ClientError;
 
 /// Longest wait for the exporters to flush at exit, whatever the collector does.
 const TELEMETRY_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
@@ -83,7 +84,7 @@ impl Server {
         };
         let admin_addr = admin.as_ref().and_then(|l| l.local_addr().ok());
 
-        let config_upstream = format!("{}://{}", config.upstream.scheme, config.upstream.authority);
+        let config_upstream = config.upstream.display();
         // Files are checked before anything starts: a bad certificate or key file stops
         // start-up with a line naming it.
         let tls = match &config.tls.files {
@@ -139,8 +140,7 @@ impl Server {
         let health_checker = match &config.ops.health {
             Some(health) => Some(crate::health::HealthChecker::start(
                 health,
-                &config.upstream,
-                crate::proxy::upstream_connector(&config, health.timeout)?,
+                &crate::upstream::Settings::from_config(&config),
                 &telemetry.meter(),
                 version(crate::canary::Arm::Stable),
             )?),
@@ -151,8 +151,10 @@ impl Server {
             (Some(health), Some(canary)) => {
                 let checker = crate::health::HealthChecker::start(
                     health,
-                    &canary.settings().upstream,
-                    crate::proxy::upstream_connector(&config, health.timeout)?,
+                    &crate::upstream::Settings {
+                        target: canary.settings().upstream.clone(),
+                        ..crate::upstream::Settings::from_config(&config)
+                    },
                     &telemetry.meter(),
                     version(crate::canary::Arm::Canary),
                 )?;
@@ -221,6 +223,7 @@ impl Server {
             listen = %proxy_addr,
             admin = admin_addr.map(|a| a.to_string()).unwrap_or_else(|| "off".to_owned()),
             upstream = %config_upstream,
+            upstream_protocol = config.upstream_protocol.as_str(),
             workers = config.workers,
             tls = tls_on,
             api_keys = api_keys_on,

@@ -28,6 +28,9 @@ python3 -m pip install -q --root-user-action=ignore rotel==0.0.1a15
 # openai, anthropic: tests/llm_apis.rs drives the official clients (pinned: the wire formats
 # they accept are what the tests assert).
 python3 -m pip install -q --root-user-action=ignore openai==3.51.0 anthropic==2.10.0
+# grpcio: tests/grpc.rs drives its real gRPC server and client through ragscope (pinned: the
+# HTTP/2 framing and status handling it does is what the tests assert).
+python3 -m pip install -q --root-user-action=ignore grpcio==1.85.1
 # websockets: tests/websocket.rs drives it as both the WebSocket client and the upstream server.
 python3 -m pip install -q --root-user-action=ignore websockets==15.0.1
 python3 -c 'import yaml' 2>/dev/null || python3 -m pip install -q --root-user-action=ignore pyyaml

@@ -65,6 +65,8 @@ pub struct Record {
     pub cancelled_by: Option<&'static str>,
     /// Feedback received on the feedback endpoint.
     pub feedback: Option<genai::feedback::FeedbackFact>,
+    /// The gRPC call, when the request was one.
+    pub rpc: Option<crate::grpc::RpcFacts>,
     /// Where the canary rollout sent the request, when there is one.
     pub route: Option<crate::canary::Route>,
     /// The session that followed, when the upstream switched protocols (101).
@@ -105,6 +107,7 @@ impl Record {
             observation: None,
             cancelled_by: None,
             feedback: None,
+            rpc: None,
             route: None,
             upgrade: None,
         }
@@ -169,6 +172,22 @@ impl Record {
                 origin: Origin::Upstream,
             }),
         };
+    }
+
+    /// A gRPC call's `grpc-status` arrived (trailers, or a trailers-only head): the first one
+    /// counts. A code other than OK is the `error.type` (its name), unless the exchange
+    /// already failed otherwise.
+    pub fn rpc_status(&mut self, code: u8) {
+        let Some(rpc) = self.rpc.as_mut().filter(|rpc| rpc.status.is_none()) else {
+            return;
+        };
+        rpc.status = Some(code);
+        if code != 0 && self.error.is_none() {
+            self.error = Some(ErrorFact {
+                kind: Cow::Borrowed(crate::grpc::status_name(code)),
+                origin: Origin::Upstream,
+            });
+        }
     }
 
     /// The response ended; a failure mid-stream replaces any earlier `error.type`.
@@ -261,6 +280,8 @@ pub struct UpstreamCall {
     pub url: String,
     /// The status the upstream answered with; `None` when the call failed.
     pub status: Option<StatusCode>,
+    /// The HTTP version the upstream answered in.
+    pub version: Option<Version>,
     /// The upstream's address.
     pub address: UpstreamAddress,
 }
@@ -269,10 +290,17 @@ pub struct UpstreamCall {
 /// telemetry's `server.address` attribute shares it too.
 #[derive(Debug, Clone)]
 pub struct UpstreamAddress {
-    /// The host, as configured.
+    /// The host, as configured; the socket's path for a Unix socket.
     pub host: Arc<str>,
-    /// The port.
-    pub port: u16,
+    /// The port; `None` for a Unix socket.
+    pub port: Option<u16>,
+}
+
+impl UpstreamAddress {
+    /// `network.transport`: `tcp`, or `unix` for a Unix domain socket.
+    pub fn transport(&self) -> &'static str {
+        if self.port.is_some() { "tcp" } else { "unix" }
+    }
 }
 
 /// What is known about a request when it arrives. Client-chosen strings are bounded.

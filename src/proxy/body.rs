@@ -358,6 +358,9 @@ impl Body for ResponseBody {
                 if let Some(data) = frame.data_ref() {
                     // The frame itself is handed on untouched; the exchange reads a copy.
                     this.exchange.observe_response_data(data);
+                } else if let Some(trailers) = frame.trailers_ref() {
+                    // Trailers pass as they came; a gRPC call's status is read from them.
+                    this.exchange.observe_trailers(trailers);
                 }
                 // The last frame is leaving: the response is complete now, not when hyper
                 // next polls (it may never poll again once it sees the end), so the end is

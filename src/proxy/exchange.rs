@@ -75,6 +75,7 @@ impl Exchange {
         record.upstream = Some(UpstreamCall {
             url: redacted_url(uri),
             status: None,
+            version: None,
             address: address.clone(),
         });
         if let Some(ids) = &record.ids {
@@ -82,6 +83,32 @@ impl Exchange {
         }
         // The caller's context is not needed past this point.
         self.parent = Context::new();
+    }
+
+    /// Whether the request is a gRPC call.
+    pub fn is_grpc(&self) -> bool {
+        self.record.as_ref().is_some_and(|r| r.rpc.is_some())
+    }
+
+    /// The upstream's response head arrived: its HTTP version, and for a gRPC call the
+    /// `grpc-status` of a trailers-only response.
+    pub fn upstream_head(&mut self, version: http::Version, headers: &HeaderMap) {
+        let Some(record) = &mut self.record else {
+            return;
+        };
+        if let Some(call) = &mut record.upstream {
+            call.version = Some(version);
+        }
+        self.observe_trailers(headers);
+    }
+
+    /// Trailers passed (or a head that may carry `grpc-status`): a gRPC call's outcome.
+    pub fn observe_trailers(&mut self, trailers: &HeaderMap) {
+        if let Some(record) = self.record.as_mut().filter(|r| r.rpc.is_some())
+            && let Some(code) = crate::grpc::status(trailers)
+        {
+            record.rpc_status(code);
+        }
     }
 
     /// Moves the record and observers into a new exchange (an upgraded session, which ends

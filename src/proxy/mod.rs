@@ -10,7 +10,8 @@
 //!    reads the body's head first ([`buffered`]) to estimate the request's cost.
 //! 3. **forward** — choose the upstream (stable, or the canary as [`crate::canary`] assigns
 //!    the client), strip hop-by-hop headers, then add ours (forwarded-for, trace context), and
-//!    send the request to the upstream over the pooled client, the body streaming behind it.
+//!    send the request to the [`crate::upstream`] (call.rs: the send, the response timeout, what a
+//!    failure was), the body streaming behind it. A gRPC call needs HTTP/2 to the upstream.
 //! 4. **respond** — strip the response's hop-by-hop headers and stream its body back frame by
 //!    frame (the feedback endpoint answers locally instead of forwarding).
 //! 5. **record** — the body wrapper finishes the exchange when the last byte leaves (or the
@@ -20,6 +21,7 @@
 
 mod body;
 pub mod buffered;
+mod call;
 mod exchange;
 mod headers;
 mod respond;
@@ -38,8 +40,6 @@ use bytes::Bytes;
 use http::{HeaderValue, Request, Response, Version, header};
 use hyper::body::Incoming;
 
-use hyper_util::client::legacy::connect::HttpConnector;
-
 use crate::auth::{ApiKeys, Refusal};
 use crate::error::ProxyError;
 use crate::genai::GenAi;
@@ -48,22 +48,23 @@ use crate::limit::{Decision, RateLimiter};
 use crate::observe::HttpFacts;
 use crate::settings::Config;
 use crate::telemetry::Telemetry;
+use crate::upstream::{ClientError, Wire};
 
 pub use body::{BodyError, RequestBody, ResponseBody, Upload};
 pub use exchange::Exchange;
 use respond::{Answer, error_response, finish_head};
-pub use route::{CanaryRoute, Reclaim, Target};
+pub use route::{CanaryRoute, Reclaim};
 pub use upgrade::SessionSlot;
 
-/// TCP, then TLS for an https upstream.
-pub type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+/// The upstream requests are forwarded to, sending the client's body as it streams.
+pub type Upstream = crate::upstream::Upstream<RequestBody>;
 
 /// Shared state of the proxy: configuration, the upstream client, telemetry.
 #[derive(Debug)]
 pub struct Proxy {
     config: Arc<Config>,
     /// The stable upstream (`RAGSCOPE_UPSTREAM`).
-    stable: Target<RequestBody>,
+    upstream: Upstream,
     /// The canary upstream and the rollout, when `RAGSCOPE_UPSTREAM_CANARY` is set.
     canary: Option<CanaryRoute>,
     telemetry: Arc<Telemetry>,
@@ -85,31 +86,17 @@ struct Admitted {
     head: Option<buffered::Buffered>,
 }
 
-/// An upstream client that could not be built.
-#[derive(Debug, thiserror::Error)]
-pub enum ClientError {
-    /// https upstream but no trust anchors.
-    #[error("RAGSCOPE_UPSTREAM is https but no system root certificates were found: {0}")]
-    NoRoots(String),
-    /// rustls refused the configuration.
-    #[error("cannot configure TLS to the upstream: {0}")]
-    Tls(#[from] rustls::Error),
-    /// `RAGSCOPE_UPSTREAM_CA` cannot be used.
-    #[error(transparent)]
-    UpstreamCa(#[from] crate::tls::TlsError),
-}
-
 impl Proxy {
     /// Builds the proxy and its pooled upstream client.
     pub fn new(config: Arc<Config>, telemetry: Arc<Telemetry>) -> Result<Proxy, ClientError> {
-        let connector = upstream_connector(&config, config.connect_timeout)?;
-        let stable = Target::new(&config, &config.upstream, &connector)?;
+        let settings = crate::upstream::Settings::from_config(&config);
+        let upstream = Upstream::new(&settings, config.workers)?;
         let genai = Arc::new(GenAi::new(config.genai.clone()));
         genai.budget().register(&telemetry.meter());
         Ok(Proxy {
             genai,
             config,
-            stable,
+            upstream,
             canary: None,
             telemetry,
             draining: AtomicBool::new(false),
@@ -128,8 +115,11 @@ impl Proxy {
     /// Splits traffic between stable and the canary upstream (`RAGSCOPE_UPSTREAM_CANARY`) as
     /// `canary` decides.
     pub fn with_canary(mut self, canary: Arc<crate::canary::Canary>) -> Result<Proxy, ClientError> {
-        let connector = upstream_connector(&self.config, self.config.connect_timeout)?;
-        let target = Target::new(&self.config, &canary.settings().upstream, &connector)?;
+        let settings = crate::upstream::Settings {
+            target: canary.settings().upstream.clone(),
+            ..crate::upstream::Settings::from_config(&self.config)
+        };
+        let target = crate::upstream::Upstream::new(&settings, self.config.workers)?;
         self.canary = Some(CanaryRoute { canary, target });
         Ok(self)
     }
@@ -228,6 +218,7 @@ impl Proxy {
         let mut exchange = Exchange::begin(self.telemetry.clone(), http, req.headers());
         if let Some(record) = exchange.record() {
             record.tls = req.extensions().get::<Arc<crate::tls::TlsInfo>>().cloned();
+            record.rpc = crate::grpc::RpcFacts::from_request(req.headers(), req.uri().path());
         }
         exchange
     }
@@ -381,15 +372,37 @@ impl Proxy {
         parts.headers.remove(header::HOST);
         headers::add_forwarded(&mut parts.headers, peer.ip(), scheme, host.as_ref());
 
-        let (upstream, address) = self.target_of(route.as_ref());
-        let uri = upstream
+        let (target, address, wire) = self.target_of(route.as_ref());
+        let uri = target
             .uri_for(parts.uri.path_and_query())
             .map_err(|_| ProxyError::BadRequest("the request target cannot be forwarded"))?;
+        let grpc = exchange.is_grpc();
+        if grpc && wire == Wire::Http1 {
+            return Err(ProxyError::GrpcNeedsHttp2);
+        }
+        // `Upgrade` is an HTTP/1.1 mechanism: an upstream spoken to in HTTP/2 cannot take it
+        // (extended CONNECT is off), so it is refused rather than sent as a plain request.
+        if upgrade.is_some() && wire == Wire::Http2 {
+            return Err(ProxyError::UnsupportedProtocol(
+                "upgrades to an upstream spoken to in HTTP/2 (RAGSCOPE_UPSTREAM_PROTOCOL)",
+            ));
+        }
         exchange.begin_upstream(address, &uri, &mut parts.headers);
         parts.uri = uri;
-        parts.version = Version::HTTP_11;
+        // A gRPC call must not go out over an HTTP/1.1 connection that ALPN chose: asking for
+        // HTTP/2 makes the client refuse such a connection instead of mangling the call.
+        parts.version = if grpc {
+            Version::HTTP_2
+        } else {
+            Version::HTTP_11
+        };
 
-        let mut observation = self.genai.observe(&parts.method, parts.uri.path());
+        // gRPC bodies are protobuf frames, never a GenAI API's JSON: not parsed.
+        let mut observation = if grpc {
+            None
+        } else {
+            self.genai.observe(&parts.method, parts.uri.path())
+        };
         let tee = observation
             .as_mut()
             .and_then(|o| o.request_tee(&parts.headers));
@@ -407,71 +420,15 @@ impl Proxy {
         )
         .with_tee(tee);
         let request = Request::from_parts(parts, body);
-        let upstream = self.send(request, route.as_ref(), exchange);
-        match self.await_response(upstream, &upload).await {
-            Err(e) => Err(e),
-            Ok(Ok(mut response)) => {
-                if injected {
-                    response
-                        .extensions_mut()
-                        .insert(stream_usage::UsageInjected);
-                }
-                Ok(response)
-            }
-            Ok(Err(e)) => Err(self.classify(e, &upload)),
+        let mut response = self
+            .call(request, &upload, grpc, wire, route.as_ref(), exchange)
+            .await?;
+        if injected {
+            response
+                .extensions_mut()
+                .insert(stream_usage::UsageInjected);
         }
-    }
-
-    /// Waits for the upstream's response head. `RAGSCOPE_RESPONSE_TIMEOUT` runs from the
-    /// moment the request body has been sent: a client still uploading is not the upstream's
-    /// fault (its silence is bounded by `RAGSCOPE_REQUEST_BODY_TIMEOUT` in the body wrapper).
-    /// While the body is on its way, an upstream that takes none of it for the response
-    /// timeout (and the client is not the one being waited for) times out as well.
-    async fn await_response<F>(&self, upstream: F, upload: &Upload) -> Result<F::Output, ProxyError>
-    where
-        F: std::future::Future,
-    {
-        let timeout = self.config.response_timeout;
-        let mut upstream = std::pin::pin!(upstream);
-        while !upload.sent() {
-            let progress = upload.progress();
-            tokio::select! {
-                response = &mut upstream => return Ok(response),
-                _ = upload.wait_sent() => {}
-                _ = tokio::time::sleep(timeout) => {
-                    if upload.progress() == progress && !upload.waiting_on_client() {
-                        return Err(ProxyError::UpstreamTimeout(timeout));
-                    }
-                }
-            }
-        }
-        tokio::time::timeout(timeout, upstream)
-            .await
-            .map_err(|_| ProxyError::UpstreamTimeout(timeout))
-    }
-
-    fn classify(&self, e: hyper_util::client::legacy::Error, upload: &Upload) -> ProxyError {
-        if upload.client_stalled() {
-            return ProxyError::RequestBodyTimeout(self.config.request_body_timeout);
-        }
-        if upload.too_large() {
-            return ProxyError::BodyTooLarge {
-                limit: self.config.max_request_body,
-            };
-        }
-        if upload.client_failed() {
-            return ProxyError::ClientBody { detail: chain(&e) };
-        }
-        if e.is_connect() {
-            let timed_out = std::iter::successors(std::error::Error::source(&e), |e| e.source())
-                .filter_map(|e| e.downcast_ref::<std::io::Error>())
-                .any(|io| io.kind() == std::io::ErrorKind::TimedOut);
-            if timed_out {
-                return ProxyError::UpstreamConnectTimeout(self.config.connect_timeout);
-            }
-            return ProxyError::UpstreamUnreachable { detail: chain(&e) };
-        }
-        ProxyError::UpstreamReset { detail: chain(&e) }
+        Ok(response)
     }
 
     /// respond: the upstream's response streamed back, or the proxy's own answer.
@@ -492,10 +449,12 @@ impl Proxy {
             }
             Answer::Upstream(response) => {
                 let (mut parts, body) = response.into_parts();
-                // We answer in the client's HTTP version, not the upstream's.
-                parts.version = version;
                 headers::strip_hop_by_hop(&mut parts.headers, false);
                 finish_head(&mut parts, &mut exchange, None);
+                // After the status: a trailers-only gRPC status refines its outcome.
+                exchange.upstream_head(parts.version, &parts.headers);
+                // We answer in the client's HTTP version, not the upstream's.
+                parts.version = version;
                 if let Some(genai) = exchange.genai_mut() {
                     genai.response_head(&parts.headers);
                 }
@@ -532,43 +491,6 @@ impl Proxy {
     }
 }
 
-/// The connector to the upstream: TCP with the given connect timeout, then TLS for an https
-/// upstream, verified against the system roots or `RAGSCOPE_UPSTREAM_CA`. Shared by the proxy's
-/// client and the active health checks, so both trust the same certificates.
-pub fn upstream_connector(
-    config: &Config,
-    connect_timeout: std::time::Duration,
-) -> Result<Connector, ClientError> {
-    let mut http = HttpConnector::new();
-    http.set_connect_timeout(Some(connect_timeout));
-    http.set_nodelay(true);
-    http.enforce_http(false);
-    http.set_keepalive(Some(std::time::Duration::from_secs(60)));
-
-    // A private CA replaces the system roots rather than adding to them: an upstream
-    // with an internal certificate should not also be trusted on a public CA's word.
-    let roots = match &config.upstream_ca {
-        Some(path) => crate::tls::load_ca_bundle("RAGSCOPE_UPSTREAM_CA", path)?,
-        None => match crate::tls::system_roots() {
-            (_, Some(why)) if config.upstream.scheme == http::uri::Scheme::HTTPS => {
-                return Err(ClientError::NoRoots(why));
-            }
-            (roots, _) => roots,
-        },
-    };
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    Ok(hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(http))
-}
-
 /// Whether the request has a body still to come (declared by length or chunked framing).
 fn declares_body(req: &Request<Incoming>) -> bool {
     !http_body::Body::is_end_stream(req.body())
@@ -585,16 +507,4 @@ fn declared_length(req: &Request<Incoming>) -> Result<Option<u64>, ProxyError> {
             .map(Some)
             .ok_or(ProxyError::BadRequest("invalid Content-Length")),
     }
-}
-
-/// An error and its sources on one line, for logs.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }

@@ -52,15 +52,25 @@ pub(super) fn error_response(
             "{error}"
         );
     }
-    let (mut parts, bytes) = error.to_response().into_parts();
+    let (mut parts, mut bytes) = error.to_response().into_parts();
     if version == Version::HTTP_2 {
         // Connection-specific headers are forbidden in HTTP/2.
         parts.headers.remove(header::CONNECTION);
+    }
+    let grpc = exchange.is_grpc();
+    if grpc {
+        // A gRPC client reads the outcome from grpc-status, not from a JSON body.
+        let code = crate::grpc::code_for(error);
+        crate::grpc::trailers_only(&mut parts, code, &error.to_string());
+        bytes = Bytes::new();
     }
     finish_head(
         &mut parts,
         &mut exchange,
         Some((error.error_type(), error.origin())),
     );
+    if grpc {
+        exchange.observe_trailers(&parts.headers);
+    }
     Response::from_parts(parts, ResponseBody::local(bytes, exchange))
 }

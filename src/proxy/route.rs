@@ -14,78 +14,21 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use super::{ClientError, Connector, Exchange, Proxy, RequestBody};
+use super::{Exchange, Proxy, RequestBody};
 use crate::canary::{Arm, Canary, Route};
 use crate::observe::{UpstreamAddress, UpstreamCall, redacted_url};
-use crate::settings::{Config, Upstream};
-use crate::workers::PerWorker;
-
-/// One upstream: where it is and the pooled client (one per worker) that reaches it.
-#[derive(Debug)]
-pub struct Target<B> {
-    /// Its URL settings.
-    pub upstream: Upstream,
-    /// Its host and port, as telemetry names it.
-    pub address: UpstreamAddress,
-    /// One pooled client per worker thread.
-    pub client: PerWorker<Client<Connector, B>>,
-}
-
-impl<B> Target<B>
-where
-    B: Body + Send + 'static + Unpin,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    /// The target for `upstream`, its clients built by `pooled_client`.
-    pub fn new(
-        config: &Config,
-        upstream: &Upstream,
-        connector: &Connector,
-    ) -> Result<Target<B>, ClientError> {
-        Ok(Target {
-            upstream: upstream.clone(),
-            address: UpstreamAddress {
-                host: Arc::from(upstream.host.as_str()),
-                port: upstream.port,
-            },
-            client: pooled_client(config, connector)?,
-        })
-    }
-}
-
-/// One pooled client per worker thread: a request's upstream connection task then runs on the
-/// thread that serves the request ([`crate::workers`]), never waking another core.
-fn pooled_client<B>(
-    config: &Config,
-    connector: &Connector,
-) -> Result<PerWorker<Client<Connector, B>>, ClientError>
-where
-    B: http_body::Body + Send + 'static + Unpin,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    PerWorker::new(config.workers, |_| {
-        Ok::<_, ClientError>(
-            Client::builder(TokioExecutor::new())
-                .timer(TokioTimer::new())
-                .pool_timer(TokioTimer::new())
-                .pool_idle_timeout(std::time::Duration::from_secs(90))
-                .build(connector.clone()),
-        )
-    })
-}
+use crate::settings::Upstream as Target;
+use crate::upstream::Wire;
 
 /// The canary's side of the proxy: the rollout's state and the canary upstream.
 #[derive(Debug)]
 pub struct CanaryRoute {
     /// Assignment, figures and verdict.
     pub canary: Arc<Canary>,
-    /// The canary upstream.
-    pub target: Target<Reclaim<RequestBody>>,
+    /// The canary upstream; its body is a [`Reclaim`], so a request it could not connect for
+    /// can still go to stable.
+    pub target: crate::upstream::Upstream<Reclaim<RequestBody>>,
 }
 
 impl Proxy {
@@ -104,11 +47,17 @@ impl Proxy {
         Some(route)
     }
 
-    /// The settings and address of the upstream `route` goes to.
-    pub(super) fn target_of(&self, route: Option<&Route>) -> (&Upstream, &UpstreamAddress) {
+    /// Where the upstream `route` goes to is, how telemetry names it, and what it speaks.
+    pub(super) fn target_of(&self, route: Option<&Route>) -> (&Target, &UpstreamAddress, Wire) {
         match (route.map(|r| r.arm), &self.canary) {
-            (Some(Arm::Canary), Some(c)) => (&c.target.upstream, &c.target.address),
-            _ => (&self.stable.upstream, &self.stable.address),
+            (Some(Arm::Canary), Some(c)) => {
+                (c.target.target(), c.target.address(), c.target.wire())
+            }
+            _ => (
+                self.upstream.target(),
+                self.upstream.address(),
+                self.upstream.wire(),
+            ),
         }
     }
 
@@ -121,10 +70,10 @@ impl Proxy {
         exchange: &mut Exchange,
     ) -> Result<Response<Incoming>, hyper_util::client::legacy::Error> {
         let (Some(route), Some(canary)) = (route, &self.canary) else {
-            return self.stable.client.get().request(request).await;
+            return self.upstream.send(request).await;
         };
         if route.arm != Arm::Canary {
-            return self.stable.client.get().request(request).await;
+            return self.upstream.send(request).await;
         }
         let (parts, body) = request.into_parts();
         let (method, version, headers) =
@@ -135,13 +84,7 @@ impl Proxy {
             slot: slot.clone(),
             body: None,
         };
-        let error = match canary
-            .target
-            .client
-            .get()
-            .request(Request::from_parts(parts, body))
-            .await
-        {
+        let error = match canary.target.send(Request::from_parts(parts, body)).await {
             Ok(response) => return Ok(response),
             Err(e) => e,
         };
@@ -149,7 +92,7 @@ impl Proxy {
             .is_connect()
             .then(|| slot.lock().unwrap_or_else(PoisonError::into_inner).take())
             .flatten();
-        let (Some(body), Ok(uri)) = (untouched, self.stable.upstream.uri_for(path.as_ref())) else {
+        let (Some(body), Ok(uri)) = (untouched, self.upstream.uri_for(path.as_ref())) else {
             return Err(error);
         };
         tracing::debug!(error = %error, "canary unreachable; the request goes to stable");
@@ -158,7 +101,8 @@ impl Proxy {
             record.upstream = Some(UpstreamCall {
                 url: redacted_url(&uri),
                 status: None,
-                address: self.stable.address.clone(),
+                version: None,
+                address: self.upstream.address().clone(),
             });
         }
         let mut request = Request::new(body);
@@ -166,7 +110,7 @@ impl Proxy {
         *request.uri_mut() = uri;
         *request.version_mut() = version;
         *request.headers_mut() = headers;
-        self.stable.client.get().request(request).await
+        self.upstream.send(request).await
     }
 }
 

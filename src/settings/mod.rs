@@ -20,7 +20,7 @@ use crate::telemetry::{LogFormat, TelemetryConfig};
 
 pub use admin::{AdminConfig, AdminToken};
 pub use ops::{HealthCheckConfig, OpsConfig};
-pub use upstream::{UPSTREAM_FORM, Upstream, parse_upstream};
+pub use upstream::{Protocol, UPSTREAM_FORM, Upstream, parse_upstream};
 
 /// Everything ragscope needs to run.
 #[derive(Debug, Clone)]
@@ -29,6 +29,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// `RAGSCOPE_UPSTREAM`: the server we sit beside.
     pub upstream: Upstream,
+    /// `RAGSCOPE_UPSTREAM_PROTOCOL`: HTTP/1.1, h2c, h2 over TLS, or as ALPN agrees.
+    pub upstream_protocol: Protocol,
     /// `RAGSCOPE_ADMIN_LISTEN`: the admin listener, `None` when `off`.
     pub admin_listen: Option<SocketAddr>,
     /// `RAGSCOPE_LOG`: tracing `EnvFilter` directives.
@@ -97,18 +99,20 @@ impl Config {
         let genai = genai::Settings::from_reader(&r)?;
         let tls = crate::tls::Settings::from_reader(&r)?;
         let (log, log_format) = crate::telemetry::read_log(&r)?;
+        let upstream = r.parse(
+            "RAGSCOPE_UPSTREAM",
+            "http://127.0.0.1:8000",
+            UPSTREAM_FORM,
+            parse_upstream,
+        )?;
         let config = Config {
+            upstream_protocol: Protocol::from_reader(&r, &upstream)?,
+            upstream,
             tls,
             upstream_ca: r.path("RAGSCOPE_UPSTREAM_CA"),
             api_keys_file: r.path("RAGSCOPE_API_KEYS_FILE"),
             api_keys_forward: r.boolean("RAGSCOPE_API_KEYS_FORWARD", false)?,
             listen: r.socket_addr("RAGSCOPE_LISTEN", "0.0.0.0:8080")?,
-            upstream: r.parse(
-                "RAGSCOPE_UPSTREAM",
-                "http://127.0.0.1:8000",
-                UPSTREAM_FORM,
-                parse_upstream,
-            )?,
             admin_listen: r.optional(
                 "RAGSCOPE_ADMIN_LISTEN",
                 "127.0.0.1:9901",

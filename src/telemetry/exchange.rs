@@ -13,6 +13,7 @@ use opentelemetry_semantic_conventions::attribute as semconv;
 
 use super::sampling::Verdict;
 use super::{genai, spans};
+
 use crate::observe::{Ending, HttpFacts, Record, TraceIds, UpstreamCall};
 
 /// The exchange's spans, built from its record: the CLIENT span (when the upstream was called)
@@ -44,6 +45,17 @@ pub(super) fn build(
                 KeyValue::new(semconv::URL_FULL, call.url.clone()),
             ]);
             attributes.extend(upstream_attributes(call));
+            attributes.push(KeyValue::new(
+                semconv::NETWORK_TRANSPORT,
+                call.address.transport(),
+            ));
+            if let Some(version) = call.version {
+                // What the upstream leg spoke (the client's is on the SERVER span).
+                attributes.push(KeyValue::new(
+                    semconv::NETWORK_PROTOCOL_VERSION,
+                    protocol_version(version),
+                ));
+            }
             if let Some(route) = &r.route {
                 attributes.extend(route.span_attributes());
             }
@@ -121,6 +133,9 @@ pub(super) fn build(
         }
     }
     server.status = server_status(r);
+    if let Some(call) = &r.rpc {
+        super::rpc::write_spans(call, client.as_mut(), &mut server);
+    }
     if let Some(verdict) = verdict {
         // First, so span attribute limits never cut the verdict the export gate reads.
         for span in client.iter_mut().chain([&mut server]) {
@@ -218,15 +233,18 @@ pub(super) fn client_error_type(r: &Record) -> Option<Cow<'static, str>> {
     })
 }
 
-/// `server.address` and `server.port` of the upstream; the host string is shared, not copied.
-pub(super) fn upstream_attributes(call: &UpstreamCall) -> [KeyValue; 2] {
-    [
-        KeyValue::new(
-            semconv::SERVER_ADDRESS,
-            StringValue::from(call.address.host.clone()),
-        ),
-        KeyValue::new(semconv::SERVER_PORT, i64::from(call.address.port)),
-    ]
+/// `server.address` and `server.port` of the upstream (the socket's path and no port for a
+/// Unix socket); the host string is shared, not copied.
+pub(super) fn upstream_attributes(call: &UpstreamCall) -> impl Iterator<Item = KeyValue> {
+    let address = KeyValue::new(
+        semconv::SERVER_ADDRESS,
+        StringValue::from(call.address.host.clone()),
+    );
+    let port = call
+        .address
+        .port
+        .map(|port| KeyValue::new(semconv::SERVER_PORT, i64::from(port)));
+    std::iter::once(address).chain(port)
 }
 
 pub(super) fn status_attribute(status: u16) -> KeyValue {

@@ -14,7 +14,7 @@ use opentelemetry_semantic_conventions::attribute as semconv_attr;
 use opentelemetry_semantic_conventions::metric as semconv;
 
 /// Advised buckets for `http.*.request.duration`, seconds.
-const DURATION_BUCKETS: [f64; 14] = [
+pub(super) const DURATION_BUCKETS: [f64; 14] = [
     0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
 ];
 
@@ -219,7 +219,7 @@ pub(super) struct ClientKey {
     pub(super) method: &'static str,
     pub(super) status: Option<u16>,
     pub(super) error: Option<Cow<'static, str>>,
-    pub(super) upstream: Option<(Arc<str>, u16)>,
+    pub(super) upstream: Option<(Arc<str>, Option<u16>)>,
     /// `ragscope.upstream.version`, with a canary rollout (two values).
     pub(super) upstream_version: Option<Arc<str>>,
 }

@@ -23,6 +23,7 @@ mod queue;
 mod readers;
 pub mod recent;
 mod record;
+mod rpc;
 mod sampling;
 mod settings;
 mod spans;
@@ -129,6 +130,8 @@ pub struct Telemetry {
     /// The instruments' series bound to their (bounded) attribute sets.
     series: metrics::Series,
     genai_instruments: GenAiInstruments,
+    /// `rpc.server.call.duration`, for gRPC calls.
+    rpc: rpc::RpcMetrics,
     meter_provider: SdkMeterProvider,
     /// The registry `/metrics` renders; `None` when the SDK is disabled.
     prometheus: Option<PrometheusEndpoint>,
@@ -208,6 +211,7 @@ impl Telemetry {
         let meter_provider = meter_builder.build();
         let instruments = Instruments::new(&meter_provider.meter("ragscope"));
         let genai_instruments = GenAiInstruments::new(&meter_provider.meter("ragscope"));
+        let rpc = rpc::RpcMetrics::new(&meter_provider.meter("ragscope"));
 
         let recent =
             (!config.sdk_disabled && recent_traces > 0).then(|| RecentTraces::new(recent_traces));
@@ -269,6 +273,7 @@ impl Telemetry {
             series: metrics::Series::new(&instruments),
             instruments,
             genai_instruments,
+            rpc,
             meter_provider,
             prometheus,
             recent,

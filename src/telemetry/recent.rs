@@ -423,9 +423,10 @@ mod tests {
         r.upstream = Some(UpstreamCall {
             url: "http://up/v1/chat/completions".into(),
             status: http::StatusCode::from_u16(status).ok(),
+            version: None,
             address: UpstreamAddress {
                 host: "up".into(),
-                port: 80,
+                port: Some(80),
             },
         });
         r.respond(http::StatusCode::from_u16(status).expect("status"), None);

@@ -23,6 +23,9 @@ pub(super) fn record(t: &Telemetry, mut record: Record, log: &mut access_log::Ba
     let client_error = client_error_type(&record);
     let version = version_attribute(&record);
     metrics(t, &record, error_type.as_deref(), client_error.as_deref());
+    if let Some(rpc) = &record.rpc {
+        t.rpc.record(rpc, &record);
+    }
     if let Some(facts) = &record.genai {
         genai::record_metrics(
             &t.genai_instruments,
