@@ -22,7 +22,9 @@ use crate::telemetry::Telemetry;
 pub struct Exchange {
     telemetry: Arc<Telemetry>,
     /// `None` once handed to telemetry.
-    record: Option<Record>,
+    /// Boxed: the record is over 2 KiB and the exchange moves with the request (into the
+    /// response body, through the phases); a pointer moves instead.
+    record: Option<Box<Record>>,
     /// The caller's context (baggage), until the upstream request's headers are written.
     parent: Context,
     /// Request body bytes, counted by the request body wrapper.
@@ -38,7 +40,7 @@ impl Exchange {
         let (ids, parent) = telemetry.begin(&http, headers);
         Exchange {
             telemetry,
-            record: Some(Record::new(ids, http)),
+            record: Some(Box::new(Record::new(ids, http))),
             parent,
             request_bytes: Arc::new(AtomicU64::new(0)),
             genai: None,
@@ -48,7 +50,7 @@ impl Exchange {
 
     /// The record, to note facts on. Only `None` after [`Exchange::finish`].
     pub fn record(&mut self) -> Option<&mut Record> {
-        self.record.as_mut()
+        self.record.as_deref_mut()
     }
 
     /// The shared counter the request body wrapper adds to.
@@ -180,7 +182,7 @@ impl Exchange {
     /// Ends the exchange (unless it already ended) and gives its record up for hand-off.
     pub(super) fn take_record(&mut self, ending: Ending) -> Option<Record> {
         self.end(ending);
-        let mut record = self.record.take()?;
+        let mut record = *self.record.take()?;
         record.request_bytes = self.request_bytes.load(Ordering::Relaxed);
         record.observation = self.genai.take();
         if record.ending == Ending::Cancelled && crate::workers::closing() {
