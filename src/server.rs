@@ -151,10 +151,10 @@ impl Server {
             (Some(health), Some(canary)) => {
                 let checker = crate::health::HealthChecker::start(
                     health,
-                    &crate::upstream::Settings {
-                        target: canary.settings().upstream.clone(),
-                        ..crate::upstream::Settings::from_config(&config)
-                    },
+                    &crate::upstream::Settings::for_target(
+                        &config,
+                        canary.settings().upstream.clone(),
+                    ),
                     &telemetry.meter(),
                     version(crate::canary::Arm::Canary),
                 )?;

@@ -447,17 +447,17 @@ fn read_body<T>(
     );
     let mut found = Found::default();
     let info = read()?;
-    if genai.config.extract.iter().any(|r| r.side == side) {
-        let v: serde_json::Value = serde_json::from_slice(body)?;
-        apply_rules(genai, side, &v, openai_shaped, &mut found);
-    } else if openai_shaped
+    let rules = &genai.config.extract;
+    // The built-in `/sources` reading stands in for a `documents` rule on either side.
+    let builtin = openai_shaped
         && side == Side::Response
-        && !genai
-            .config
-            .extract
+        && !rules
             .iter()
-            .any(|r| matches!(r.target, Target::Documents { .. }))
-    {
+            .any(|r| matches!(r.target, Target::Documents { .. }));
+    if rules.iter().any(|r| r.side == side) {
+        let v: serde_json::Value = serde_json::from_slice(body)?;
+        apply_rules(genai, side, &v, builtin, &mut found);
+    } else if builtin {
         found.documents = builtin_sources(body)?;
     }
     Ok((info, found))
@@ -478,8 +478,8 @@ fn builtin_sources(body: &[u8]) -> Result<Option<Vec<Document>>, Malformed> {
     Ok(extract::documents(&sources, "", "/id", "/score"))
 }
 
-/// Applies the configured rules for `side` to a parsed body; without a `documents` rule, the
-/// built-in `/sources` reading applies to responses when `builtin` allows it.
+/// Applies the configured rules for `side` to a parsed body, then the built-in `/sources`
+/// reading when `builtin` (no `documents` rule, an OpenAI-shaped response) says so.
 fn apply_rules(
     genai: &GenAi,
     side: Side,
@@ -487,11 +487,7 @@ fn apply_rules(
     builtin: bool,
     found: &mut Found,
 ) {
-    let mut has_documents_rule = false;
     for rule in &genai.config.extract {
-        if let Target::Documents { .. } = rule.target {
-            has_documents_rule = true;
-        }
         if rule.side != side {
             continue;
         }
@@ -508,7 +504,7 @@ fn apply_rules(
             }
         }
     }
-    if builtin && side == Side::Response && !has_documents_rule {
+    if builtin {
         if let Some(d) = extract::documents(body, "/sources", "/id", "/score") {
             found.documents = Some(d);
         }

@@ -115,10 +115,8 @@ impl Proxy {
     /// Splits traffic between stable and the canary upstream (`RAGSCOPE_UPSTREAM_CANARY`) as
     /// `canary` decides.
     pub fn with_canary(mut self, canary: Arc<crate::canary::Canary>) -> Result<Proxy, ClientError> {
-        let settings = crate::upstream::Settings {
-            target: canary.settings().upstream.clone(),
-            ..crate::upstream::Settings::from_config(&self.config)
-        };
+        let settings =
+            crate::upstream::Settings::for_target(&self.config, canary.settings().upstream.clone());
         let target = crate::upstream::Upstream::new(&settings, self.config.workers)?;
         self.canary = Some(CanaryRoute { canary, target });
         Ok(self)

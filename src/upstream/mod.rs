@@ -61,6 +61,15 @@ impl Settings {
             connect_timeout: config.connect_timeout,
         }
     }
+
+    /// Another upstream (the canary) reached the way the proxy's is: same protocol, CA and
+    /// connect timeout.
+    pub fn for_target(config: &Config, target: Target) -> Settings {
+        Settings {
+            target,
+            ..Settings::from_config(config)
+        }
+    }
 }
 
 /// Which HTTP version requests travel in, as far as is known before connecting.
