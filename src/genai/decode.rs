@@ -315,19 +315,28 @@ impl Stage {
 
 impl Write for Stage {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
+        let taken = match self {
             Stage::Sink(tee) => {
                 tee.push(buf);
                 if tee.truncated || tee.skipped {
                     return Err(io::Error::other("decoded past the bound"));
                 }
-                Ok(buf.len())
+                return Ok(buf.len());
             }
             Stage::Gzip(d) => d.write(buf),
             Stage::Deflate(d) => d.write(buf),
             Stage::Brotli(d) => d.write(buf),
             Stage::Zstd(d) => d.write(buf),
+        }?;
+        // A decoder whose stream has ended (or failed once) takes nothing more and says so
+        // with `Ok(0)`. brotli-decompressor's writer hands its output on with a `write_all`
+        // of its own that retries `Ok(0)` for ever, so a br stage decoding into a stage that
+        // has finished (bytes after the end of an inner stream) would spin without bound:
+        // taking nothing from a non-empty buffer is an error here, for every stage.
+        if taken == 0 && !buf.is_empty() {
+            return Err(io::ErrorKind::WriteZero.into());
         }
+        Ok(taken)
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -468,6 +477,30 @@ mod tests {
         let result = packed.chunks(16 << 10).try_for_each(|c| d.feed(c));
         assert_eq!(result, Err(DecodeError::TooLarge));
         assert!(d.out().buf.is_empty(), "a truncated copy holds nothing");
+    }
+
+    #[test]
+    fn bytes_after_an_inner_stream_ends_are_corrupt_not_a_spin() {
+        // Found by the `decode` fuzz target: br inside br, the inner stream complete before
+        // the outer one ends. The outer decoder's writer used to retry the finished inner
+        // decoder's `Ok(0)` for ever. It runs on a thread so a regression fails, not hangs.
+        let mut inner = pack(Coding::Brotli, b"{}");
+        inner.extend_from_slice(b"and then more bytes than the stream holds");
+        let fuzzed = vec![
+            5, 105, 245, 53, 53, 150, 255, 53, 250, 244, 202, 5, 202, 105,
+        ];
+        for (body, must_fail) in [(pack(Coding::Brotli, &inner), true), (fuzzed, false)] {
+            let (done, result) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let mut d =
+                    Decoder::new(&[Coding::Brotli, Coding::Brotli], tee(1 << 20)).expect("decoder");
+                let _ = done.send(d.feed(&body));
+            });
+            let fed = result
+                .recv_timeout(std::time::Duration::from_secs(30))
+                .expect("decoding ends");
+            assert!(fed.is_err() || !must_fail, "{fed:?}");
+        }
     }
 
     #[test]
