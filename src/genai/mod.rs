@@ -13,6 +13,7 @@
 pub mod anthropic;
 pub mod api;
 pub mod budget;
+mod capture;
 pub mod decode;
 pub mod extract;
 mod facts;
@@ -40,7 +41,8 @@ use inference::ResponseInfo;
 use redact::Redactor;
 
 pub use budget::ParseBudget;
-pub use facts::{Content, Facts};
+pub use capture::Content;
+pub use facts::Facts;
 pub use settings::{CaptureMode, Settings};
 pub use tee::Tee;
 
