@@ -145,6 +145,7 @@ struct Instruments {
     charged: Amounts,
     refunded: Amounts,
     fallbacks: Counter<u64>,
+    retries: Counter<u64>,
     _keys: ObservableGauge<u64>,
 }
 
@@ -200,6 +201,13 @@ impl Instruments {
                 .with_unit("{operation}")
                 .with_description(format!(
                     "{what} operations Redis did not take (slow or down), by operation and reason."
+                ))
+                .build(),
+            retries: meter
+                .u64_counter(names.retries_metric)
+                .with_unit("{settle}")
+                .with_description(format!(
+                    "{what} settles Redis took only when retried, by outcome (applied, already_applied: the first try had run, given_up: charged locally)."
                 ))
                 .build(),
             _keys: meter
@@ -473,6 +481,12 @@ impl BudgetLimiter {
                 KeyValue::new("reason", reason.as_str()),
             ],
         );
+    }
+
+    fn retried(&self, outcome: &'static str) {
+        self.instruments
+            .retries
+            .add(1, &[KeyValue::new("outcome", outcome)]);
     }
 
     fn sweep_now(&self) {

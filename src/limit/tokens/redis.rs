@@ -157,14 +157,15 @@ impl TokenRedis {
 
     /// Settles the reservation of `reserved` tokens in `slot` at `charged`; `may_have_expired`
     /// says whether a reservation no longer held is charged in full (else it was settled by an
-    /// earlier try whose reply was lost). Returns whether the reservation was still held.
+    /// earlier try whose reply was lost). Returns whether the reservation was still held and
+    /// whether the budget moved (neither: an earlier try had settled it).
     pub async fn settle(
         &self,
         slot: &RedisSlot,
         reserved: u64,
         charged: u64,
         may_have_expired: bool,
-    ) -> Result<bool, Fallback> {
+    ) -> Result<(bool, bool), Fallback> {
         let mut invocation = self.settle.key(&slot.tat);
         invocation
             .key(&slot.held)
@@ -173,7 +174,7 @@ impl TokenRedis {
             .arg(reserved)
             .arg(charged)
             .arg(if may_have_expired { "1" } else { "0" });
-        let [held, _moved] = self.conn.run(&invocation, false).await?;
-        Ok(held == 1)
+        let [held, moved] = self.conn.run(&invocation, false).await?;
+        Ok((held == 1, moved == 1))
     }
 }

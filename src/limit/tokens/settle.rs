@@ -158,11 +158,22 @@ async fn settle_on_redis(
             .settle(&slot, reserved, charged, may_have_expired)
             .await
         {
-            Ok(_) => return,
+            Ok((held, moved)) => {
+                if attempt > 0 {
+                    let done = if held || moved {
+                        "applied"
+                    } else {
+                        "already_applied"
+                    };
+                    limiter.retried(done);
+                }
+                return;
+            }
             Err(reason) => limiter.fell_back("settle", reason),
         }
     }
     // Redis stayed away: the local budget (deciding meanwhile) learns of the charge.
+    limiter.retried("given_up");
     limiter.settle_local(key, delta(charged, 0));
 }
 

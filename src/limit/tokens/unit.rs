@@ -37,6 +37,7 @@ pub(super) struct Names {
     pub charged_metric: &'static str,
     pub refunded_metric: &'static str,
     pub fallbacks_metric: &'static str,
+    pub retries_metric: &'static str,
     pub keys_metric: &'static str,
     /// The amount counters' unit (empty: the amount is in the price file's currency).
     pub unit: &'static str,
@@ -57,6 +58,7 @@ static TOKENS: Names = Names {
     charged_metric: "ragscope.token_limit.tokens.charged",
     refunded_metric: "ragscope.token_limit.tokens.refunded",
     fallbacks_metric: "ragscope.token_limit.redis.fallbacks",
+    retries_metric: "ragscope.token_limit.redis.settle_retries",
     keys_metric: "ragscope.token_limit.keys",
     unit: "{token}",
     redis_prefix: "ragscope:tb:",
@@ -80,6 +82,7 @@ static COST: Names = Names {
     charged_metric: "ragscope.cost_limit.charged",
     refunded_metric: "ragscope.cost_limit.refunded",
     fallbacks_metric: "ragscope.cost_limit.redis.fallbacks",
+    retries_metric: "ragscope.cost_limit.redis.settle_retries",
     keys_metric: "ragscope.cost_limit.keys",
     // As `ragscope.genai.cost`: the amount is in the price file's (one) currency.
     unit: "",
