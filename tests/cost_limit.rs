@@ -116,6 +116,15 @@ struct PriceFile {
     path: String,
 }
 
+impl PriceFile {
+    /// Replaces the file whole (a rename), so the watcher never reads half of it.
+    fn replace(&self, text: &str) {
+        let next = format!("{}.next", self.path);
+        std::fs::write(&next, text).expect("write prices");
+        std::fs::rename(&next, &self.path).expect("replace prices");
+    }
+}
+
 fn price_file(text: &str) -> PriceFile {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("prices.txt");
@@ -460,6 +469,56 @@ async fn a_settle_redis_did_not_answer_is_retried_and_never_charged_twice() {
     let reply = send(&c, &url, &next, "t").await;
     assert_eq!(reply.status, 200, "charged twice: {:?}", reply.headers);
     assert_eq!(reply.header("x-ratelimit-limit-cost"), Some("1"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_price_reload_in_another_currency_is_refused_and_one_in_time_prices_the_settle() {
+    let up = Upstream::scripted(route).await;
+    let otlp = OtlpReceiver::start().await;
+    let prices = price_file(PRICES);
+    let ragscope = builder(&up, &prices, "100/h").otlp(&otlp).spawn();
+    let (addr, _) = ragscope.wait_serving().await;
+    let url = format!("http://{addr}/v1/chat/completions");
+    prices.replace("m* 1 1 - - EUR\n");
+    let refused = ragscope.wait_line("not valid", WAIT).await;
+    assert!(
+        refused.contains("EUR") && refused.contains("USD"),
+        "{refused}"
+    );
+    // A stream reserved at the old prices, running while the prices double.
+    let c = Client::http1();
+    let mut body = chat("m1", 100, true, 40, 100);
+    body["stream_options"]["include_usage"] = json!(true);
+    let stream = c.send(post(&url, &body, "a")).await;
+    assert_eq!(stream.status(), 200);
+    prices.replace("m* 2000 4000 - - USD\n");
+    ragscope.wait_line("reloaded the price file", WAIT).await;
+    let rest = stream
+        .into_body()
+        .collect()
+        .await
+        .expect("stream")
+        .to_bytes();
+    assert!(
+        rest.ends_with(b"data: [DONE]\n\n"),
+        "the stream outlived the reload"
+    );
+    let span = settled(&otlp, "reported", 1).await.remove(0);
+    assert!(close(
+        span.double_attr("ragscope.cost_limit.reserved")
+            .expect("reserved"),
+        money(reservation(&body))
+    ));
+    let at_new_prices = 2 * (PROMPT_TOKENS * IN_MICROS + 40 * OUT_MICROS);
+    assert!(close(
+        span.double_attr("ragscope.cost_limit.charged")
+            .expect("charged"),
+        money(at_new_prices)
+    ));
+    assert_eq!(
+        span.double_attr("ragscope.genai.cost"),
+        Some(money(at_new_prices))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
