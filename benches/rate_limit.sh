@@ -7,7 +7,9 @@
 # Knobs: DURATION (s, default 10), WARMUP (s, default 2), CONNECTIONS (default 64),
 #        THREADS (default 2), KEY (RAGSCOPE_RATE_KEY, default ip),
 #        LIMIT (requests, default: RAGSCOPE_RATE_LIMIT on GETs; tokens: RAGSCOPE_TOKEN_LIMIT
-#        on POSTed chat requests, each read at admission, reserved and settled).
+#        on POSTed chat requests, each read at admission, reserved and settled; cost:
+#        RAGSCOPE_COST_LIMIT on the same requests, priced by a one-line RAGSCOPE_PRICES;
+#        both: the token and the cost limit together).
 # Needs wrk and redis-server (Debian packages of those names) and builds the release binaries.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,13 +38,14 @@ PIDS+=($!); wait_port "$REDIS_PORT"
 
 # LIMIT=tokens: a small chat request, as a client would POST it.
 SCRIPT=()
-if [[ $LIMIT == tokens ]]; then
+if [[ $LIMIT == tokens || $LIMIT == cost || $LIMIT == both ]]; then
   cat >"$TMP/chat.lua" <<'LUA'
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 wrk.body = '{"model":"bench-model","max_tokens":64,"messages":[{"role":"user","content":"What does retrieval-augmented generation do?"}]}'
 LUA
   SCRIPT=(-s "$TMP/chat.lua")
+  echo 'bench* 0.15 0.60 0.075 - USD' >"$TMP/prices.txt"
 fi
 
 declare -A RPS
@@ -53,6 +56,9 @@ for mode in none local redis; do
   # A limit that never triggers: the cost measured is the decision, not refusals.
   if [[ $mode != none && $LIMIT == tokens ]]; then
     env+=(RAGSCOPE_TOKEN_LIMIT=1000000000000/m RAGSCOPE_RATE_KEY="$KEY")
+  elif [[ $mode != none && ( $LIMIT == cost || $LIMIT == both ) ]]; then
+    env+=(RAGSCOPE_COST_LIMIT=1000000000/m RAGSCOPE_PRICES="$TMP/prices.txt" RAGSCOPE_RATE_KEY="$KEY")
+    [[ $LIMIT == both ]] && env+=(RAGSCOPE_TOKEN_LIMIT=1000000000000/m)
   elif [[ $mode != none ]]; then
     env+=(RAGSCOPE_RATE_LIMIT=100000000/s RAGSCOPE_RATE_KEY="$KEY")
   fi

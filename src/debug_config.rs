@@ -116,19 +116,27 @@ fn guard(config: &Config) -> Value {
     let tokens = &config.rate_limit.tokens;
     let token_vars = json!({
         "RAGSCOPE_TOKEN_LIMIT": tokens.limit.map_or("off".to_owned(), |l| {
-            let unit = match l.period.as_secs() {
-                60 => "m",
-                3600 => "h",
-                _ => "d",
-            };
-            format!("{}/{unit}", l.tokens)
+            format!("{}/{}", l.tokens, period(l.period))
         }),
         "RAGSCOPE_TOKEN_KEY": key_name(&tokens.key),
         "RAGSCOPE_TOKEN_MODE": match tokens.mode { RateMode::Enforce => "enforce", RateMode::Shadow => "shadow" },
         "RAGSCOPE_TOKEN_DEFAULT_MAX_OUTPUT": tokens.default_max_output,
         "RAGSCOPE_TOKEN_RESERVATION_TTL": duration(tokens.reservation_ttl),
+        "RAGSCOPE_COST_LIMIT": tokens.cost.map_or("off".to_owned(), |l| {
+            format!("{}/{}", crate::limit::tokens::amount(l.micros), period(l.period))
+        }),
+        "RAGSCOPE_COST_MODE": match tokens.cost_mode { RateMode::Enforce => "enforce", RateMode::Shadow => "shadow" },
     });
     merge(vars, token_vars)
+}
+
+/// A budget's period as its value writes it.
+fn period(d: std::time::Duration) -> &'static str {
+    match d.as_secs() {
+        60 => "m",
+        3600 => "h",
+        _ => "d",
+    }
 }
 
 fn key_name(key: &RateKeyKind) -> String {

@@ -104,6 +104,20 @@ pub enum ProxyError {
         /// Until the budget is full again, for `x-ratelimit-reset-tokens`.
         reset: Duration,
     },
+    /// The client's spend budget (`RAGSCOPE_COST_LIMIT`) cannot cover this request's
+    /// reservation; the upstream was not called.
+    #[error(
+        "spend budget exceeded: this request's estimated cost is more than the budget of {} per period has left; retry after {retry_after} s",
+        crate::limit::tokens::amount(*limit)
+    )]
+    CostLimited {
+        /// Whole seconds (rounded up) until the budget covers the reservation.
+        retry_after: u64,
+        /// The budget per period in micro-units, for `x-ratelimit-limit-cost`.
+        limit: u64,
+        /// Until the budget is full again, for `x-ratelimit-reset-cost`.
+        reset: Duration,
+    },
     /// A feedback body that does not say what it must (trace id, numeric score).
     #[error("invalid feedback: {0}")]
     InvalidFeedback(String),
@@ -137,9 +151,9 @@ impl ProxyError {
             | ProxyError::InvalidFeedback(_) => StatusCode::BAD_REQUEST,
             ProxyError::Draining => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::MissingApiKey | ProxyError::InvalidApiKey => StatusCode::UNAUTHORIZED,
-            ProxyError::RateLimited { .. } | ProxyError::TokenLimited { .. } => {
-                StatusCode::TOO_MANY_REQUESTS
-            }
+            ProxyError::RateLimited { .. }
+            | ProxyError::TokenLimited { .. }
+            | ProxyError::CostLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::UnsupportedProtocol(_) => StatusCode::NOT_IMPLEMENTED,
         }
     }
@@ -160,6 +174,7 @@ impl ProxyError {
             ProxyError::InvalidApiKey => "invalid_api_key",
             ProxyError::RateLimited { .. } => "rate_limited",
             ProxyError::TokenLimited { .. } => "token_limit_exceeded",
+            ProxyError::CostLimited { .. } => "cost_limit_exceeded",
             ProxyError::InvalidFeedback(_) => "invalid_feedback",
             ProxyError::UnsupportedProtocol(_) => "unsupported_protocol",
             ProxyError::GrpcNeedsHttp2 => "grpc_needs_http2",
@@ -181,6 +196,7 @@ impl ProxyError {
             | ProxyError::InvalidApiKey
             | ProxyError::RateLimited { .. }
             | ProxyError::TokenLimited { .. }
+            | ProxyError::CostLimited { .. }
             | ProxyError::InvalidFeedback(_)
             | ProxyError::UnsupportedProtocol(_) => Origin::Downstream,
             ProxyError::Draining | ProxyError::GrpcNeedsHttp2 => Origin::Proxy,
@@ -258,6 +274,14 @@ impl ProxyError {
             } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
                 crate::limit::tokens::add_headers(headers, *limit, 0, *reset);
+            }
+            ProxyError::CostLimited {
+                retry_after,
+                limit,
+                reset,
+            } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
+                crate::limit::tokens::Unit::Cost.add_headers(headers, *limit, 0, *reset);
             }
             _ => {}
         }

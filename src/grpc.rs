@@ -135,7 +135,8 @@ pub fn code_for(error: &ProxyError) -> u8 {
         ProxyError::UpstreamTimeout(_) | ProxyError::RequestBodyTimeout(_) => 4,
         ProxyError::BodyTooLarge { .. }
         | ProxyError::RateLimited { .. }
-        | ProxyError::TokenLimited { .. } => 8,
+        | ProxyError::TokenLimited { .. }
+        | ProxyError::CostLimited { .. } => 8,
         ProxyError::MissingApiKey | ProxyError::InvalidApiKey => 16,
         ProxyError::BadRequest(_) | ProxyError::InvalidFeedback(_) => 3,
         ProxyError::ClientBody { .. } => 1,

@@ -102,13 +102,19 @@ impl Server {
         let telemetry = Telemetry::start_with_recent(&config.telemetry, config.ops.recent_traces)?;
         let limiter =
             crate::limit::RateLimiter::from_config(&config.rate_limit, &telemetry.meter())?;
-        let token_limiter = crate::limit::tokens::TokenLimiter::from_config(
+        let token_limiter = crate::limit::tokens::BudgetLimiter::from_config(
             &config.rate_limit,
+            &telemetry.meter(),
+        )?;
+        let cost_limiter = crate::limit::tokens::BudgetLimiter::cost_from_config(
+            &config.rate_limit,
+            config.genai.prices.as_ref(),
             &telemetry.meter(),
         )?;
         let mut proxy = Proxy::new(config.clone(), telemetry.clone())?
             .with_rate_limiter(limiter)
-            .with_token_limiter(token_limiter);
+            .with_token_limiter(token_limiter)
+            .with_cost_limiter(cost_limiter);
         let canary = match &config.canary {
             Some(settings) => {
                 let keys = crate::limit::ClientKeys::new(&config.rate_limit);

@@ -30,6 +30,8 @@ struct GenerationConfig {
     #[serde(default, deserialize_with = "lenient::opt")]
     max_output_tokens: Option<i64>,
     #[serde(default, deserialize_with = "lenient::opt")]
+    candidate_count: Option<i64>,
+    #[serde(default, deserialize_with = "lenient::opt")]
     temperature: Option<f64>,
     #[serde(default, deserialize_with = "lenient::opt")]
     top_p: Option<f64>,
@@ -68,6 +70,7 @@ pub fn parse_request(body: &[u8], capture: bool) -> Result<RequestInfo, Malforme
     let config = r.generation_config;
     let mut info = RequestInfo {
         max_tokens: config.as_ref().and_then(|c| c.max_output_tokens),
+        choices: config.as_ref().and_then(|c| c.candidate_count),
         temperature: config.as_ref().and_then(|c| c.temperature),
         top_p: config.as_ref().and_then(|c| c.top_p),
         top_k: config.as_ref().and_then(|c| c.top_k),

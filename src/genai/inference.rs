@@ -69,6 +69,9 @@ pub struct RequestInfo {
     pub stream: Option<bool>,
     /// The output token limit, under the API's name for it.
     pub max_tokens: Option<i64>,
+    /// Choices (completions) asked for: OpenAI `n` (or `best_of`, which generates that many),
+    /// Gemini `generationConfig.candidateCount`. Each is charged its own output.
+    pub choices: Option<i64>,
     /// `temperature`.
     pub temperature: Option<f64>,
     /// `top_p`.

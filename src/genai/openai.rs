@@ -30,6 +30,10 @@ struct Request<'a> {
     #[serde(default, deserialize_with = "lenient::opt")]
     max_completion_tokens: Option<i64>,
     #[serde(default, deserialize_with = "lenient::opt")]
+    n: Option<i64>,
+    #[serde(default, deserialize_with = "lenient::opt")]
+    best_of: Option<i64>,
+    #[serde(default, deserialize_with = "lenient::opt")]
     temperature: Option<f64>,
     #[serde(default, deserialize_with = "lenient::opt")]
     top_p: Option<f64>,
@@ -49,6 +53,8 @@ pub fn parse_request(body: &[u8], capture: bool) -> Result<RequestInfo, Malforme
         model: r.model.as_deref().map(cap),
         stream: r.stream,
         max_tokens: r.max_tokens.or(r.max_completion_tokens),
+        // Completions' `best_of` generates (and bills) that many, returning `n` of them.
+        choices: r.n.max(r.best_of),
         temperature: r.temperature,
         top_p: r.top_p,
         ..RequestInfo::default()

@@ -12,10 +12,13 @@
 //! whose pattern matches wins (`*` any run of characters, `?` one character); the response model
 //! is tried first (it names what actually answered), then the request model. The file is read
 //! once at start-up (a bad one stops it) and polled for changes ([`crate::reload`]); a bad new
-//! version keeps the old one in service.
+//! version keeps the old one in service. Under a spend budget (`RAGSCOPE_COST_LIMIT`) the file
+//! must be in one currency, and a new version in another one is refused like a bad one: a
+//! budget's amounts do not change currency under it.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 
 use crate::reload::Swapped;
 use std::time::Duration;
@@ -109,6 +112,26 @@ impl PriceTable {
     pub fn is_empty(&self) -> bool {
         self.prices.is_empty()
     }
+
+    /// The currencies the file names.
+    pub fn currencies(&self) -> BTreeSet<&str> {
+        self.prices.iter().map(|p| p.currency.as_str()).collect()
+    }
+
+    /// `Ok` when every price is in `currency` (and there is at least one price).
+    fn in_one_currency(&self, currency: Option<&str>) -> Result<String, String> {
+        let found = self.currencies();
+        match (found.len(), found.first(), currency) {
+            (1, Some(&c), None) => Ok(c.to_owned()),
+            (1, Some(&c), Some(held)) if c == held => Ok(c.to_owned()),
+            (0, ..) => Err("no price (a spend budget needs one currency)".to_owned()),
+            _ => Err(format!(
+                "prices in {} while a spend budget counts in {} (RAGSCOPE_COST_LIMIT needs one currency)",
+                found.into_iter().collect::<Vec<_>>().join(", "),
+                currency.unwrap_or("one currency"),
+            )),
+        }
+    }
 }
 
 /// Parses a price file; the error names the first bad line.
@@ -195,6 +218,8 @@ pub struct Prices {
     path: PathBuf,
     table: Swapped<PriceTable>,
     initial: [u8; 32],
+    /// The one currency a spend budget holds the file to, once [`Prices::hold_currency`] ran.
+    held: Arc<OnceLock<String>>,
 }
 
 impl Prices {
@@ -206,7 +231,17 @@ impl Prices {
             path: path.to_owned(),
             table: Arc::new(RwLock::new(Arc::new(table))),
             initial: crate::reload::fingerprint(&[bytes]),
+            held: Arc::default(),
         })
+    }
+
+    /// Holds the file to its one currency (a spend budget counts in it): `Err` when it names
+    /// none or several; from now on a new version in another currency is refused.
+    pub fn hold_currency(&self) -> Result<String, String> {
+        let currency = self
+            .table()
+            .in_one_currency(self.held.get().map(String::as_str))?;
+        Ok(self.held.get_or_init(|| currency).clone())
     }
 
     /// The table in service.
@@ -219,16 +254,23 @@ impl Prices {
         &self.path
     }
 
-    /// Starts polling the file; a valid new version replaces the table, a bad one is logged
-    /// once and the old one stays.
+    /// Starts polling the file; a valid new version replaces the table, a bad one (or one in
+    /// another currency than the one held) is logged once and the old one stays.
     pub fn watch(&self, interval: Duration) -> JoinHandle<()> {
+        let held = self.held.clone();
         crate::reload::watch_file(
             "price file",
             self.path.clone(),
             interval,
             self.initial,
             self.table.clone(),
-            parse,
+            move |bytes| {
+                let table = parse(bytes)?;
+                if let Some(currency) = held.get() {
+                    table.in_one_currency(Some(currency))?;
+                }
+                Ok(table)
+            },
         )
     }
 }
@@ -301,6 +343,17 @@ mod tests {
         assert!(parse(b"\xff").is_err());
         assert!(parse(format!("{} 1 1 - - USD", "m".repeat(300)).as_bytes()).is_err());
         assert_eq!(parse(b"# nothing\n").expect("empty is fine").len(), 0);
+    }
+
+    #[test]
+    fn a_spend_budget_holds_the_file_to_one_currency() {
+        let one = parse(b"a 1 1 - - USD\nb 2 2 - - USD\n").expect("parses");
+        assert_eq!(one.in_one_currency(None).as_deref(), Ok("USD"));
+        assert!(one.in_one_currency(Some("EUR")).is_err());
+        let two = parse(FILE.as_bytes()).expect("parses");
+        let e = two.in_one_currency(None).expect_err("two currencies");
+        assert!(e.contains("EUR, USD"), "{e}");
+        assert!(PriceTable::default().in_one_currency(None).is_err());
     }
 
     #[test]

@@ -115,6 +115,18 @@ impl Settings {
                 )
             })?)),
         };
+        if let Some(prices) = &prices
+            && r.get("RAGSCOPE_COST_LIMIT")
+                .is_some_and(|v| !v.trim().eq_ignore_ascii_case("off"))
+        {
+            prices.hold_currency().map_err(|why| {
+                ConfigError::new(
+                    "RAGSCOPE_PRICES",
+                    prices.path().display().to_string(),
+                    format!("a price file in one currency under RAGSCOPE_COST_LIMIT ({why})"),
+                )
+            })?;
+        }
         Ok(Settings {
             inject_stream_usage: r.one_of(
                 "RAGSCOPE_STREAM_USAGE",

@@ -16,7 +16,7 @@ use opentelemetry::trace::{SpanId, TraceFlags, TraceId, TraceState};
 use crate::error::Origin;
 use crate::genai;
 use crate::limit::Decision;
-use crate::limit::tokens::{Outcome, TokenAccount};
+use crate::limit::tokens::{BudgetAccount, Outcome};
 use crate::tls::TlsInfo;
 
 /// Longest `User-Agent` kept, in bytes (a client chooses it).
@@ -51,7 +51,9 @@ pub struct Record {
     pub rate_limit: Option<Decision>,
     /// The token budget's decision and reservation, when the request was under one; settled
     /// by [`Record::settle_tokens`] where the record is concluded.
-    pub tokens: Option<TokenAccount>,
+    pub tokens: Option<BudgetAccount>,
+    /// The spend budget's (`RAGSCOPE_COST_LIMIT`), likewise.
+    pub cost: Option<BudgetAccount>,
     /// The upstream call, when the request was forwarded.
     pub upstream: Option<UpstreamCall>,
     /// What GenAI/RAG reading found, when the exchange carried any: filled by
@@ -102,6 +104,7 @@ impl Record {
             api_key: None,
             rate_limit: None,
             tokens: None,
+            cost: None,
             upstream: None,
             genai: None,
             observation: None,
@@ -121,13 +124,13 @@ impl Record {
         }
     }
 
-    /// Settles the token reservation (after [`Record::conclude`], which reads the usage):
-    /// from the reported usage, else estimated from what was streamed. Off the I/O path;
-    /// never waits (a Redis settle is sent from the runtime).
+    /// Settles the token and spend reservations (after [`Record::conclude`], which reads the
+    /// usage): from the reported usage, else estimated from what was streamed. Off the I/O
+    /// path; never waits (a Redis settle is sent from the runtime).
     pub fn settle_tokens(&mut self) {
-        let Some(account) = &mut self.tokens else {
+        if self.tokens.is_none() && self.cost.is_none() {
             return;
-        };
+        }
         let facts = self.genai.as_ref();
         let success = self
             .upstream
@@ -142,13 +145,24 @@ impl Record {
             response_bytes: self.response_bytes,
             success,
             cancelled: self.ending == Ending::Cancelled,
+            cache_read_tokens: facts.and_then(|f| f.detail.cache_read_tokens).unwrap_or(0),
+            cache_write_tokens: facts
+                .and_then(|f| f.detail.cache_creation_tokens)
+                .unwrap_or(0),
         };
         let ending = match self.ending {
             Ending::Complete => "complete",
             Ending::Cancelled => "cancelled",
             Ending::Failed(..) => "failed",
         };
-        account.settle(&outcome, ending);
+        // The price lookup of `ragscope.genai.cost`: the response model, then the request's.
+        let models = facts.map_or([None, None], |f| {
+            [f.response_model.as_deref(), f.request_model.as_deref()]
+        });
+        let models: Vec<&str> = models.into_iter().flatten().collect();
+        for account in [&mut self.tokens, &mut self.cost].into_iter().flatten() {
+            account.settle(&outcome, &models, ending);
+        }
     }
 
     /// The response status is known: the upstream's (`error` is `None`), or one the proxy

@@ -43,7 +43,7 @@ use hyper::body::Incoming;
 use crate::auth::{ApiKeys, Refusal};
 use crate::error::ProxyError;
 use crate::genai::GenAi;
-use crate::limit::tokens::{TokenDecision, TokenLimiter};
+use crate::limit::tokens::BudgetLimiter;
 use crate::limit::{Decision, RateLimiter};
 use crate::observe::HttpFacts;
 use crate::settings::Config;
@@ -73,7 +73,9 @@ pub struct Proxy {
     api_keys: Option<Arc<ApiKeys>>,
     rate_limiter: Option<Arc<RateLimiter>>,
     /// Token budgets, when `RAGSCOPE_TOKEN_LIMIT` is set.
-    token_limiter: Option<Arc<TokenLimiter>>,
+    token_limiter: Option<Arc<BudgetLimiter>>,
+    /// Spend budgets, when `RAGSCOPE_COST_LIMIT` is set.
+    cost_limiter: Option<Arc<BudgetLimiter>>,
     genai: Arc<GenAi>,
 }
 
@@ -82,7 +84,7 @@ pub struct Proxy {
 #[derive(Debug, Default)]
 struct Admitted {
     rate: Option<Decision>,
-    tokens: Option<TokenDecision>,
+    budgets: tokens::Budgets,
     head: Option<buffered::Buffered>,
 }
 
@@ -103,6 +105,7 @@ impl Proxy {
             api_keys: None,
             rate_limiter: None,
             token_limiter: None,
+            cost_limiter: None,
         })
     }
 
@@ -129,8 +132,14 @@ impl Proxy {
     }
 
     /// Puts recognised LLM requests under token budgets (`None`: no token limit).
-    pub fn with_token_limiter(mut self, limiter: Option<Arc<TokenLimiter>>) -> Proxy {
+    pub fn with_token_limiter(mut self, limiter: Option<Arc<BudgetLimiter>>) -> Proxy {
         self.token_limiter = limiter;
+        self
+    }
+
+    /// Puts recognised LLM requests under spend budgets (`None`: no cost limit).
+    pub fn with_cost_limiter(mut self, limiter: Option<Arc<BudgetLimiter>>) -> Proxy {
+        self.cost_limiter = limiter;
         self
     }
 
@@ -197,9 +206,7 @@ impl Proxy {
         if let Some(decision) = decisions.rate {
             decision.add_headers(response.headers_mut());
         }
-        if let Some(decision) = decisions.tokens {
-            decision.add_headers(response.headers_mut());
-        }
+        decisions.budgets.add_headers(response.headers_mut());
         Ok(response)
     }
 
@@ -244,8 +251,12 @@ impl Proxy {
         self.authenticate(req, exchange)?;
         self.check(req)?;
         let rate = self.rate_limit(req, peer, exchange).await?;
-        let (tokens, head) = self.token_budget(req, peer, exchange).await?;
-        Ok(Admitted { rate, tokens, head })
+        let (budgets, head) = self.token_budget(req, peer, exchange).await?;
+        Ok(Admitted {
+            rate,
+            budgets,
+            head,
+        })
     }
 
     /// Takes the rate-limit decision and notes it in the record; refuses when over the limit

@@ -1,34 +1,54 @@
-//! admit, token budget: a recognised LLM request's body is read up to the parse bound
-//! ([`super::buffered`]), its cost estimated and reserved; the reservation travels in the
-//! record and is settled where the record is concluded. Requests that are not LLM requests,
-//! and every request when no token limit is set, pass without their body being touched.
+//! admit, token and spend budgets: a recognised LLM request's body is read up to the parse
+//! bound ([`super::buffered`]), its cost estimated once and reserved in each budget (tokens,
+//! then spend); the reservations travel in the record and are settled where the record is
+//! concluded. Requests that are not LLM requests, and every request when no budget is set,
+//! pass without their body being touched.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
-use http::Request;
+use http::{HeaderMap, Request};
 use hyper::body::Incoming;
 
 use super::buffered::{self, Buffered};
 use super::{Exchange, Proxy, declared_length};
 use crate::error::ProxyError;
 use crate::genai::api::Recognised;
-use crate::limit::tokens::TokenDecision;
+use crate::limit::tokens::{BudgetDecision, BudgetLimiter, Unit};
+
+/// The budget decisions whose headers go on the response.
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct Budgets {
+    tokens: Option<BudgetDecision>,
+    cost: Option<BudgetDecision>,
+}
+
+impl Budgets {
+    /// Each budget's `x-ratelimit-*-tokens` / `-cost` headers.
+    pub(super) fn add_headers(&self, headers: &mut HeaderMap) {
+        for decision in [self.tokens, self.cost].into_iter().flatten() {
+            decision.add_headers(headers);
+        }
+    }
+}
 
 impl Proxy {
-    /// Reserves the request's estimated cost and notes the account in the record; refuses
-    /// when the budget cannot cover it (unless in shadow mode). Returns the decision and the
-    /// body's head read for the estimate.
+    /// Reserves the request's estimated cost in each budget and notes the accounts in the
+    /// record; refuses when a budget cannot cover it (unless in shadow mode), the token budget
+    /// first (a spend budget is then not asked). Returns the decisions and the body's head read
+    /// for the estimate.
     pub(super) async fn token_budget(
         &self,
         req: &mut Request<Incoming>,
         peer: SocketAddr,
         exchange: &mut Exchange,
-    ) -> Result<(Option<TokenDecision>, Option<Buffered>), ProxyError> {
-        let Some(limiter) = &self.token_limiter else {
-            return Ok((None, None));
+    ) -> Result<(Budgets, Option<Buffered>), ProxyError> {
+        let limiters = [&self.token_limiter, &self.cost_limiter];
+        let Some(limiter) = limiters.into_iter().flatten().next() else {
+            return Ok((Budgets::default(), None));
         };
         let Some(recognised) = Recognised::from_request(req.method(), req.uri().path()) else {
-            return Ok((None, None));
+            return Ok((Budgets::default(), None));
         };
         let max_body = self.config.max_request_body;
         let bound = self
@@ -60,16 +80,34 @@ impl Proxy {
                 (estimate, Some(head))
             }
         };
-        let account = limiter
-            .reserve(req.headers(), req.extensions(), peer.ip(), estimate)
-            .await;
-        let decision = *account.decision();
-        if let Some(record) = exchange.record() {
-            record.tokens = Some(account);
+        let mut budgets = Budgets::default();
+        for limiter in limiters.into_iter().flatten() {
+            let account = limiter
+                .reserve(req.headers(), req.extensions(), peer.ip(), &estimate)
+                .await;
+            let decision = *account.decision();
+            if let Some(record) = exchange.record() {
+                record_account(record, limiter, account);
+            }
+            if let Some(refusal) = decision.refusal() {
+                return Err(refusal);
+            }
+            match limiter.unit() {
+                Unit::Tokens => budgets.tokens = Some(decision),
+                Unit::Cost => budgets.cost = Some(decision),
+            }
         }
-        match decision.refusal() {
-            Some(refusal) => Err(refusal),
-            None => Ok((Some(decision), head)),
-        }
+        Ok((budgets, head))
+    }
+}
+
+fn record_account(
+    record: &mut crate::observe::Record,
+    limiter: &Arc<BudgetLimiter>,
+    account: crate::limit::tokens::BudgetAccount,
+) {
+    match limiter.unit() {
+        Unit::Tokens => record.tokens = Some(account),
+        Unit::Cost => record.cost = Some(account),
     }
 }

@@ -211,7 +211,7 @@ fn server_attributes(r: &Record, method: &'static str) -> Vec<KeyValue> {
             KeyValue::new("ragscope.rate_limit.backend", d.backend().as_str()),
         ]);
     }
-    if let Some(account) = &r.tokens {
+    for account in [&r.tokens, &r.cost].into_iter().flatten() {
         attributes.extend(account.span_attributes());
     }
     if let Some(f) = &r.feedback {

@@ -22,10 +22,12 @@ pub(super) fn feed(overview: &Overview, record: &Record) {
         status: record.status.map(|s| s.as_u16()),
         error: record.error.is_some(),
         // Refused by the limit (shadow-limited requests are forwarded and not counted here).
-        rate_limited: record
-            .error
-            .as_ref()
-            .is_some_and(|e| e.kind == "rate_limited" || e.kind == "token_limit_exceeded"),
+        rate_limited: record.error.as_ref().is_some_and(|e| {
+            matches!(
+                e.kind.as_ref(),
+                "rate_limited" | "token_limit_exceeded" | "cost_limit_exceeded"
+            )
+        }),
         cancelled: record.ending == Ending::Cancelled,
         trace_id: record.ids.as_ref().map(|ids| ids.trace_id.to_bytes()),
         genai: record.genai.as_ref().map(|facts| genai(facts, &times)),

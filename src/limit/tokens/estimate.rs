@@ -6,7 +6,8 @@
 //!   of current models average 3.5–4.5 bytes of English text a token).
 //! * Output: the output cap the request names (`max_tokens`, `max_completion_tokens`,
 //!   `max_output_tokens`, Gemini `generationConfig.maxOutputTokens`), else
-//!   `RAGSCOPE_TOKEN_DEFAULT_MAX_OUTPUT`; none for embeddings.
+//!   `RAGSCOPE_TOKEN_DEFAULT_MAX_OUTPUT`, times the choices asked for (OpenAI `n` or
+//!   `best_of`, Gemini `candidateCount`, at most [`MAX_CHOICES`]); none for embeddings.
 //! * A body over `RAGSCOPE_PARSE_MAX_BYTES` (or when the parse budget has no room) is not
 //!   read whole: its input is estimated from its declared length (or the bytes read so far),
 //!   its output is the default cap.
@@ -22,14 +23,18 @@ use crate::genai::inference::Operation;
 
 /// Bytes of text a token stands for in the estimates.
 pub const BYTES_PER_TOKEN: u64 = 4;
+/// The most choices one request is reserved for (OpenAI's own bound on `n`).
+pub const MAX_CHOICES: u64 = 128;
 
 /// What a request is expected to cost.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Estimate {
     /// Input tokens.
     pub input: u64,
-    /// Output tokens (the requested or default cap).
+    /// Output tokens (the requested or default cap, times the choices).
     pub output: u64,
+    /// The model the request names (what a spend budget prices the estimate at).
+    pub model: Option<String>,
 }
 
 impl Estimate {
@@ -40,23 +45,25 @@ impl Estimate {
 
     /// From a request body read whole.
     pub fn from_body(recognised: &Recognised, body: &[u8], default_output: u64) -> Estimate {
-        let cap = recognised
-            .parse_request(body, false)
-            .ok()
-            .and_then(|info| info.max_tokens)
-            .and_then(|n| u64::try_from(n).ok())
-            .filter(|n| *n > 0);
+        let info = recognised.parse_request(body, false).ok();
+        let positive = |n: Option<i64>| n.and_then(|n| u64::try_from(n).ok()).filter(|n| *n > 0);
+        let cap = positive(info.as_ref().and_then(|i| i.max_tokens));
+        let choices = positive(info.as_ref().and_then(|i| i.choices)).unwrap_or(1);
         Estimate {
             input: tokens_in(body.len() as u64),
-            output: output_for(recognised.api, cap, default_output),
+            output: output_for(recognised.api, cap, default_output)
+                .saturating_mul(choices.min(MAX_CHOICES)),
+            model: info.and_then(|i| i.model),
         }
     }
 
-    /// From the body's length alone (a body too large to read whole at admission).
+    /// From the body's length alone (a body too large to read whole at admission): the
+    /// model is the path's (Gemini) or unknown.
     pub fn from_length(recognised: &Recognised, len: u64, default_output: u64) -> Estimate {
         Estimate {
             input: tokens_in(len),
             output: output_for(recognised.api, None, default_output),
+            model: recognised.model.clone(),
         }
     }
 }
@@ -90,6 +97,10 @@ pub struct Outcome {
     pub success: bool,
     /// The client went away before the end.
     pub cancelled: bool,
+    /// Input tokens read from a prompt cache, as reported (priced apart by a spend budget).
+    pub cache_read_tokens: i64,
+    /// Input tokens written to a prompt cache, as reported.
+    pub cache_write_tokens: i64,
 }
 
 /// Where a charge came from.
@@ -111,9 +122,15 @@ impl Usage {
     }
 }
 
-/// What the exchange costs: from reported usage, else estimated from `input_estimate` and
-/// what was streamed.
+/// What the exchange costs in tokens: from reported usage, else estimated from
+/// `input_estimate` and what was streamed.
 pub fn charge(input_estimate: u64, o: &Outcome) -> (u64, Usage) {
+    let (input, output, usage) = charge_parts(input_estimate, o);
+    (input.saturating_add(output), usage)
+}
+
+/// [`charge`] split into input and output tokens (a spend budget prices them apart).
+pub fn charge_parts(input_estimate: u64, o: &Outcome) -> (u64, u64, Usage) {
     let reported = |n: Option<i64>| n.and_then(|n| u64::try_from(n).ok());
     let input = reported(o.input_tokens);
     let mut output = reported(o.output_tokens);
@@ -132,7 +149,7 @@ pub fn charge(input_estimate: u64, o: &Outcome) -> (u64, Usage) {
         (false, true) => tokens_in(o.response_bytes),
         (false, false) => 0,
     });
-    (input.saturating_add(output), usage)
+    (input, output, usage)
 }
 
 #[cfg(test)]
@@ -177,6 +194,29 @@ mod tests {
         );
         let big = Estimate::from_length(&chat, 4_000_001, 1000);
         assert_eq!((big.input, big.output), (1_000_001, 1000));
+    }
+
+    #[test]
+    fn each_choice_asked_for_reserves_its_own_output() {
+        let chat = recognised("/v1/chat/completions");
+        let e = Estimate::from_body(&chat, br#"{"model":"m","max_tokens":50,"n":3}"#, 4096);
+        assert_eq!((e.output, e.model.as_deref()), (150, Some("m")));
+        assert_eq!(Estimate::from_body(&chat, br#"{"n":2}"#, 100).output, 200);
+        // Completions' best_of generates that many.
+        let completions = recognised("/v1/completions");
+        let body = br#"{"max_tokens":10,"n":2,"best_of":5}"#;
+        assert_eq!(Estimate::from_body(&completions, body, 1).output, 50);
+        let gemini = recognised("/v1beta/models/g:generateContent");
+        let body = br#"{"generationConfig":{"maxOutputTokens":20,"candidateCount":4}}"#;
+        let e = Estimate::from_body(&gemini, body, 1);
+        assert_eq!((e.output, e.model.as_deref()), (80, Some("g")));
+        // Nonsense counts are one choice; a huge one is bounded.
+        assert_eq!(
+            Estimate::from_body(&chat, br#"{"max_tokens":5,"n":0}"#, 1).output,
+            5
+        );
+        let huge = br#"{"max_tokens":5,"n":100000}"#;
+        assert_eq!(Estimate::from_body(&chat, huge, 1).output, 5 * MAX_CHOICES);
     }
 
     #[test]

@@ -1,19 +1,23 @@
-//! Token budgets per client (`RAGSCOPE_TOKEN_LIMIT`, issue 14): a recognised LLM request
-//! reserves its estimated cost before it is forwarded ([`estimate`]), and its reservation is
-//! settled when the exchange is recorded: replaced by the usage the response reported (or an
-//! estimate from what was streamed, flagged so), the rest refunded, a stream past its
-//! reservation charged in full (the key goes into debt and waits, see [`bucket`]). Streams are
-//! never cut by the budget.
+//! Token and spend budgets per client (`RAGSCOPE_TOKEN_LIMIT`, `RAGSCOPE_COST_LIMIT`, issue
+//! 14): a recognised LLM request reserves its estimated cost before it is forwarded
+//! ([`estimate`], priced by [`cost`] for a spend budget), and its reservation is settled when
+//! the exchange is recorded: replaced by the usage the response reported (or an estimate from
+//! what was streamed, flagged so), the rest refunded, a stream past its reservation charged in
+//! full (the key goes into debt and waits, see [`bucket`]). Streams are never cut by a budget.
 //!
+//! One implementation for both: a budget counts whole [`Unit`]s (tokens, or micro-units of the
+//! price file's currency), and the unit only names its telemetry, headers and Redis keys.
 //! Keyed, capped, swept and shared on Redis like the request limit ([`super`]); a reservation
 //! taken on Redis is settled there, asynchronously and never waited for; one taken by the
 //! local fallback is settled locally.
 
 pub mod bucket;
+pub mod cost;
 pub mod estimate;
 mod redis;
 mod settings;
 mod settle;
+mod unit;
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,7 +27,7 @@ use std::time::{Duration, Instant};
 use governor::nanos::Nanos;
 use governor::state::StateStore;
 use governor::state::keyed::ShrinkableKeyedStateStore;
-use http::{Extensions, HeaderMap, HeaderName, HeaderValue};
+use http::{Extensions, HeaderMap};
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Counter, Meter, ObservableGauge};
 use tokio::sync::Notify;
@@ -33,116 +37,195 @@ use super::redis::RedisConn;
 use super::{Backend, BoundedStore, ClientIp, KeyType, LimitError, RateLimitConfig, RateMode};
 use crate::error::ProxyError;
 use crate::genai::api::Recognised;
+use crate::genai::prices::Prices;
 use bucket::{Bucket, Step};
 use estimate::Estimate;
 use redis::{RedisSlot, TokenRedis};
 
 pub use estimate::{Outcome, Usage};
-pub use settings::{TokenLimitConfig, TokenRate};
-pub use settle::{Reservation, Settlement, TokenAccount};
+pub use settings::{CostRate, TokenLimitConfig, TokenRate};
+pub use settle::{BudgetAccount, Reservation, Settlement};
+pub use unit::{Unit, amount, reset_value};
 
-/// The prefix of token-budget keys on Redis.
-const REDIS_PREFIX: &str = "ragscope:tb:";
 /// How often idle (full) keys are swept out of the local store.
 const SWEEP_EVERY: Duration = Duration::from_secs(10);
 
-const LIMIT_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-limit-tokens");
-const REMAINING_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-remaining-tokens");
-const RESET_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-reset-tokens");
-
-/// The token-budget decision about one request.
+/// A budget's decision about one request.
 #[derive(Debug, Clone, Copy)]
-pub struct TokenDecision {
+pub struct BudgetDecision {
+    unit: Unit,
     step: Step,
     limit: u64,
     reserved: u64,
+    /// A spend budget found no price for the request's model: admitted, nothing reserved.
+    unpriced: bool,
     mode: RateMode,
     key_type: KeyType,
     backend: Backend,
 }
 
-impl TokenDecision {
-    /// `allowed`, `limited` or `shadow_limited` (over the budget, but forwarded).
+impl BudgetDecision {
+    /// `allowed`, `limited`, `shadow_limited` (over the budget, but forwarded) or, under a
+    /// spend budget, `unpriced` (the model has no price: admitted, nothing reserved).
     pub fn outcome(&self) -> &'static str {
-        match (self.step.allowed, self.mode) {
-            (true, _) => "allowed",
-            (false, RateMode::Enforce) => "limited",
-            (false, RateMode::Shadow) => "shadow_limited",
+        match (self.unpriced, self.step.allowed, self.mode) {
+            (true, ..) => "unpriced",
+            (false, true, _) => "allowed",
+            (false, false, RateMode::Enforce) => "limited",
+            (false, false, RateMode::Shadow) => "shadow_limited",
         }
     }
 
-    /// Tokens reserved for the request (0 when refused).
+    /// What the budget counts.
+    pub fn unit(&self) -> Unit {
+        self.unit
+    }
+
+    /// Units reserved for the request (0 when refused or unpriced).
     pub fn reserved(&self) -> u64 {
         self.reserved
     }
 
     /// The refusal to answer with, when the request must not be forwarded.
     pub fn refusal(&self) -> Option<ProxyError> {
-        (!self.step.allowed && self.mode == RateMode::Enforce).then(|| ProxyError::TokenLimited {
-            retry_after: super::ceil_secs(self.step.retry_after).max(1),
-            limit: self.limit,
-            reset: self.step.reset,
+        (!self.step.allowed && self.mode == RateMode::Enforce).then(|| {
+            self.unit.refusal(
+                super::ceil_secs(self.step.retry_after).max(1),
+                self.limit,
+                self.step.reset,
+            )
         })
     }
 
     /// Span attributes: decision, key type, backend (never the key).
     pub fn span_attributes(&self) -> [KeyValue; 3] {
+        let names = self.unit.names();
         [
-            KeyValue::new("ragscope.token_limit.decision", self.outcome()),
-            KeyValue::new("ragscope.token_limit.key_type", self.key_type.as_str()),
-            KeyValue::new("ragscope.token_limit.backend", self.backend.as_str()),
+            KeyValue::new(names.decision, self.outcome()),
+            KeyValue::new(names.key_type, self.key_type.as_str()),
+            KeyValue::new(names.backend, self.backend.as_str()),
         ]
     }
 
-    /// Adds `x-ratelimit-limit-tokens`, `-remaining-tokens` and `-reset-tokens` (a duration
-    /// like `6m0s`, as OpenAI writes it) to a response. Shadow mode adds nothing.
+    /// Adds the unit's `x-ratelimit-limit-*`, `-remaining-*` and `-reset-*` headers (the reset
+    /// a duration like `6m0s`, as OpenAI writes it) to a response. Shadow mode adds nothing.
+    /// An unpriced request adds nothing either (its budget was not looked at).
     pub fn add_headers(&self, headers: &mut HeaderMap) {
-        if self.mode == RateMode::Shadow {
+        if self.mode == RateMode::Shadow || self.unpriced {
             return;
         }
-        add_headers(headers, self.limit, self.step.remaining, self.step.reset);
+        self.unit
+            .add_headers(headers, self.limit, self.step.remaining, self.step.reset);
     }
 }
 
 /// The token headers, as on every response under a token limit (the 429 included).
 pub fn add_headers(headers: &mut HeaderMap, limit: u64, remaining: u64, reset: Duration) {
-    headers.insert(LIMIT_TOKENS, HeaderValue::from(limit));
-    headers.insert(REMAINING_TOKENS, HeaderValue::from(remaining));
-    if let Ok(v) = HeaderValue::try_from(reset_value(reset)) {
-        headers.insert(RESET_TOKENS, v);
-    }
+    Unit::Tokens.add_headers(headers, limit, remaining, reset);
 }
 
-/// A duration the way OpenAI's `x-ratelimit-reset-*` headers write it: `250ms`, `45s`,
-/// `6m0s`, `1h2m3s` (whole seconds rounded up from one second on).
-pub fn reset_value(d: Duration) -> String {
-    if d < Duration::from_secs(1) {
-        return format!(
-            "{}ms",
-            d.as_millis() + u128::from(d.subsec_nanos() % 1_000_000 > 0)
-        );
-    }
-    let s = super::ceil_secs(d);
-    let (h, m, s) = (s / 3600, s / 60 % 60, s % 60);
-    match (h, m) {
-        (0, 0) => format!("{s}s"),
-        (0, m) => format!("{m}m{s}s"),
-        (h, m) => format!("{h}h{m}m{s}s"),
+/// A counter of amounts: whole tokens, or currency (as `ragscope.genai.cost`) for spend.
+enum Amounts {
+    Whole(Counter<u64>),
+    Money(Counter<f64>),
+}
+
+impl Amounts {
+    fn add(&self, units: u64, attributes: &[KeyValue]) {
+        match self {
+            Amounts::Whole(c) => c.add(units, attributes),
+            Amounts::Money(c) => c.add(unit::money(units), attributes),
+        }
     }
 }
 
 struct Instruments {
     decisions: Counter<u64>,
-    reserved: Counter<u64>,
-    charged: Counter<u64>,
-    refunded: Counter<u64>,
+    reserved: Amounts,
+    charged: Amounts,
+    refunded: Amounts,
     fallbacks: Counter<u64>,
+    retries: Counter<u64>,
     _keys: ObservableGauge<u64>,
 }
 
-/// The token limiter every recognised LLM request passes through when
-/// `RAGSCOPE_TOKEN_LIMIT` is set.
-pub struct TokenLimiter {
+impl Instruments {
+    fn new(unit: Unit, meter: &Meter, store: BoundedStore<LocalKey>) -> Instruments {
+        let names = unit.names();
+        let what = match unit {
+            Unit::Tokens => "Token-budget",
+            Unit::Cost => "Spend-budget",
+        };
+        let amounts = |name: &'static str, description: String| match unit {
+            Unit::Tokens => Amounts::Whole(
+                meter
+                    .u64_counter(name)
+                    .with_unit(names.unit)
+                    .with_description(description)
+                    .build(),
+            ),
+            Unit::Cost => Amounts::Money(
+                meter
+                    .f64_counter(name)
+                    .with_description(format!("{description} In the price file's currency."))
+                    .build(),
+            ),
+        };
+        let amount = match unit {
+            Unit::Tokens => "Tokens",
+            Unit::Cost => "Spend",
+        };
+        Instruments {
+            decisions: meter
+                .u64_counter(names.decisions_metric)
+                .with_unit("{decision}")
+                .with_description(format!(
+                    "{what} decisions by outcome (allowed, limited, shadow_limited{}), key type and backend.",
+                    if unit == Unit::Cost { ", unpriced" } else { "" }
+                ))
+                .build(),
+            reserved: amounts(
+                names.reserved_metric,
+                format!("{amount} reserved at admission, by decision outcome."),
+            ),
+            charged: amounts(
+                names.charged_metric,
+                format!("{amount} charged when exchanges ended, by ending and usage (reported or estimated)."),
+            ),
+            refunded: amounts(
+                names.refunded_metric,
+                format!("{amount} reserved and returned when exchanges ended, by ending."),
+            ),
+            fallbacks: meter
+                .u64_counter(names.fallbacks_metric)
+                .with_unit("{operation}")
+                .with_description(format!(
+                    "{what} operations Redis did not take (slow or down), by operation and reason."
+                ))
+                .build(),
+            retries: meter
+                .u64_counter(names.retries_metric)
+                .with_unit("{settle}")
+                .with_description(format!(
+                    "{what} settles Redis took only when retried, by outcome (applied, already_applied: the first try had run, given_up: charged locally)."
+                ))
+                .build(),
+            _keys: meter
+                .u64_observable_gauge(names.keys_metric)
+                .with_unit("{key}")
+                .with_description(format!("Keys the local {what} limiter tracks in memory."))
+                .with_callback(move |o| o.observe(store.tracked() as u64, &[]))
+                .build(),
+        }
+    }
+}
+
+/// A budget every recognised LLM request passes through: tokens when `RAGSCOPE_TOKEN_LIMIT`
+/// is set, spend when `RAGSCOPE_COST_LIMIT` is (one limiter each).
+pub struct BudgetLimiter {
+    unit: Unit,
+    /// The price file a spend budget prices with (`None` for tokens).
+    prices: Option<Arc<Prices>>,
     mode: RateMode,
     keyer: Keyer,
     bucket: Bucket,
@@ -159,9 +242,10 @@ pub struct TokenLimiter {
     sweep: Notify,
 }
 
-impl std::fmt::Debug for TokenLimiter {
+impl std::fmt::Debug for BudgetLimiter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TokenLimiter")
+        f.debug_struct("BudgetLimiter")
+            .field("unit", &self.unit)
             .field("mode", &self.mode)
             .field("key", &self.keyer.kind)
             .field("bucket", &self.bucket)
@@ -171,18 +255,60 @@ impl std::fmt::Debug for TokenLimiter {
     }
 }
 
-impl TokenLimiter {
-    /// The limiter for `config.tokens`, or `None` when token budgets are off. Starts the
-    /// sweeper task, so it must run inside the tokio runtime.
+impl BudgetLimiter {
+    /// The token limiter for `config.tokens`, or `None` when token budgets are off. Starts
+    /// the sweeper task, so it must run inside the tokio runtime.
     pub fn from_config(
         config: &RateLimitConfig,
         meter: &Meter,
-    ) -> Result<Option<Arc<TokenLimiter>>, LimitError> {
-        let tokens = &config.tokens;
-        let Some(rate) = tokens.limit else {
+    ) -> Result<Option<Arc<BudgetLimiter>>, LimitError> {
+        let Some(rate) = config.tokens.limit else {
             return Ok(None);
         };
         let bucket = Bucket::new(rate.tokens, rate.period);
+        Self::start(
+            Unit::Tokens,
+            None,
+            bucket,
+            config.tokens.mode,
+            config,
+            meter,
+        )
+        .map(Some)
+    }
+
+    /// The spend limiter for `config.tokens.cost`, pricing with `prices`, or `None` when
+    /// spend budgets are off (or there is no price file, which the configuration refuses).
+    pub fn cost_from_config(
+        config: &RateLimitConfig,
+        prices: Option<&Arc<Prices>>,
+        meter: &Meter,
+    ) -> Result<Option<Arc<BudgetLimiter>>, LimitError> {
+        let (Some(rate), Some(prices)) = (config.tokens.cost, prices) else {
+            return Ok(None);
+        };
+        let bucket = Bucket::new(rate.micros, rate.period);
+        let mode = config.tokens.cost_mode;
+        Self::start(
+            Unit::Cost,
+            Some(prices.clone()),
+            bucket,
+            mode,
+            config,
+            meter,
+        )
+        .map(Some)
+    }
+
+    fn start(
+        unit: Unit,
+        prices: Option<Arc<Prices>>,
+        bucket: Bucket,
+        mode: RateMode,
+        config: &RateLimitConfig,
+        meter: &Meter,
+    ) -> Result<Arc<BudgetLimiter>, LimitError> {
+        let tokens = &config.tokens;
         let redis = config
             .redis
             .as_deref()
@@ -190,66 +316,32 @@ impl TokenLimiter {
             .transpose()?
             .map(|conn| TokenRedis::new(Arc::new(conn), &bucket, tokens.reservation_ttl));
         let store = BoundedStore::new(config.max_keys);
-        let gauge_store = store.clone();
-        let counter = |name: &'static str, unit: &'static str, description: &'static str| {
-            meter
-                .u64_counter(name)
-                .with_unit(unit)
-                .with_description(description)
-                .build()
-        };
-        let instruments = Instruments {
-            decisions: counter(
-                "ragscope.token_limit.decisions",
-                "{decision}",
-                "Token-budget decisions by outcome (allowed, limited, shadow_limited), key type and backend.",
-            ),
-            reserved: counter(
-                "ragscope.token_limit.tokens.reserved",
-                "{token}",
-                "Tokens reserved at admission, by decision outcome.",
-            ),
-            charged: counter(
-                "ragscope.token_limit.tokens.charged",
-                "{token}",
-                "Tokens charged when exchanges ended, by ending and usage (reported or estimated).",
-            ),
-            refunded: counter(
-                "ragscope.token_limit.tokens.refunded",
-                "{token}",
-                "Reserved tokens returned when exchanges ended, by ending.",
-            ),
-            fallbacks: counter(
-                "ragscope.token_limit.redis.fallbacks",
-                "{operation}",
-                "Token-budget operations Redis did not take (slow or down), by operation and reason.",
-            ),
-            _keys: meter
-                .u64_observable_gauge("ragscope.token_limit.keys")
-                .with_unit("{key}")
-                .with_description("Keys the local token limiter tracks in memory.")
-                .with_callback(move |o| o.observe(gauge_store.tracked() as u64, &[]))
-                .build(),
-        };
-        let limiter = Arc::new(TokenLimiter {
-            mode: tokens.mode,
+        let limiter = Arc::new(BudgetLimiter {
+            unit,
+            prices,
+            mode,
             keyer: Keyer::new(
                 tokens.key.clone(),
                 ClientIp::new(config.trusted_proxies.clone(), config.forwarded_header),
             ),
             bucket,
             default_output: tokens.default_max_output,
+            instruments: Instruments::new(unit, meter, store.clone()),
             store,
             start: Instant::now(),
             redis,
             runtime: tokio::runtime::Handle::current(),
             nonce: rand_nonce(),
             next_id: AtomicU64::new(0),
-            instruments,
             sweep: Notify::new(),
         });
         tokio::spawn(sweeper(Arc::downgrade(&limiter)));
-        Ok(Some(limiter))
+        Ok(limiter)
+    }
+
+    /// What the budget counts.
+    pub fn unit(&self) -> Unit {
+        self.unit
     }
 
     /// The estimate for a request whose body was read whole.
@@ -267,6 +359,14 @@ impl TokenLimiter {
         self.store.tracked()
     }
 
+    /// What `estimate` reserves: its tokens, or their price (`None`: the model has none).
+    fn amount(&self, estimate: &Estimate) -> Option<u64> {
+        match &self.prices {
+            None => Some(estimate.total()),
+            Some(prices) => cost::reservation(&prices.table(), estimate),
+        }
+    }
+
     /// Reserves `estimate` for a request from `peer` with `headers` and `extensions`. The
     /// account holds the reservation when one was taken; it travels with the exchange and is
     /// settled where the exchange is recorded.
@@ -275,37 +375,51 @@ impl TokenLimiter {
         headers: &HeaderMap,
         extensions: &Extensions,
         peer: IpAddr,
-        estimate: Estimate,
-    ) -> TokenAccount {
+        estimate: &Estimate,
+    ) -> BudgetAccount {
         let (key, mut key_type, stable) = self.keyer.key_for(headers, extensions, peer);
-        let tokens = self.bucket.clamp(estimate.total());
-        let (step, backend, slot) = match &self.redis {
-            Some(redis) => {
+        let amount = self.amount(estimate);
+        let units = self.bucket.clamp(amount.unwrap_or(0));
+        let (step, backend, slot) = match (&self.redis, amount) {
+            // Unpriced: nothing to reserve or decide, so no round trip.
+            (_, None) => {
+                let free = Step {
+                    allowed: true,
+                    remaining: 0,
+                    reset: Duration::ZERO,
+                    retry_after: Duration::ZERO,
+                };
+                (free, Backend::Local, None)
+            }
+            (Some(redis), Some(_)) => {
                 let id = format!(
                     "{:016x}{:x}",
                     self.nonce,
                     self.next_id.fetch_add(1, Ordering::Relaxed)
                 );
-                let slot = RedisSlot::new(&self.keyer.redis_key(REDIS_PREFIX, &stable), id);
-                match redis.reserve(&slot, tokens).await {
+                let prefix = self.unit.names().redis_prefix;
+                let slot = RedisSlot::new(&self.keyer.redis_key(prefix, &stable), id);
+                match redis.reserve(&slot, units).await {
                     Ok(step) => (step, Backend::Redis, Some(slot)),
                     Err(reason) => {
                         self.fell_back("reserve", reason);
-                        let step = self.reserve_local(key, &mut key_type, tokens);
+                        let step = self.reserve_local(key, &mut key_type, units);
                         (step, Backend::LocalFallback, None)
                     }
                 }
             }
-            None => (
-                self.reserve_local(key, &mut key_type, tokens),
+            (None, Some(_)) => (
+                self.reserve_local(key, &mut key_type, units),
                 Backend::Local,
                 None,
             ),
         };
-        let decision = TokenDecision {
+        let decision = BudgetDecision {
+            unit: self.unit,
             step,
             limit: self.bucket.capacity,
-            reserved: if step.allowed { tokens } else { 0 },
+            reserved: if step.allowed { units } else { 0 },
+            unpriced: amount.is_none(),
             mode: self.mode,
             key_type,
             backend,
@@ -319,11 +433,11 @@ impl TokenLimiter {
                 KeyValue::new("backend", backend.as_str()),
             ],
         );
-        let reservation = step.allowed.then(|| {
-            self.instruments.reserved.add(tokens, &outcome);
-            Reservation::new(self.clone(), key, slot, tokens, estimate.input)
+        let reservation = (step.allowed && amount.is_some()).then(|| {
+            self.instruments.reserved.add(units, &outcome);
+            Reservation::new(self.clone(), key, slot, units, estimate.input)
         });
-        TokenAccount::new(decision, reservation)
+        BudgetAccount::new(decision, reservation)
     }
 
     fn now(&self) -> u64 {
@@ -332,14 +446,14 @@ impl TokenLimiter {
             .saturating_add(1)
     }
 
-    fn reserve_local(&self, key: LocalKey, key_type: &mut KeyType, tokens: u64) -> Step {
+    fn reserve_local(&self, key: LocalKey, key_type: &mut KeyType, units: u64) -> Step {
         if self.store.would_overflow(&key) {
             *key_type = KeyType::Overflow;
             self.sweep.notify_one();
         }
         let now = self.now();
         let stepped = self.store.measure_and_replace(&key, |tat| {
-            match self.bucket.reserve(tat.map(Nanos::as_u64), now, tokens) {
+            match self.bucket.reserve(tat.map(Nanos::as_u64), now, units) {
                 (step, Some(next)) => Ok((step, Nanos::from(next))),
                 (step, None) => Err(step),
             }
@@ -347,7 +461,7 @@ impl TokenLimiter {
         stepped.unwrap_or_else(|refused| refused)
     }
 
-    /// Moves `key`'s bucket by `delta` tokens (a refund when negative).
+    /// Moves `key`'s bucket by `delta` units (a refund when negative).
     fn settle_local(&self, key: LocalKey, delta: i64) {
         if delta == 0 {
             return;
@@ -367,6 +481,12 @@ impl TokenLimiter {
                 KeyValue::new("reason", reason.as_str()),
             ],
         );
+    }
+
+    fn retried(&self, outcome: &'static str) {
+        self.instruments
+            .retries
+            .add(1, &[KeyValue::new("outcome", outcome)]);
     }
 
     fn sweep_now(&self) {
@@ -391,7 +511,7 @@ fn rand_nonce() -> u64 {
 
 /// Forgets full keys every [`SWEEP_EVERY`], and soon after the store overflows; ends with the
 /// limiter.
-async fn sweeper(limiter: Weak<TokenLimiter>) {
+async fn sweeper(limiter: Weak<BudgetLimiter>) {
     loop {
         {
             let Some(l) = limiter.upgrade() else { return };

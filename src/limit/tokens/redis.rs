@@ -3,7 +3,10 @@
 //! and a sorted set of the reservations not yet settled, scored by their expiry: a reservation
 //! whose replica died mid-stream is never settled, so the next reservation on the key finds it
 //! expired and returns its tokens. A settle that finds its reservation already expired charges
-//! in full what was used. Both keys share a hash tag, so a Redis Cluster keeps them together.
+//! in full what was used. A settle retried after a failure (its reply may have been lost after
+//! the script ran) that finds its reservation gone while it cannot have expired yet was already
+//! applied, and does nothing. Both keys share a hash tag, so a Redis Cluster keeps them together.
+//! The scripts count in whole units: tokens, or micro-units of currency.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -49,13 +52,16 @@ return {1, math.max(0, math.floor(cap - (next - now) / per)), math.floor(next - 
 ";
 
 /// KEYS as above. ARGV[1]: µs per token, ARGV[2]: the reservation's id, ARGV[3]: tokens
-/// reserved, ARGV[4]: tokens charged. Returns {held, moved}: whether the reservation was still
-/// held (else it expired and was returned: the whole charge is new), and whether the TAT moved.
+/// reserved, ARGV[4]: tokens charged, ARGV[5]: `1` when a reservation no longer held may have
+/// expired (it is then charged in full), `0` when it cannot have (a retry: it was settled).
+/// Returns {held, moved}: whether the reservation was still held (else it expired and was
+/// returned: the whole charge is new), and whether the TAT moved.
 const SETTLE: &str = r"
 local per = tonumber(ARGV[1])
 local reserved = tonumber(ARGV[3])
 local charged = tonumber(ARGV[4])
 local held = redis.call('ZREM', KEYS[2], ARGV[2] .. ':' .. ARGV[3])
+if held == 0 and ARGV[5] == '0' then return {0, 0} end
 local delta = charged
 if held == 1 then delta = charged - reserved end
 if delta == 0 then return {held, 0} end
@@ -104,6 +110,8 @@ pub struct TokenRedis {
     us_per_token: f64,
     capacity: u64,
     ttl_us: u64,
+    /// How long a reservation is held: a settle retried within it knows it cannot have expired.
+    pub ttl: Duration,
 }
 
 impl std::fmt::Debug for TokenRedis {
@@ -124,6 +132,7 @@ impl TokenRedis {
             us_per_token: bucket.ns_per_token / 1000.0,
             capacity: bucket.capacity,
             ttl_us: u64::try_from(ttl.as_micros()).unwrap_or(u64::MAX),
+            ttl,
         }
     }
 
@@ -146,22 +155,26 @@ impl TokenRedis {
         })
     }
 
-    /// Settles the reservation of `reserved` tokens in `slot` at `charged`. Returns whether
-    /// the reservation was still held.
+    /// Settles the reservation of `reserved` tokens in `slot` at `charged`; `may_have_expired`
+    /// says whether a reservation no longer held is charged in full (else it was settled by an
+    /// earlier try whose reply was lost). Returns whether the reservation was still held and
+    /// whether the budget moved (neither: an earlier try had settled it).
     pub async fn settle(
         &self,
         slot: &RedisSlot,
         reserved: u64,
         charged: u64,
-    ) -> Result<bool, Fallback> {
+        may_have_expired: bool,
+    ) -> Result<(bool, bool), Fallback> {
         let mut invocation = self.settle.key(&slot.tat);
         invocation
             .key(&slot.held)
             .arg(self.us_per_token)
             .arg(&slot.id)
             .arg(reserved)
-            .arg(charged);
-        let [held, _moved] = self.conn.run(&invocation, false).await?;
-        Ok(held == 1)
+            .arg(charged)
+            .arg(if may_have_expired { "1" } else { "0" });
+        let [held, moved] = self.conn.run(&invocation, false).await?;
+        Ok((held == 1, moved == 1))
     }
 }

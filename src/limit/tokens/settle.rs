@@ -1,33 +1,47 @@
 //! Settling: the reservation handle that travels with the exchange, and what settling it
 //! found. Settling runs where the exchange is recorded (the telemetry thread): locally it is
 //! one compare-and-swap; on Redis it is a script sent from the runtime, never waited for,
-//! bounded by the Redis timeout and counted when it fails (the reservation then expires on
-//! Redis and returns on its own). A reservation dropped unsettled (its record was dropped by a
-//! full telemetry queue) keeps what it reserved as its charge.
+//! bounded by the Redis timeout. A Redis settle that fails is counted and tried again after
+//! [`RETRY_FIRST`], doubling, [`TRIES`] times in all (a retry that finds its reservation gone
+//! before it could have expired knows an earlier try was applied and does nothing); when every
+//! try failed the charge goes to the local budget, the one that decides while Redis is away,
+//! and the reservation expires on Redis (the fleet then under-charges that request). A
+//! reservation dropped unsettled (its record was dropped by a full telemetry queue) keeps what
+//! it reserved as its charge.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use opentelemetry::KeyValue;
 
 use super::estimate::{self, Outcome, Usage};
 use super::redis::RedisSlot;
-use super::{LocalKey, TokenDecision, TokenLimiter};
+use super::{BudgetDecision, BudgetLimiter, LocalKey, Unit, cost};
+
+/// Tries of a Redis settle, the first included.
+const TRIES: u32 = 5;
+/// The wait before the first retry (then 2 s, 4 s, 8 s: about 15 s in all).
+const RETRY_FIRST: Duration = Duration::from_secs(1);
+/// How long before its expiry a reservation may already be gone, for a retry: the Redis clock
+/// and ours differ, and the reservation was taken a round trip after `taken`.
+const EXPIRY_MARGIN: Duration = Duration::from_secs(5);
 
 /// A reservation not yet settled.
 pub struct Reservation {
-    limiter: Arc<TokenLimiter>,
+    limiter: Arc<BudgetLimiter>,
     key: LocalKey,
     /// On Redis; `None` when the local store holds it (no Redis, or the fallback).
     slot: Option<RedisSlot>,
-    tokens: u64,
+    units: u64,
     input_estimate: u64,
+    taken: Instant,
     settled: bool,
 }
 
 impl std::fmt::Debug for Reservation {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Reservation")
-            .field("tokens", &self.tokens)
+            .field("units", &self.units)
             .field("redis", &self.slot.is_some())
             .finish_non_exhaustive()
     }
@@ -36,11 +50,11 @@ impl std::fmt::Debug for Reservation {
 /// What settling a reservation found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Settlement {
-    /// Tokens reserved at admission.
+    /// Units reserved at admission.
     pub reserved: u64,
-    /// Tokens charged.
+    /// Units charged.
     pub charged: u64,
-    /// Reserved tokens returned (the rest of the reservation).
+    /// Reserved units returned (the rest of the reservation).
     pub refunded: u64,
     /// Whether the charge is the reported usage or an estimate.
     pub usage: Usage,
@@ -48,32 +62,46 @@ pub struct Settlement {
 
 impl Reservation {
     pub(super) fn new(
-        limiter: Arc<TokenLimiter>,
+        limiter: Arc<BudgetLimiter>,
         key: LocalKey,
         slot: Option<RedisSlot>,
-        tokens: u64,
+        units: u64,
         input_estimate: u64,
     ) -> Reservation {
         Reservation {
             limiter,
             key,
             slot,
-            tokens,
+            units,
             input_estimate,
+            taken: Instant::now(),
             settled: false,
         }
     }
 
-    /// Settles at the charge `outcome` implies; `ending` names how the exchange ended
-    /// (`complete`, `cancelled`, `failed`) for the metrics.
-    pub fn settle(mut self, outcome: &Outcome, ending: &'static str) -> Settlement {
-        let (charged, usage) = estimate::charge(self.input_estimate, outcome);
+    /// Settles at the charge `outcome` implies (priced at the first of `models` with a price,
+    /// for a spend budget: none has one, nothing is charged); `ending` names how the exchange
+    /// ended (`complete`, `cancelled`, `failed`) for the metrics.
+    pub fn settle(
+        mut self,
+        outcome: &Outcome,
+        models: &[&str],
+        ending: &'static str,
+    ) -> Settlement {
+        let (charged, usage) = match (&self.limiter.prices, self.limiter.unit) {
+            (Some(prices), Unit::Cost) => {
+                let (charged, usage) =
+                    cost::charge(&prices.table(), models, self.input_estimate, outcome);
+                (charged.unwrap_or(0), usage)
+            }
+            _ => estimate::charge(self.input_estimate, outcome),
+        };
         self.apply(charged, usage, ending)
     }
 
     fn apply(&mut self, charged: u64, usage: Usage, ending: &'static str) -> Settlement {
         self.settled = true;
-        let reserved = self.tokens;
+        let reserved = self.units;
         let refunded = reserved.saturating_sub(charged);
         let l = &self.limiter;
         let ended = KeyValue::new("ending", ending);
@@ -85,20 +113,12 @@ impl Reservation {
         match self.slot.take() {
             Some(slot) => {
                 let limiter = l.clone();
+                let (key, taken) = (self.key, self.taken);
                 l.runtime.spawn(async move {
-                    if let Some(redis) = &limiter.redis
-                        && let Err(reason) = redis.settle(&slot, reserved, charged).await
-                    {
-                        limiter.fell_back("settle", reason);
-                    }
+                    settle_on_redis(limiter, key, slot, taken, reserved, charged).await;
                 });
             }
-            None => {
-                let delta = i64::try_from(charged)
-                    .unwrap_or(i64::MAX)
-                    .saturating_sub(i64::try_from(reserved).unwrap_or(i64::MAX));
-                l.settle_local(self.key, delta);
-            }
+            None => l.settle_local(self.key, delta(charged, reserved)),
         }
         Settlement {
             reserved,
@@ -109,26 +129,74 @@ impl Reservation {
     }
 }
 
+fn delta(charged: u64, reserved: u64) -> i64 {
+    i64::try_from(charged)
+        .unwrap_or(i64::MAX)
+        .saturating_sub(i64::try_from(reserved).unwrap_or(i64::MAX))
+}
+
+/// The Redis settle, retried on failure (see the module's doc).
+async fn settle_on_redis(
+    limiter: Arc<BudgetLimiter>,
+    key: LocalKey,
+    slot: RedisSlot,
+    taken: Instant,
+    reserved: u64,
+    charged: u64,
+) {
+    let Some(redis) = &limiter.redis else { return };
+    let mut wait = RETRY_FIRST;
+    for attempt in 0..TRIES {
+        if attempt > 0 {
+            tokio::time::sleep(wait).await;
+            wait *= 2;
+        }
+        // The first try charges a reservation that is gone (it expired); a retry does so only
+        // when it could have expired, else an earlier try was applied and lost its reply.
+        let may_have_expired = attempt == 0 || taken.elapsed() + EXPIRY_MARGIN >= redis.ttl;
+        match redis
+            .settle(&slot, reserved, charged, may_have_expired)
+            .await
+        {
+            Ok((held, moved)) => {
+                if attempt > 0 {
+                    let done = if held || moved {
+                        "applied"
+                    } else {
+                        "already_applied"
+                    };
+                    limiter.retried(done);
+                }
+                return;
+            }
+            Err(reason) => limiter.fell_back("settle", reason),
+        }
+    }
+    // Redis stayed away: the local budget (deciding meanwhile) learns of the charge.
+    limiter.retried("given_up");
+    limiter.settle_local(key, delta(charged, 0));
+}
+
 impl Drop for Reservation {
     fn drop(&mut self) {
         if !self.settled {
-            self.apply(self.tokens, Usage::Estimated, "unobserved");
+            self.apply(self.units, Usage::Estimated, "unobserved");
         }
     }
 }
 
-/// One exchange's token budget: the decision, the reservation until it is settled, then the
+/// One exchange's budget: the decision, the reservation until it is settled, then the
 /// settlement.
 #[derive(Debug)]
-pub struct TokenAccount {
-    decision: TokenDecision,
+pub struct BudgetAccount {
+    decision: BudgetDecision,
     reservation: Option<Reservation>,
     settlement: Option<Settlement>,
 }
 
-impl TokenAccount {
-    pub(super) fn new(decision: TokenDecision, reservation: Option<Reservation>) -> TokenAccount {
-        TokenAccount {
+impl BudgetAccount {
+    pub(super) fn new(decision: BudgetDecision, reservation: Option<Reservation>) -> BudgetAccount {
+        BudgetAccount {
             decision,
             reservation,
             settlement: None,
@@ -136,14 +204,15 @@ impl TokenAccount {
     }
 
     /// The admission decision.
-    pub fn decision(&self) -> &TokenDecision {
+    pub fn decision(&self) -> &BudgetDecision {
         &self.decision
     }
 
-    /// Settles the reservation (once; later calls do nothing).
-    pub fn settle(&mut self, outcome: &Outcome, ending: &'static str) {
+    /// Settles the reservation (once; later calls do nothing). `models`: the response model,
+    /// then the request model, for a spend budget's price.
+    pub fn settle(&mut self, outcome: &Outcome, models: &[&str], ending: &'static str) {
         if let Some(reservation) = self.reservation.take() {
-            self.settlement = Some(reservation.settle(outcome, ending));
+            self.settlement = Some(reservation.settle(outcome, models, ending));
         }
     }
 
@@ -153,19 +222,20 @@ impl TokenAccount {
     }
 
     /// Span attributes: the decision's, and reserved, charged, refunded and whether the
-    /// charge was reported or estimated.
+    /// charge was reported or estimated (tokens as integers, spend as currency amounts).
     pub fn span_attributes(&self) -> Vec<KeyValue> {
+        let unit = self.decision.unit();
+        let names = unit.names();
         let mut attributes = self.decision.span_attributes().to_vec();
-        let as_i64 = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
         attributes.push(KeyValue::new(
-            "ragscope.token_limit.reserved",
-            as_i64(self.decision.reserved()),
+            names.reserved,
+            unit.attribute(self.decision.reserved()),
         ));
         if let Some(s) = &self.settlement {
             attributes.extend([
-                KeyValue::new("ragscope.token_limit.charged", as_i64(s.charged)),
-                KeyValue::new("ragscope.token_limit.refunded", as_i64(s.refunded)),
-                KeyValue::new("ragscope.token_limit.usage", s.usage.as_str()),
+                KeyValue::new(names.charged, unit.attribute(s.charged)),
+                KeyValue::new(names.refunded, unit.attribute(s.refunded)),
+                KeyValue::new(names.usage, s.usage.as_str()),
             ]);
         }
         attributes
