@@ -353,3 +353,40 @@ async fn connections_past_the_cap_wait_for_a_free_place() {
         "the second connection was served only after the first released its place"
     );
 }
+
+/// A burst of more concurrent requests than a worker keeps idle (128 upstream connections):
+/// the connections beyond the cap close as their requests end instead of idling for 90 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_upstream_connections_are_capped_per_worker() {
+    const BURST: usize = 160;
+    const CAP: usize = 128;
+    // Each answer takes a second, so the burst's requests overlap and each needs its own
+    // upstream connection.
+    let up = Upstream::scripted(|_| {
+        Some(canned_sse(
+            vec![(Duration::from_secs(1), Bytes::from_static(b"data: x\n\n"))],
+            &[],
+        ))
+    })
+    .await;
+    let proxy = Proxy::builder()
+        .upstream(&up)
+        .env("RAGSCOPE_WORKERS", "1")
+        .run()
+        .await;
+    let client = Client::http1();
+    let url = proxy.url("/v1/burst");
+    let replies = futures_util::future::join_all((0..BURST).map(|_| client.get(&url))).await;
+    assert!(replies.iter().all(|r| r.status == 200));
+    let opened = up.connections_accepted();
+    assert!(
+        opened > CAP,
+        "the burst opened only {opened} upstream connections"
+    );
+    assert!(
+        up.wait_connections_closed(opened - CAP, Duration::from_secs(10))
+            .await,
+        "{opened} opened, {} closed: more than {CAP} kept idle",
+        up.connections_closed()
+    );
+}

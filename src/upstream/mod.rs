@@ -24,6 +24,16 @@ use crate::observe::UpstreamAddress;
 use crate::settings::{Config, Protocol, Upstream as Target};
 use crate::workers::PerWorker;
 
+/// How long an idle upstream connection is kept for reuse.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Idle HTTP/1.1 connections a worker keeps to one upstream; more are closed when their
+/// request ends. Without a cap, a burst of 500 concurrent first requests left ~530
+/// connections idle for [`IDLE_TIMEOUT`]. 128 per worker is twice what a worker carries at
+/// wrk's 64 connections over 2 workers, so steady keep-alive traffic does not churn; it is
+/// the same order as nginx's `keepalive` (connections kept per worker, 64 in load.sh).
+const MAX_IDLE_PER_WORKER: usize = 128;
+
 /// An upstream client that could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -119,7 +129,8 @@ where
                 Client::builder(TokioExecutor::new())
                     .timer(TokioTimer::new())
                     .pool_timer(TokioTimer::new())
-                    .pool_idle_timeout(Duration::from_secs(90))
+                    .pool_idle_timeout(IDLE_TIMEOUT)
+                    .pool_max_idle_per_host(MAX_IDLE_PER_WORKER)
                     .http2_only(wire == Wire::Http2)
                     // Finds a dead HTTP/2 connection under long-lived streams; idle ones are
                     // closed by the pool timeout instead.
