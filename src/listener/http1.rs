@@ -127,17 +127,25 @@ impl Timer for HeadTimer {
 
 /// A socket that can wait for its next bytes without reading them.
 pub(super) trait WaitReadable {
+    /// Whether idle connections on this socket are taken apart. Not over TLS for now: there
+    /// it cost ~15% more CPU per keep-alive request in the `tls` scenario (benches/README.md).
+    const RELEASE_IDLE: bool;
+
     /// Resolves when the peer sent something (or closed, or the socket failed).
     fn readable(&self) -> impl Future<Output = io::Result<()>> + Send;
 }
 
 impl WaitReadable for TcpStream {
+    const RELEASE_IDLE: bool = true;
+
     fn readable(&self) -> impl Future<Output = io::Result<()>> + Send {
         TcpStream::readable(self)
     }
 }
 
 impl WaitReadable for tokio_rustls::server::TlsStream<TcpStream> {
+    const RELEASE_IDLE: bool = false;
+
     /// Only called after hyper's read returned `Pending`: rustls then holds no plaintext and
     /// the socket said it had nothing, so its next readiness is the next record's bytes.
     fn readable(&self) -> impl Future<Output = io::Result<()>> + Send {
@@ -272,7 +280,7 @@ where
                     }
                     served_bytes |= probe.read;
                     match probe.head_wait {
-                        Some(at) if clean && served_bytes && !probe.write_blocked => {
+                        Some(at) if I::RELEASE_IDLE && clean && served_bytes && !probe.write_blocked => {
                             deadline = Some(at);
                             Poll::Ready(None)
                         }
