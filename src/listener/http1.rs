@@ -280,7 +280,9 @@ where
                     }
                     served_bytes |= probe.read;
                     match probe.head_wait {
-                        Some(at) if I::RELEASE_IDLE && clean && served_bytes && !probe.write_blocked => {
+                        Some(at)
+                            if I::RELEASE_IDLE && clean && served_bytes && !probe.write_blocked =>
+                        {
                             deadline = Some(at);
                             Poll::Ready(None)
                         }
