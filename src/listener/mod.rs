@@ -15,7 +15,6 @@ use std::time::Duration;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use opentelemetry::KeyValue;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
@@ -25,13 +24,20 @@ use crate::proxy::{Proxy, SessionSlot};
 use crate::settings::Config;
 use crate::tls::ListenerTls;
 
-/// Builds the connection builder with every limit set on purpose.
-fn connection_builder(config: &Config) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        // Without a timer hyper silently has no header timeout (slowloris).
-        .timer(TokioTimer::new())
+mod http1;
+
+/// hyper's connection builders, each with every limit set on purpose.
+struct Builders {
+    h1: hyper::server::conn::http1::Builder,
+    h2: hyper::server::conn::http2::Builder<TokioExecutor>,
+}
+
+fn connection_builders(config: &Config) -> Builders {
+    let mut h1 = hyper::server::conn::http1::Builder::new();
+    h1
+        // Without a timer hyper silently has no header timeout (slowloris). This one also
+        // tells the connection loop when hyper waits idle for a request (see http1.rs).
+        .timer(http1::HeadTimer)
         .header_read_timeout(config.header_read_timeout)
         // The read buffer starts at hyper's 8 KiB (enough for a typical request head and the
         // start of its body) and may grow up to the header limit, not hyper's ~400 KiB: a
@@ -39,9 +45,8 @@ fn connection_builder(config: &Config) -> auto::Builder<TokioExecutor> {
         .max_buf_size(config.max_header_bytes)
         .max_headers(config.max_headers)
         .keep_alive(true);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
+    let mut h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    h2.timer(TokioTimer::new())
         .max_concurrent_streams(config.h2_max_concurrent_streams)
         .max_header_list_size(config.max_header_bytes as u32)
         // Envoy's edge values: 64 KiB per stream, 1 MiB per connection. Flow control keeps a
@@ -55,7 +60,7 @@ fn connection_builder(config: &Config) -> auto::Builder<TokioExecutor> {
         // Finds dead peers of long idle streams.
         .keep_alive_interval(Duration::from_secs(30))
         .keep_alive_timeout(Duration::from_secs(20));
-    builder
+    Builders { h1, h2 }
 }
 
 /// Accepts and serves connections until `shutdown` turns true, then stops accepting at once
@@ -69,7 +74,7 @@ pub async fn serve(
     permits: Arc<Semaphore>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let builder = Arc::new(connection_builder(&config));
+    let builders = Arc::new(connection_builders(&config));
     let instruments = proxy.telemetry().instruments().clone();
     // Every connection task of this worker, so the drain timeout can close them (issue 11).
     let mut connections = JoinSet::new();
@@ -104,7 +109,8 @@ pub async fn serve(
         let conn = Accepted {
             peer,
             proxy: proxy.clone(),
-            builder: builder.clone(),
+            builders: builders.clone(),
+            first_byte: config.header_read_timeout,
             shutdown: shutdown.clone(),
             // Also released when the drain timeout aborts the task.
             open: OpenConnection::new(instruments.clone(), permit),
@@ -112,7 +118,7 @@ pub async fn serve(
         // Two task types rather than one holding both paths: a task is allocated at the size
         // of its largest state, and a cleartext connection must not pay for a TLS session.
         match &tls {
-            None => connections.spawn(conn.serve_plain(stream, config.header_read_timeout)),
+            None => connections.spawn(conn.serve(stream, "http", None)),
             Some(tls) => connections.spawn(conn.serve_tls(stream, tls.clone())),
         };
     }
@@ -170,7 +176,9 @@ impl Drop for OpenConnection {
 struct Accepted {
     peer: SocketAddr,
     proxy: Arc<Proxy>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    builders: Arc<Builders>,
+    /// How long a new connection may stay silent (the header read timeout).
+    first_byte: Duration,
     /// Turns true when the server drains: the connection then closes once idle.
     shutdown: watch::Receiver<bool>,
     /// Counted as open and holding its place under `RAGSCOPE_MAX_CONNECTIONS` until it closes.
@@ -178,21 +186,6 @@ struct Accepted {
 }
 
 impl Accepted {
-    /// Serves a cleartext connection (HTTP/1.1, or HTTP/2 with prior knowledge).
-    async fn serve_plain(mut self, stream: TcpStream, first_byte: Duration) {
-        // hyper allocates its read and write buffers (8 KiB each) and its header timer as soon
-        // as it starts on a connection; a client that connects ahead of need (a pre-warmed
-        // pool) holds none of that until it sends something. The wait is bounded by the
-        // header read timeout, so a silent connection is closed as hyper would close it.
-        match wait_first_byte(&stream, first_byte, &mut self.shutdown).await {
-            Ok(true) => self.serve(stream, "http", None).await,
-            Ok(false) => {}
-            Err(e) => {
-                record_connection_error(e.error_type(), &e, self.peer, &self.open.instruments)
-            }
-        }
-    }
-
     /// Serves a TLS connection: the handshake runs here, in the connection's own task, so a
     /// slow or hostile client never holds up the accept loop.
     async fn serve_tls(self, stream: TcpStream, tls: Arc<ListenerTls>) {
@@ -202,12 +195,36 @@ impl Accepted {
         }
     }
 
-    /// Serves HTTP on `io` until the connection closes (or, draining, once it is idle), then
-    /// runs the session a request of it was upgraded to, if any.
-    async fn serve<I>(mut self, io: I, scheme: &'static str, tls: Option<Arc<crate::tls::TlsInfo>>)
-    where
-        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    /// Serves HTTP on `io` (HTTP/2 when it starts with the HTTP/2 preface: prior knowledge in
+    /// cleartext, ALPN `h2` over TLS; HTTP/1.1 otherwise) until the connection closes (or,
+    /// draining, once it is idle), then runs the session a request of it was upgraded to.
+    async fn serve<I>(
+        mut self,
+        mut io: I,
+        scheme: &'static str,
+        tls: Option<Arc<crate::tls::TlsInfo>>,
+    ) where
+        I: tokio::io::AsyncRead
+            + tokio::io::AsyncWrite
+            + http1::WaitReadable
+            + Unpin
+            + Send
+            + 'static,
     {
+        // hyper allocates its read and write buffers (8 KiB each) and its header timer as soon
+        // as it starts on a connection; a client that connects ahead of need (a pre-warmed
+        // pool) holds none of that until it sends something. The wait is bounded by the
+        // header read timeout, so a silent connection is closed as hyper would close it.
+        let instruments = self.open.instruments.clone();
+        let (h2, prefix) = match http1::sniff(&mut io, self.first_byte, &mut self.shutdown).await {
+            Ok(Some(sniffed)) => sniffed,
+            Ok(None) => return,
+            Err(after) => {
+                let e = Silent::First(after);
+                return record_connection_error(e.error_type(), &e, self.peer, &instruments);
+            }
+        };
+        let io = http1::ConnIo::new(io, prefix);
         let (peer, proxy) = (self.peer, self.proxy.clone());
         let slot = Arc::new(SessionSlot::default());
         let lent = slot.clone();
@@ -218,20 +235,28 @@ impl Accepted {
             SessionSlot::lend(&lent, &mut req);
             proxy.clone().handle(req, peer, scheme)
         });
-        let served = self
-            .builder
-            .serve_connection_with_upgrades(TokioIo::new(io), service);
-        let mut served = std::pin::pin!(served);
-        let result = tokio::select! {
-            result = served.as_mut() => result,
-            () = stopped(&mut self.shutdown) => {
-                served.as_mut().graceful_shutdown();
-                served.await
+        let result = if h2 {
+            // Boxed: an HTTP/2 connection's state is large, and HTTP/1 tasks must not carry it.
+            let mut served = Box::pin(self.builders.h2.serve_connection(TokioIo::new(io), service));
+            tokio::select! {
+                result = served.as_mut() => result,
+                () = stopped(&mut self.shutdown) => {
+                    served.as_mut().graceful_shutdown();
+                    served.await
+                }
+            }
+        } else {
+            match http1::serve(&self.builders.h1, io, service, &mut self.shutdown).await {
+                http1::Ended::Served(result) => result,
+                http1::Ended::IdleTimeout => {
+                    let e = Silent::Idle(self.first_byte);
+                    record_connection_error(e.error_type(), &e, peer, &instruments);
+                    Ok(())
+                }
             }
         };
         if let Err(e) = result {
-            let instruments = &self.open.instruments;
-            record_connection_error(connection_error_type(&*e), &*e, peer, instruments);
+            record_connection_error(connection_error_type(&e), &e, peer, &instruments);
         }
         if let Some(session) = slot.take() {
             session.await;
@@ -241,45 +266,29 @@ impl Accepted {
 
 /// A connection that sent nothing within the header read timeout.
 #[derive(Debug, thiserror::Error)]
-#[error("no request within {0:?} of connecting")]
-struct SilentConnection(Duration);
+enum Silent {
+    #[error("no request within {0:?} of connecting")]
+    First(Duration),
+    #[error("no request within {0:?} of the previous response")]
+    Idle(Duration),
+}
 
-impl SilentConnection {
+impl Silent {
     /// The same `error.type` as hyper's own header read timeout.
     fn error_type(&self) -> &'static str {
         "header_read_timeout"
     }
 }
 
-/// Waits until `stream` is readable (data, or the peer closing). `Ok(false)`: the proxy is
-/// draining, close without serving; `Err`: the client stayed silent for `timeout`.
-async fn wait_first_byte(
-    stream: &TcpStream,
-    timeout: Duration,
-    shutdown: &mut watch::Receiver<bool>,
-) -> Result<bool, SilentConnection> {
-    let mut byte = [0u8; 1];
-    tokio::select! {
-        // A peek, not `readable()`: readiness can be reported without data, and the peek
-        // retries until a byte (or the end of the stream) is really there.
-        ready = tokio::time::timeout(timeout, stream.peek(&mut byte)) => match ready {
-            // An error here (a reset) is for hyper's first read to report.
-            Ok(_) => Ok(true),
-            Err(_) => Err(SilentConnection(timeout)),
-        },
-        _ = stopped(shutdown) => Ok(false),
-    }
-}
-
 /// The `error.type` of a connection that ended in an error.
-fn connection_error_type(error: &(dyn std::error::Error + Send + Sync + 'static)) -> &'static str {
-    match error.downcast_ref::<hyper::Error>() {
-        Some(e) if e.is_parse_too_large() => "request_header_too_large",
-        Some(e) if e.is_parse() || e.is_parse_status() => "malformed_request",
-        Some(e) if e.is_timeout() => "header_read_timeout",
-        Some(e) if e.is_incomplete_message() => "incomplete_request",
-        Some(e) if e.is_canceled() || e.is_closed() => "closed",
-        Some(e) if e.is_user() => "response_error",
+fn connection_error_type(e: &hyper::Error) -> &'static str {
+    match e {
+        e if e.is_parse_too_large() => "request_header_too_large",
+        e if e.is_parse() || e.is_parse_status() => "malformed_request",
+        e if e.is_timeout() => "header_read_timeout",
+        e if e.is_incomplete_message() => "incomplete_request",
+        e if e.is_canceled() || e.is_closed() => "closed",
+        e if e.is_user() => "response_error",
         _ => "io",
     }
 }
