@@ -10,6 +10,7 @@ use opentelemetry_sdk::trace::SpanData;
 use serde_json::json;
 
 use super::genai_instruments::GenAiInstruments;
+use super::genai_series;
 use super::spans::Spans;
 use crate::genai::CaptureMode;
 use crate::genai::Facts;
@@ -270,65 +271,106 @@ pub(super) fn record_metrics(
     upstream_version: Option<&KeyValue>,
 ) {
     let end: Instant = times.end.0;
-    let mut attrs = Vec::with_capacity(7);
-    attrs.extend(upstream_version.cloned());
-    if let Some(op) = &facts.operation {
-        attrs.push(KeyValue::new("gen_ai.operation.name", op.clone()));
-        attrs.push(KeyValue::new(
-            "gen_ai.provider.name",
-            facts.provider.clone(),
-        ));
-    }
-    // Client-fed values: bounded in number by the observer (the rest are `other`).
-    if let Some(m) = &facts.metric_request_model {
-        attrs.push(KeyValue::new("gen_ai.request.model", m.clone()));
-    }
-    if let Some(m) = &facts.metric_response_model {
-        attrs.push(KeyValue::new("gen_ai.response.model", m.clone()));
-    }
-    if let Some(v) = &facts.version {
-        attrs.push(KeyValue::new("ragscope.model.version", v.clone()));
-    }
-    if facts.operation.is_some() {
-        let mut with_error = attrs.clone();
-        if let Some(e) = error_type.or(facts.metric_api_error.as_deref()) {
-            with_error.push(KeyValue::new("error.type", e.to_owned()));
+    // Client-fed values (models, version): bounded in number by the observer (the rest are
+    // `other`).
+    let attributes = || {
+        let mut attrs = Vec::with_capacity(7);
+        attrs.extend(upstream_version.cloned());
+        if let Some(op) = &facts.operation {
+            attrs.push(KeyValue::new("gen_ai.operation.name", op.clone()));
+            attrs.push(KeyValue::new(
+                "gen_ai.provider.name",
+                facts.provider.clone(),
+            ));
         }
+        if let Some(m) = &facts.metric_request_model {
+            attrs.push(KeyValue::new("gen_ai.request.model", m.clone()));
+        }
+        if let Some(m) = &facts.metric_response_model {
+            attrs.push(KeyValue::new("gen_ai.response.model", m.clone()));
+        }
+        if let Some(v) = &facts.version {
+            attrs.push(KeyValue::new("ragscope.model.version", v.clone()));
+        }
+        attrs
+    };
+    if let Some(operation) = &facts.operation {
+        let error = error_type.or(facts.metric_api_error.as_deref());
         let duration = end.duration_since(times.start.0).as_secs_f64();
-        i.request_duration.record(duration, &with_error);
         // `input` and `output` are the totals (cached input and reasoning included, as on the
         // span); the detail types are parts of them, so never sum across every type.
-        for (kind, n) in [
-            ("input", facts.input_tokens),
-            ("output", facts.output_tokens),
-            ("cache_read", facts.detail.cache_read_tokens),
-            ("cache_creation", facts.detail.cache_creation_tokens),
-            ("reasoning", facts.detail.reasoning_tokens),
-        ] {
-            if let Some(n) = n.and_then(|n| u64::try_from(n).ok()) {
-                let mut a = attrs.clone();
-                a.push(KeyValue::new("gen_ai.token.type", kind));
-                i.token_usage.record(n, &a);
+        let tokens = [
+            facts.input_tokens,
+            facts.output_tokens,
+            facts.detail.cache_read_tokens,
+            facts.detail.cache_creation_tokens,
+            facts.detail.reasoning_tokens,
+        ]
+        .map(|n| n.and_then(|n| u64::try_from(n).ok()));
+        let streamed = error_type.is_none() && facts.streamed;
+        let ttft = streamed
+            .then(|| time_to_first_token(facts, times))
+            .flatten();
+        let per_token = match (facts.first_token, facts.output_tokens) {
+            (Some((first, _)), Some(out)) if streamed && out > 1 => {
+                Some(end.duration_since(first).as_secs_f64() / (out - 1) as f64)
+            }
+            _ => None,
+        };
+        let version = upstream_version.map(|kv| kv.value.as_str());
+        let key = genai_series::Key {
+            upstream_version: version.as_deref(),
+            operation,
+            provider: &facts.provider,
+            request_model: facts.metric_request_model.as_deref(),
+            response_model: facts.metric_response_model.as_deref(),
+            model_version: facts.version.as_deref(),
+            error,
+        };
+        match i.series.get(&key, attributes) {
+            Some(series) => {
+                series.duration(i).record(duration);
+                for (kind, n) in tokens.into_iter().enumerate() {
+                    if let (Some(n), Some(h)) = (n, series.tokens(i, kind)) {
+                        h.record(n);
+                    }
+                }
+                if let Some(ttft) = ttft {
+                    series.time_to_first_token(i).record(ttft);
+                }
+                if let Some(per_token) = per_token {
+                    series.time_per_output_token(i).record(per_token);
+                }
+            }
+            None => {
+                let attrs = attributes();
+                let mut with_error = attrs.clone();
+                if let Some(e) = error {
+                    with_error.push(KeyValue::new("error.type", e.to_owned()));
+                }
+                i.request_duration.record(duration, &with_error);
+                for (kind, n) in genai_series::TOKEN_TYPES.into_iter().zip(tokens) {
+                    if let Some(n) = n {
+                        let mut a = attrs.clone();
+                        a.push(KeyValue::new("gen_ai.token.type", kind));
+                        i.token_usage.record(n, &a);
+                    }
+                }
+                if let Some(ttft) = ttft {
+                    i.time_to_first_token.record(ttft, &attrs);
+                }
+                if let Some(per_token) = per_token {
+                    i.time_per_output_token.record(per_token, &attrs);
+                }
             }
         }
         if let Some(cost) = &facts.cost {
-            let mut a = attrs.clone();
+            let mut a = attributes();
             a.push(KeyValue::new(
                 "ragscope.genai.cost.currency",
                 cost.currency.clone(),
             ));
             i.cost.add(cost.amount, &a);
-        }
-        if error_type.is_none() && facts.streamed {
-            if let Some(ttft) = time_to_first_token(facts, times) {
-                i.time_to_first_token.record(ttft, &attrs);
-            }
-            if let (Some((first, _)), Some(out)) = (facts.first_token, facts.output_tokens)
-                && out > 1
-            {
-                let per_token = end.duration_since(first).as_secs_f64() / (out - 1) as f64;
-                i.time_per_output_token.record(per_token, &attrs);
-            }
         }
     }
     if let Some(docs) = &facts.documents {

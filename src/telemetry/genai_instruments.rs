@@ -59,6 +59,8 @@ pub struct GenAiInstruments {
     pub feedback: Counter<u64>,
     /// `ragscope.genai.cost`: what inferences cost per `RAGSCOPE_PRICES`, by model and currency.
     pub cost: Counter<f64>,
+    /// The duration, token and streaming-timing series bound per attribute set.
+    pub(super) series: std::sync::Arc<super::genai_series::GenAiSeries>,
 }
 
 impl GenAiInstruments {
@@ -129,6 +131,7 @@ impl GenAiInstruments {
                 // No unit: the amount is in `ragscope.genai.cost.currency`.
                 .with_description("Inference cost per the price file, by model and currency.")
                 .build(),
+            series: Default::default(),
         }
     }
 }

@@ -13,6 +13,7 @@ mod exchange;
 mod export;
 mod genai;
 mod genai_instruments;
+mod genai_series;
 mod held;
 pub mod logging;
 mod metrics;
@@ -41,7 +42,7 @@ use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::metrics::reader::MetricReader;
 use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
 use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
-use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor, Sampler, SpanProcessor};
+use opentelemetry_sdk::trace::{Sampler, SpanProcessor};
 
 use crate::observe::{HttpFacts, Record, TraceIds};
 use queue::Drain as _;
@@ -227,11 +228,12 @@ impl Telemetry {
                 ExporterKind::Otlp => {
                     let exporter =
                         otlp_exporter!(opentelemetry_otlp::SpanExporter, &config.traces, "traces")?;
-                    Some(batch(config, exporter, &instruments))
+                    Some(batch(config, exporter, &resource, &instruments))
                 }
                 ExporterKind::Console => Some(batch(
                     config,
                     opentelemetry_stdout::SpanExporter::default(),
+                    &resource,
                     &instruments,
                 )),
                 ExporterKind::None => None,
@@ -496,30 +498,26 @@ fn sampler(config: &SamplerConfig) -> Sampler {
     }
 }
 
-/// The batch span processor in front of `exporter`, behind the gate that counts drops.
+/// The batch export processor in front of `exporter` (`OTEL_BSP_*` sizes), counting drops.
 fn batch<E>(
     config: &TelemetryConfig,
     exporter: E,
+    resource: &Resource,
     instruments: &Instruments,
 ) -> Box<dyn SpanProcessor>
 where
     E: opentelemetry_sdk::trace::SpanExporter + 'static,
 {
-    let (processor_gate, exporter) = export::counting(
+    Box::new(export::BatchExport::start(
         exporter,
-        config.bsp_max_queue_size,
+        resource,
+        export::Limits {
+            max_queue: config.bsp_max_queue_size,
+            max_batch: config.bsp_max_export_batch_size,
+            delay: config.bsp_schedule_delay,
+        },
         instruments.spans_dropped.clone(),
-    );
-    let batch = BatchSpanProcessor::builder(exporter)
-        .with_batch_config(
-            BatchConfigBuilder::default()
-                .with_max_queue_size(config.bsp_max_queue_size)
-                .with_max_export_batch_size(config.bsp_max_export_batch_size)
-                .with_scheduled_delay(config.bsp_schedule_delay)
-                .build(),
-        )
-        .build();
-    Box::new(processor_gate.wrap(batch))
+    ))
 }
 
 fn grpc_metadata(
