@@ -149,9 +149,12 @@ pub(super) struct GenAiSeries {
     map: Mutex<Map>,
 }
 
+/// The sets whose key hashes to one value, each with its series.
+type Bucket = Vec<(Owned, Arc<Series>)>;
+
 #[derive(Debug, Default)]
 struct Map {
-    buckets: HashMap<u64, Vec<(Owned, Arc<Series>)>, BuildHasherDefault<Fnv>>,
+    buckets: HashMap<u64, Bucket, BuildHasherDefault<Fnv>>,
     len: usize,
 }
 
