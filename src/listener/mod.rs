@@ -37,7 +37,7 @@ fn connection_builders(config: &Config) -> Builders {
     h1
         // Without a timer hyper silently has no header timeout (slowloris). This one also
         // tells the connection loop when hyper waits idle for a request (see http1.rs).
-        .timer(http1::HeadTimer)
+        .timer(http1::HeadTimer::new(http1::IDLE_GRACE))
         .header_read_timeout(config.header_read_timeout)
         // The read buffer starts at hyper's 8 KiB (enough for a typical request head and the
         // start of its body) and may grow up to the header limit, not hyper's ~400 KiB: a
