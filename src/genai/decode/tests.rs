@@ -58,8 +58,7 @@ fn pack(coding: Coding, data: &[u8]) -> Vec<u8> {
     match coding {
         Coding::Gzip => gzip(data),
         Coding::Deflate => {
-            let mut e =
-                flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
+            let mut e = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
             e.write_all(data).expect("zlib");
             e.finish().expect("zlib")
         }
