@@ -118,40 +118,104 @@ impl Default for Batch<'_> {
     }
 }
 
+// The default (JSON) line is written field by field without `format!` machinery: integers,
+// the timestamp and the client address are pushed digit by digit, as this runs once per
+// request on the telemetry thread.
 fn format_json(out: &mut String, r: &AccessRecord<'_>) {
     out.push_str("{\"timestamp\":\"");
     rfc3339(out, r.at);
-    out.push_str("\",\"level\":\"INFO\",\"target\":\"ragscope::access\"");
-    let _ = write!(
-        out,
-        ",\"trace_id\":\"{}\",\"span_id\":\"{}\"",
-        r.trace_id, r.span_id
-    );
-    out.push_str(",\"method\":");
+    out.push_str("\",\"level\":\"INFO\",\"target\":\"ragscope::access\",\"trace_id\":\"");
+    out.push_str(r.trace_id);
+    out.push_str("\",\"span_id\":\"");
+    out.push_str(r.span_id);
+    out.push_str("\",\"method\":");
     json_str(out, r.method);
     out.push_str(",\"path\":");
     json_str(out, r.path);
-    let _ = write!(out, ",\"protocol\":\"{}\"", r.protocol);
+    out.push_str(",\"protocol\":\"");
+    out.push_str(r.protocol);
+    out.push_str("\",\"status\":");
     match r.status {
-        Some(s) => {
-            let _ = write!(out, ",\"status\":{s}");
-        }
-        None => out.push_str(",\"status\":null"),
+        Some(s) => push_u64(out, u64::from(s)),
+        None => out.push_str("null"),
     }
-    let _ = write!(
-        out,
-        ",\"duration_ms\":{:.3},\"request_bytes\":{},\"response_bytes\":{}",
-        r.duration_ms, r.request_bytes, r.response_bytes
-    );
+    out.push_str(",\"duration_ms\":");
+    push_millis(out, r.duration_ms);
+    out.push_str(",\"request_bytes\":");
+    push_u64(out, r.request_bytes);
+    out.push_str(",\"response_bytes\":");
+    push_u64(out, r.response_bytes);
     if let Some(e) = r.error_type {
         out.push_str(",\"error_type\":");
         json_str(out, e);
     }
-    let _ = writeln!(
-        out,
-        ",\"cancelled\":{},\"client\":\"{}\"}}",
-        r.cancelled, r.client
-    );
+    out.push_str(",\"cancelled\":");
+    out.push_str(if r.cancelled { "true" } else { "false" });
+    out.push_str(",\"client\":\"");
+    push_ip(out, r.client);
+    out.push_str("\"}\n");
+}
+
+/// `n` in decimal.
+fn push_u64(out: &mut String, mut n: u64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for &b in &buf[i..] {
+        out.push(char::from(b));
+    }
+}
+
+/// `n` in decimal, zero-padded to `width` digits.
+fn push_padded(out: &mut String, n: u64, width: usize) {
+    let mut digits = 1;
+    let mut rest = n / 10;
+    while rest > 0 {
+        digits += 1;
+        rest /= 10;
+    }
+    for _ in digits..width {
+        out.push('0');
+    }
+    push_u64(out, n);
+}
+
+/// Milliseconds with three decimals, as `{:.3}` writes them for the values a duration takes.
+fn push_millis(out: &mut String, ms: f64) {
+    // Beyond ~2^53 microseconds (or for a value no duration has) the integer path would lose
+    // digits: leave those to the formatter.
+    if !(0.0..9.0e12).contains(&ms) {
+        let _ = write!(out, "{ms:.3}");
+        return;
+    }
+    let micros = (ms * 1000.0).round() as u64;
+    push_u64(out, micros / 1000);
+    out.push('.');
+    push_padded(out, micros % 1000, 3);
+}
+
+/// The client address as `Display` writes it (IPv4 by hand; IPv6 is rare behind a sidecar).
+fn push_ip(out: &mut String, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                push_u64(out, u64::from(octet));
+            }
+        }
+        IpAddr::V6(v6) => {
+            let _ = write!(out, "{v6}");
+        }
+    }
 }
 
 fn format_text(out: &mut String, r: &AccessRecord<'_>) {
@@ -203,14 +267,20 @@ fn rfc3339(out: &mut String, t: SystemTime) {
     let secs = since.as_secs();
     let (days, rem) = (secs / 86_400, secs % 86_400);
     let (y, m, d) = civil_from_days(days as i64);
-    let _ = write!(
-        out,
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:06}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        since.subsec_micros()
-    );
+    push_padded(out, y.max(0) as u64, 4);
+    out.push('-');
+    push_padded(out, u64::from(m), 2);
+    out.push('-');
+    push_padded(out, u64::from(d), 2);
+    out.push('T');
+    push_padded(out, rem / 3600, 2);
+    out.push(':');
+    push_padded(out, rem % 3600 / 60, 2);
+    out.push(':');
+    push_padded(out, rem % 60, 2);
+    out.push('.');
+    push_padded(out, u64::from(since.subsec_micros()), 6);
+    out.push('Z');
 }
 
 /// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm).
@@ -248,6 +318,48 @@ mod tests {
             cancelled: false,
             client: "192.0.2.1".parse().expect("ip"),
         }
+    }
+
+    #[test]
+    fn hand_written_numbers_match_the_formatter() {
+        for n in [0u64, 7, 10, 99, 1000, 123_456_789, u64::MAX] {
+            let mut s = String::new();
+            push_u64(&mut s, n);
+            assert_eq!(s, n.to_string());
+            let mut s = String::new();
+            push_padded(&mut s, n % 1000, 3);
+            assert_eq!(s, format!("{:03}", n % 1000));
+        }
+        for ms in [
+            0.0,
+            0.0004,
+            0.0005,
+            0.001,
+            0.999_6,
+            1.5,
+            12.345_6,
+            1_234.000_4,
+            86_400_000.0,
+        ] {
+            let mut s = String::new();
+            push_millis(&mut s, ms);
+            assert_eq!(s, format!("{ms:.3}"), "{ms}");
+        }
+        for ip in [
+            "0.0.0.0",
+            "192.0.2.1",
+            "255.255.255.255",
+            "::1",
+            "2001:db8::7",
+        ] {
+            let ip: IpAddr = ip.parse().expect("ip");
+            let mut s = String::new();
+            push_ip(&mut s, ip);
+            assert_eq!(s, ip.to_string());
+        }
+        let mut s = String::new();
+        rfc3339(&mut s, SystemTime::UNIX_EPOCH);
+        assert_eq!(s, "1970-01-01T00:00:00.000000Z");
     }
 
     #[test]
