@@ -62,6 +62,9 @@ pub struct Server {
     proxy_addr: SocketAddr,
     admin_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
+    /// Set draining before the signal goes out, so readiness is 503 by the time the
+    /// listeners stop accepting (a task setting it after the signal raced the listeners).
+    proxy: Arc<crate::proxy::Proxy>,
     task: JoinHandle<()>,
 }
 
@@ -199,6 +202,7 @@ impl Server {
             .map_err(StartError::Worker)?;
             workers.push(finished);
         }
+        let draining_proxy = proxy.clone();
         let task = tokio::spawn(async move {
             let mut draining = shutdown_rx.clone();
             let drain_flag = {
@@ -239,6 +243,7 @@ impl Server {
             proxy_addr,
             admin_addr,
             shutdown,
+            proxy: draining_proxy,
             task,
         })
     }
@@ -255,6 +260,7 @@ impl Server {
 
     /// Begins a graceful shutdown: stop accepting, drain, flush telemetry.
     pub fn shutdown(&self) {
+        self.proxy.start_draining();
         let _ = self.shutdown.send(true);
     }
 
